@@ -1,0 +1,3 @@
+"""nekzusd: one HTTP + WebSocket API over Docker and Kubernetes containers."""
+
+__version__ = "0.1.0"
