@@ -1,0 +1,65 @@
+"""The application factory: one aiohttp app with the daemon's services in typed keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from . import auth
+from .apps import Apps, HealthTracker
+from .config import Config
+from .errors import error_middleware
+from .hub import Hub
+from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
+from .operations import Operations
+from .routes import setup_routes
+from .runtimes import Runtimes
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+SHUTDOWN_GRACE = 5.0  # seconds in-flight operations may take to finish at shutdown
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """Open everything the handlers use; close it all, in reverse, at shutdown."""
+    config = app[CONFIG]
+    app[TOKENS] = await auth.load_tokens(config)
+    store = app[STORE] = Store(config.state_path / "nekzusd.db")
+    await store.open()
+    apps = app[APPS] = Apps(config.apps, store)
+    await apps.load()
+    runtimes = app[RUNTIMES] = Runtimes(config.runtimes)
+    await runtimes.open()
+    hub = app[HUB] = Hub()
+    health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
+    app[OPERATIONS] = Operations(hub, on_done=health.poke)
+    health.start()
+    try:
+        yield
+    finally:
+        await health.stop()
+        await runtimes.close()
+        await store.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Before the services close: finish in-flight operations (bounded), then say goodbye to clients."""
+    await app[OPERATIONS].drain(SHUTDOWN_GRACE)
+    await app[HUB].close_all(code=1001)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[CONFIG] = config
+    app[STARTED_AT] = time.time()
+    auth.setup(app, config.auth)
+    app.cleanup_ctx.append(services)
+    app.on_shutdown.append(_on_shutdown)
+    setup_routes(app)
+    return app

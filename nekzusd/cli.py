@@ -1,0 +1,130 @@
+"""The ``nekzusd`` command: serve, check-config, token create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__, config as config_mod
+from .auth import Tokens, load_or_create_secret
+
+log = logging.getLogger("nekzusd")
+
+_TTL_RE = re.compile(r"(\d+)([smhd])")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    """"90s", "15m", "12h", "30d", or "1d12h" → seconds."""
+    pos, total = 0, 0
+    for match in _TTL_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _TTL_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or total <= 0:
+        raise argparse.ArgumentTypeError(f"invalid ttl {text!r}: use e.g. 30m, 12h, 7d")
+    return total
+
+
+def _load_config(path: str) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"{path}: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _serve(config: config_mod.Config) -> None:
+    from .app import create_app
+    from .tls import ssl_context
+
+    ssl = await asyncio.to_thread(ssl_context, config)
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
+    await runner.setup()
+    host, port = config.server.host_port
+    site = web.TCPSite(runner, host or None, port, ssl_context=ssl, reuse_address=True)
+    await site.start()
+    log.info("nekzusd %s listening on %s://%s", __version__, "https" if ssl else "http", config.server.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"nekzusd: cannot serve on {config.server.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _load_config(args.config)
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    try:
+        secret = load_or_create_secret(config.jwt_secret_path)
+    except (OSError, ValueError) as exc:
+        print(f"nekzusd: cannot read the JWT secret: {exc}", file=sys.stderr)
+        return 1
+    tokens = Tokens(secret, config.auth.issuer, config.auth.audience)
+    print(tokens.create(args.subject, args.scope, args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nekzusd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nekzusd {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", default=config_mod.default_path(),
+                       help="config file (default: $NEKZUSD_CONFIG or /etc/nekzusd/nekzusd.yaml)")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the daemon")).set_defaults(func=cmd_serve)
+    with_config(sub.add_parser("check-config", help="validate the config file")).set_defaults(
+        func=cmd_check_config)
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = with_config(token_sub.add_parser("create", help="print a signed JWT"))
+    create.add_argument("--subject", required=True)
+    create.add_argument("--scope", action="append", required=True,
+                        help="read:containers, write:containers, read:*, write:* or *; repeatable")
+    create.add_argument("--ttl", type=parse_ttl, default=parse_ttl("12h"))
+    create.set_defaults(func=cmd_token_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Typed application keys: the daemon's services, reachable from any handler through request.app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .apps import Apps, HealthTracker
+    from .auth import Tokens
+    from .config import Config
+    from .hub import Hub
+    from .operations import Operations
+    from .runtimes import Runtimes
+    from .store import Store
+
+CONFIG = web.AppKey("config", "Config")
+STORE = web.AppKey("store", "Store")
+APPS = web.AppKey("apps", "Apps")
+RUNTIMES = web.AppKey("runtimes", "Runtimes")
+HUB = web.AppKey("hub", "Hub")
+HEALTH = web.AppKey("health", "HealthTracker")
+OPERATIONS = web.AppKey("operations", "Operations")
+TOKENS = web.AppKey("tokens", "Tokens")
+STARTED_AT = web.AppKey("started_at", float)

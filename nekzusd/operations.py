@@ -1,0 +1,161 @@
+"""Lifecycle operations: synchronous checks, then the engine call in the background with a deadline,
+and its result announced to every WebSocket client as ``container.<op>.completed|failed``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ApiError, EngineError
+from .hub import Hub
+from .runtimes.base import Container, Ref, Runtime
+
+log = logging.getLogger(__name__)
+
+DEADLINE_MARGIN = 30.0  # seconds beyond the grace period before an operation counts as failed
+RECENT = 20
+
+
+@dataclass(frozen=True)
+class Kind:
+    op: str
+    done_status: str   # "started"
+    verb: str          # "start"
+
+    @property
+    def error_code(self) -> str:
+        return f"CONTAINER_{self.op.upper()}_FAILED"
+
+
+KINDS = {k.op: k for k in (Kind("start", "started", "start"), Kind("stop", "stopped", "stop"),
+                             Kind("restart", "restarted", "restart"))}
+
+
+@dataclass
+class Operation:
+    id: str
+    op: str
+    runtime: str
+    container_id: str
+    name: str
+    timeout: int
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    ok: bool | None = None
+    error: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+
+def check_state(container: Container, op: str) -> None:
+    """The 409s of §8: starting a running container, stopping one that is not running."""
+    if op == "start" and container.state in ("running", "restarting"):
+        raise ApiError(409, "CONTAINER_ALREADY_STARTED", "Container is already running",
+                       {"containerId": container.id, "state": container.state})
+    if op == "stop" and container.state not in ("running", "restarting", "paused"):
+        raise ApiError(409, "CONTAINER_ALREADY_STOPPED", "Container is already stopped",
+                       {"containerId": container.id, "state": container.state})
+
+
+async def call(runtime: Runtime, ref: Ref, op: str, timeout: int) -> None:
+    """Run one engine operation within its deadline."""
+    deadline = timeout + DEADLINE_MARGIN
+    async with asyncio.timeout(deadline):
+        if op == "start":
+            await runtime.start(ref)
+        elif op == "stop":
+            await runtime.stop(ref, timeout)
+        else:
+            await runtime.restart(ref, timeout)
+
+
+class Operations:
+    def __init__(self, hub: Hub, on_done: Callable[[], Any] | None = None) -> None:
+        self.hub = hub
+        self.on_done = on_done
+        self.recent: deque[Operation] = deque(maxlen=RECENT)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.listeners: list[Callable[[Operation], Any]] = []  # metrics and the status page
+
+    async def run(self, runtime: Runtime, container: Container, op: str, timeout: int,
+                  operation_id: str | None = None) -> Operation:
+        """Run an operation now, announce and record its result. Never raises for engine failures."""
+        kind = KINDS[op]
+        operation = Operation(operation_id or uuid.uuid4().hex, op, runtime.name, container.id, container.name,
+                              timeout)
+        try:
+            await call(runtime, Ref(container.id, container.namespace), op, timeout)
+            operation.ok = True
+        except (ApiError, EngineError) as exc:
+            operation.ok, operation.error = False, getattr(exc, "message", None) or str(exc)
+        except TimeoutError:
+            operation.ok, operation.error = False, f"Operation did not finish within {timeout + DEADLINE_MARGIN:g} s"
+        operation.finished = time.time()
+        self._announce(kind, operation, container)
+        self.recent.append(operation)
+        for listener in self.listeners:
+            listener(operation)
+        if self.on_done is not None:
+            self.on_done()
+        return operation
+
+    def _announce(self, kind: Kind, operation: Operation, container: Container) -> None:
+        data: dict[str, Any] = {"containerId": container.id, "operationId": operation.id}
+        if container.namespace:
+            data["namespace"] = container.namespace
+        if operation.ok:
+            data.update(status=kind.done_status, message=f"Container {kind.done_status} successfully")
+            type_ = f"container.{kind.op}.completed"
+        else:
+            data.update(error=kind.error_code, message=f"Failed to {kind.verb} container: {operation.error}")
+            type_ = f"container.{kind.op}.failed"
+        data["timestamp"] = int(operation.finished or time.time())
+        self.hub.broadcast(type_, data)
+
+    async def prepare(self, runtime: Runtime, ref: Ref, op: str) -> Container:
+        """The synchronous checks before a 202: the container exists and its state allows the operation."""
+        container = await runtime.get(ref)
+        check_state(container, op)
+        return container
+
+    def submit(self, runtime: Runtime, container: Container, op: str, timeout: int) -> str:
+        """Start the operation in the background; returns its operationId."""
+        operation_id = uuid.uuid4().hex
+        task = asyncio.create_task(self.run(runtime, container, op, timeout, operation_id),
+                                   name=f"{op}-{container.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return operation_id
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let running operations finish up to ``timeout``, then cancel the rest."""
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def accepted_body(op: str, container: Container, operation_id: str, timeout: int) -> dict[str, Any]:
+    """The 202 body of the reference, plus the operationId of §7."""
+    body: dict[str, Any] = {"status": "accepted", "containerId": container.id,
+                            "message": f"Container {op} initiated"}
+    if op == "stop":
+        body["timeout"] = timeout
+    body["timestamp"] = int(time.time())
+    body["operationId"] = operation_id
+    return body
+

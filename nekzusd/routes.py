@@ -1,0 +1,29 @@
+"""Every route of the daemon, in matching order: literal paths first, then the Docker forms
+/{id}/{action}, then the Kubernetes path form /{namespace}/{pod}/{action} (DECISIONS §13)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import ws
+from .views import apps, containers
+
+API = "/api/v1"
+C = f"{API}/containers"
+LIFECYCLE = "{action:start|stop|restart}"
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{API}/ws", ws.websocket)
+    r.add_get(f"{API}/apps", apps.list_apps)
+    r.add_post(f"{API}/apps", apps.add_app)
+    r.add_delete(f"{API}/apps/{{app_id}}", apps.delete_app)
+    r.add_get(f"{API}/discovery", apps.discovery)
+
+    r.add_get(C, containers.list_containers)
+    r.add_get(f"{C}/{{id}}", containers.inspect_container)
+    r.add_post(f"{C}/{{id}}/{LIFECYCLE}", containers.lifecycle)
+
+    r.add_get(f"{C}/{{namespace}}/{{pod}}", containers.inspect_container)
+    r.add_post(f"{C}/{{namespace}}/{{pod}}/{LIFECYCLE}", containers.lifecycle)

@@ -1,0 +1,145 @@
+"""The runtime interface that Docker and Kubernetes both implement, so handlers never branch on the runtime."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, ClassVar
+
+# States of the API reference; engines' own words are mapped onto these.
+STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
+
+
+@dataclass(frozen=True)
+class Port:
+    ip: str
+    private_port: int
+    public_port: int | None
+    type: str
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ip": self.ip, "privatePort": self.private_port}
+        if self.public_port is not None:
+            out["publicPort"] = self.public_port
+        out["type"] = self.type
+        return out
+
+
+@dataclass(frozen=True)
+class Container:
+    """One row of the container list, the same shape for every runtime."""
+
+    id: str
+    name: str
+    image: str
+    state: str
+    status: str
+    created: int
+    runtime: str
+    namespace: str = ""
+    ports: tuple[Port, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    health: str | None = None  # engine health check status ("healthy", "unhealthy", ...), if any
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "image": self.image,
+            "state": self.state,
+            "status": self.status,
+            "created": self.created,
+            "ports": [p.as_json() for p in self.ports],
+            "labels": dict(self.labels),
+            "runtime": self.runtime,
+            "namespace": self.namespace,
+        }
+
+
+@dataclass(frozen=True)
+class Ref:
+    """How a request names a container: an id (or name) and, for Kubernetes, a namespace."""
+
+    id: str
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    stream: str  # "stdout" or "stderr"
+    message: str
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A container state change reported by the engine (used to track app health)."""
+
+    container_id: str
+    action: str
+
+
+class Runtime(abc.ABC):
+    """A container engine. Methods raise errors.RuntimeUnavailable when the engine cannot be reached,
+    errors.ApiError(404 CONTAINER_NOT_FOUND) for unknown containers and errors.EngineError otherwise."""
+
+    name: ClassVar[str]
+
+    async def open(self) -> None:
+        """Prepare clients; must not fail when the engine is down (the daemon starts anyway)."""
+
+    async def close(self) -> None:
+        """Release clients and background resources."""
+
+    @abc.abstractmethod
+    async def ping(self) -> dict[str, Any]:
+        """Reachability and version, e.g. {"version": "20.10.24", "apiVersion": "1.41"}."""
+
+    @abc.abstractmethod
+    def validate_ref(self, ref: Ref) -> Ref:
+        """Check the id (and namespace) against the engine's own syntax before any engine call."""
+
+    @abc.abstractmethod
+    async def list(self, namespace: str | None = None) -> list[Container]:
+        """Every container (all states) of the runtime, or of one namespace."""
+
+    @abc.abstractmethod
+    async def get(self, ref: Ref) -> Container:
+        """One container's list row, for state checks."""
+
+    @abc.abstractmethod
+    async def inspect(self, ref: Ref) -> dict[str, Any]:
+        """Detailed information (Docker: the raw engine document, secrets masked)."""
+
+    @abc.abstractmethod
+    async def start(self, ref: Ref) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self, ref: Ref, timeout: int) -> None: ...
+
+    @abc.abstractmethod
+    async def restart(self, ref: Ref, timeout: int) -> None: ...
+
+    async def stats(self, ref: Ref) -> dict[str, Any]:
+        """Resource usage in the API's stats shape."""
+        raise NotImplementedError
+
+    def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
+        """Log lines, oldest first; ends when the container stops (follow) or the tail is done."""
+        raise NotImplementedError
+
+    def events(self) -> AsyncIterator[Event]:
+        """Container state changes until cancelled; raises RuntimeUnavailable when the engine goes away."""
+        raise NotImplementedError
+
+    async def export_source(self, ref: Ref) -> Any:
+        """What the Compose export needs about one container (compose.ServiceSource)."""
+        raise NotImplementedError
+
+    def is_self(self, container: Container) -> bool:
+        """True for the container nekzusd itself runs in (bulk operations never touch it)."""
+        return False

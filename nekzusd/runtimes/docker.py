@@ -1,0 +1,274 @@
+"""Docker Engine (and Podman's Docker-compatible API) through aiodocker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, AsyncIterator
+
+import aiodocker
+import aiohttp
+
+from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
+from ..secrets import mask_env
+from .base import Container, Event, Port, Ref, Runtime
+
+# Docker's own syntax for container names and ids; anything else never reaches the engine.
+_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_STATES = {
+    "running": "running", "paused": "paused", "restarting": "restarting", "created": "created",
+    "exited": "exited", "dead": "exited", "removing": "stopped", "stopped": "stopped",
+    "configured": "created", "initialized": "created",  # Podman's extra words
+}
+# Events that can change whether an app is healthy.
+_STATE_EVENTS = {"start", "die", "stop", "kill", "pause", "unpause", "restart", "destroy", "remove",
+                 "health_status", "create"}
+CALL_TIMEOUT = 15.0  # seconds for any engine call that is not a long-running operation
+
+
+def short_id(full_id: str) -> str:
+    return full_id[:12]
+
+
+def _health_of(status: str) -> str | None:
+    for word in ("unhealthy", "healthy", "starting"):
+        if f"({word})" in status or f"(health: {word})" in status:
+            return word
+    return None
+
+
+def _ports_of(entries: list[dict[str, Any]] | None) -> tuple[Port, ...]:
+    ports = [Port(e.get("IP", ""), int(e["PrivatePort"]), e.get("PublicPort"), e.get("Type", "tcp"))
+             for e in entries or [] if "PrivatePort" in e]
+    ports.sort(key=lambda p: (p.private_port, p.type, p.ip, p.public_port or 0))
+    return tuple(ports)
+
+
+def container_from_list(row: dict[str, Any]) -> Container:
+    """Map one entry of GET /containers/json to the API's row."""
+    names = row.get("Names") or [""]
+    status = row.get("Status", "")
+    return Container(
+        id=short_id(row["Id"]),
+        name=names[0].lstrip("/"),
+        image=row.get("Image", ""),
+        state=_STATES.get(row.get("State", ""), "unknown"),
+        status=status,
+        created=int(row.get("Created", 0)),
+        runtime="docker",
+        ports=_ports_of(row.get("Ports")),
+        labels=row.get("Labels") or {},
+        health=_health_of(status),
+    )
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value or value.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit}"
+    return "About a minute" if seconds >= 60 else f"{max(int(seconds), 1)} seconds"
+
+
+def _status_text(state: dict[str, Any], now: float) -> str:
+    """The human status line `docker ps` shows, rebuilt from an inspect document."""
+    status = state.get("Status", "")
+    if status in ("running", "paused", "restarting"):
+        started = _parse_time(state.get("StartedAt")) or now
+        text = f"Up {_ago(now - started)}"
+        if status == "paused":
+            text += " (Paused)"
+        health = (state.get("Health") or {}).get("Status")
+        if health:
+            text += f" ({health})"
+        return text if status != "restarting" else f"Restarting ({state.get('ExitCode', 0)})"
+    if status in ("exited", "dead"):
+        finished = _parse_time(state.get("FinishedAt")) or now
+        return f"Exited ({state.get('ExitCode', 0)}) {_ago(now - finished)} ago"
+    return status.capitalize()
+
+
+def container_from_inspect(doc: dict[str, Any]) -> Container:
+    """Map GET /containers/{id}/json to the API's row (same fields as the list)."""
+    state = doc.get("State") or {}
+    config = doc.get("Config") or {}
+    ports = []
+    for key, bindings in ((doc.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        port, _, proto = key.partition("/")
+        for b in bindings or [None]:
+            public = int(b["HostPort"]) if b and b.get("HostPort") else None
+            ports.append({"IP": b.get("HostIp", "") if b else "", "PrivatePort": int(port),
+                          "PublicPort": public, "Type": proto or "tcp"})
+    created = _parse_time(doc.get("Created")) or 0
+    return Container(
+        id=short_id(doc["Id"]),
+        name=doc.get("Name", "").lstrip("/"),
+        image=config.get("Image", ""),
+        state=_STATES.get(state.get("Status", ""), "unknown"),
+        status=_status_text(state, time.time()),
+        created=int(created),
+        runtime="docker",
+        ports=_ports_of(ports),
+        labels=config.get("Labels") or {},
+        health=(state.get("Health") or {}).get("Status"),
+    )
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._docker: aiodocker.Docker | None = None
+        self._self_id = _own_container_id()
+
+    async def open(self) -> None:
+        # The client connects lazily, so this succeeds while the engine is down.
+        self._docker = aiodocker.Docker(url=self.url)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise RuntimeUnavailable(self.name, "client not open")
+        return self._docker
+
+    @asynccontextmanager
+    async def _call(self, what: str, timeout: float | None = CALL_TIMEOUT) -> AsyncIterator[None]:
+        """Map connection failures, timeouts and engine errors to the daemon's error types."""
+        try:
+            async with asyncio.timeout(timeout):
+                yield
+        except TimeoutError:
+            raise RuntimeUnavailable(self.name, f"{what}: engine did not answer in time") from None
+        except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError) as exc:
+            raise RuntimeUnavailable(self.name, f"{what}: {exc}") from None
+        except aiodocker.DockerError as exc:
+            if exc.status == 900:  # aiodocker's word for "could not connect"
+                raise RuntimeUnavailable(self.name, "cannot connect to the engine") from None
+            raise EngineError(exc.message, exc.status) from None
+
+    async def _json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                    what: str, timeout: float | None = CALL_TIMEOUT) -> Any:
+        async with self._call(what, timeout):
+            return await self.client._query_json(path, method, params=params)
+
+    async def _container_json(self, ref: Ref, method: str, path: str = "", *, what: str,
+                              params: dict[str, Any] | None = None, timeout: float | None = CALL_TIMEOUT) -> Any:
+        """A call on one container, with the engine's 404 turned into CONTAINER_NOT_FOUND."""
+        try:
+            return await self._json(method, f"containers/{ref.id}{path}", params=params, what=what,
+                                    timeout=timeout)
+        except EngineError as exc:
+            if exc.status == 404:
+                raise container_not_found(ref.id) from None
+            raise
+
+    async def ping(self) -> dict[str, Any]:
+        version = await self._json("GET", "version", what="version", timeout=5)
+        return {"version": version.get("Version", ""), "apiVersion": version.get("ApiVersion", "")}
+
+    def validate_ref(self, ref: Ref) -> Ref:
+        if not _ID_RE.fullmatch(ref.id):
+            raise ApiError(400, "INVALID_CONTAINER_ID",
+                           "Container ID must be a Docker container id or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, "
+                           "at most 128 characters)", {"containerId": ref.id[:200]})
+        return Ref(ref.id)
+
+    async def list(self, namespace: str | None = None) -> list[Container]:
+        rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers")
+        return [container_from_list(row) for row in rows]
+
+    async def get(self, ref: Ref) -> Container:
+        return container_from_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))
+
+    async def inspect(self, ref: Ref) -> dict[str, Any]:
+        doc = await self._container_json(ref, "GET", "/json", what="inspect")
+        config = doc.get("Config") or {}
+        if config.get("Env"):
+            doc["Config"] = {**config, "Env": mask_env(config["Env"])}
+        return doc
+
+    async def start(self, ref: Ref) -> None:
+        await self._container_json(ref, "POST", "/start", what="start", timeout=60)
+
+    async def stop(self, ref: Ref, timeout: int) -> None:
+        await self._container_json(ref, "POST", "/stop", params={"t": timeout}, what="stop",
+                                   timeout=timeout + 30)
+
+    async def restart(self, ref: Ref, timeout: int) -> None:
+        await self._container_json(ref, "POST", "/restart", params={"t": timeout}, what="restart",
+                                   timeout=timeout + 60)
+
+    async def events(self) -> AsyncIterator[Event]:
+        params = {"filters": json.dumps({"type": ["container"]})}
+        async with self._call("events", timeout=None):
+            async with self.client._query("events", params=params, timeout=None) as response:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    action = event.get("Action") or event.get("status") or ""
+                    action = action.split(":", 1)[0]  # "health_status: healthy"
+                    if action in _STATE_EVENTS:
+                        cid = (event.get("Actor") or {}).get("ID") or event.get("id", "")
+                        yield Event(short_id(cid), action)
+        raise RuntimeUnavailable(self.name, "event stream ended")
+
+    async def export_source(self, ref: Ref) -> Any:
+        from ..compose import ServiceSource  # loaded only when someone exports
+
+        container = await self._container_json(ref, "GET", "/json", what="inspect")
+        image = await self._optional_json(f"images/{container.get('Image', '')}/json")
+        volumes = {}
+        for mount in container.get("Mounts") or []:
+            if mount.get("Type") == "volume" and mount.get("Name"):
+                found = await self._optional_json(f"volumes/{mount['Name']}")
+                if found is not None:
+                    volumes[mount["Name"]] = found
+        networks = {}
+        for name in ((container.get("NetworkSettings") or {}).get("Networks") or {}):
+            if name not in ("bridge", "host", "none"):
+                found = await self._optional_json(f"networks/{name}")
+                if found is not None:
+                    networks[name] = found
+        return ServiceSource(container=container, image=image, volumes=volumes, networks=networks)
+
+    async def _optional_json(self, path: str) -> Any:
+        try:
+            return await self._json("GET", path, what=path)
+        except EngineError:
+            return None
+
+    def is_self(self, container: Container) -> bool:
+        return self._self_id is not None and container.id == short_id(self._self_id)
+
+
+def _own_container_id() -> str | None:
+    """The id of the container this process runs in, if any (from the cgroup or mountinfo paths)."""
+    for path in ("/proc/self/cgroup", "/proc/self/mountinfo"):
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        match = re.search(r"(?:docker[-/]|/containers/)([0-9a-f]{64})", text)
+        if match:
+            return match.group(1)
+    return None

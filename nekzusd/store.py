@@ -1,0 +1,73 @@
+"""SQLite storage of apps approved through the API.
+
+sqlite3 blocks, so every statement runs on one dedicated worker thread; WAL with synchronous=FULL
+means an acknowledged approval survives `kill -9` and power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    containers TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL
+)
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nekzusd-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            self._db = db
+        await self._run(connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def apps(self) -> list[dict[str, Any]]:
+        def query() -> list[dict[str, Any]]:
+            rows = self._db.execute("SELECT id, name, containers FROM apps ORDER BY created, id").fetchall()
+            return [{"id": r[0], "name": r[1], "containers": json.loads(r[2])} for r in rows]
+        return await self._run(query)
+
+    async def add_app(self, app_id: str, name: str, containers: list[str], created: float) -> bool:
+        """Insert an app; False if the id exists already."""
+        def insert() -> bool:
+            try:
+                self._db.execute("INSERT INTO apps (id, name, containers, created) VALUES (?, ?, ?, ?)",
+                                 (app_id, name, json.dumps(containers), created))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+        return await self._run(insert)
+
+    async def delete_app(self, app_id: str) -> bool:
+        def delete() -> bool:
+            return self._db.execute("DELETE FROM apps WHERE id = ?", (app_id,)).rowcount > 0
+        return await self._run(delete)

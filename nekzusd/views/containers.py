@@ -1,0 +1,49 @@
+"""List, inspect and lifecycle of single containers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import WRITE, requires
+from ..errors import ApiError, EngineError
+from ..keys import APPS, OPERATIONS
+from ..operations import KINDS, accepted_body
+from ..validation import bool_param, timeout_param
+from .common import runtime_of, target
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    runtime = runtime_of(request)
+    show_all = bool_param(request, "all")
+    namespace = request.query.get("namespace") or None
+    try:
+        containers = await runtime.list(namespace)
+    except EngineError as exc:
+        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
+    if not show_all:
+        containers = request.app[APPS].linked(containers)
+    containers.sort(key=lambda c: (c.namespace, c.name))
+    return web.json_response([c.as_json() for c in containers])
+
+
+async def inspect_container(request: web.Request) -> web.Response:
+    runtime, ref = target(request)
+    try:
+        details = await runtime.inspect(ref)
+    except EngineError as exc:
+        raise ApiError(500, "CONTAINER_INSPECT_FAILED", f"Failed to inspect container: {exc}") from None
+    return web.json_response(details)
+
+
+@requires(WRITE)
+async def lifecycle(request: web.Request) -> web.Response:
+    op = request.match_info["action"]
+    timeout = timeout_param(request.query.get("timeout"))
+    runtime, ref = target(request)
+    operations = request.app[OPERATIONS]
+    try:
+        container = await operations.prepare(runtime, ref, op)
+    except EngineError as exc:
+        raise ApiError(500, KINDS[op].error_code, f"Failed to {op} container: {exc}") from None
+    operation_id = operations.submit(runtime, container, op, timeout)
+    return web.json_response(accepted_body(op, container, operation_id, timeout), status=202)
