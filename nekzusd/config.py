@@ -37,7 +37,7 @@ def _checked(check: Callable[[Any], Any], default: Any = MISSING, **kw: Any) -> 
 
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError('must be "host:port", e.g. "0.0.0.0:8443" or "[::]:8443"')
     return value
 
