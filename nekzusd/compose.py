@@ -32,7 +32,10 @@ _COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _ANON_VOLUME_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Secret values shorter than this are not hunted for in other fields: they would match by accident.
-_MIN_CROSS_FIELD_SECRET = 4
+_MIN_CROSS_FIELD_SECRET = 6
+# Fields where a secret's value may be repeated (a password on the command line, in a healthcheck),
+# and is replaced by its placeholder. Names and paths (image, volumes, …) are never rewritten.
+_SECRET_BEARING_KEYS = frozenset({"environment", "command", "entrypoint", "healthcheck", "labels", "logging"})
 
 # The order keys appear in a service: identity first, then what runs, then wiring, then tuning.
 SERVICE_KEY_ORDER = (
@@ -148,8 +151,9 @@ def _cpus(nano: int) -> int | float:
 
 
 def _port_key(spec: str) -> tuple[int, str]:
+    """Numeric order of "443/tcp"-style keys (the engine records each port of a range separately)."""
     number, _, proto = spec.partition("/")
-    return (int(number.split("-")[0]) if number.split("-")[0].isdigit() else 0, proto or "tcp")
+    return (int(number) if number.isdigit() else 0, proto or "tcp")
 
 
 def _format_host_ip(ip: str) -> str:
@@ -157,17 +161,12 @@ def _format_host_ip(ip: str) -> str:
 
 
 def _env_map(env: list[str] | None) -> dict[str, str | None]:
-    """Docker's "K=V" list as a dict (first value wins, as the engine does)."""
+    """Docker's "K=V" list as a dict; a bare "K" (no value) maps to None."""
     out: dict[str, str | None] = {}
     for entry in env or []:
         name, sep, value = entry.partition("=")
         out.setdefault(name, value if sep else None)
     return out
-
-
-def _same(value: Any, image_value: Any) -> bool:
-    """Equality that treats absent, None and empty as the same thing, as the engine does when merging."""
-    return (value or None) == (image_value or None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,7 +179,8 @@ class _Ctx:
 
     source: ServiceSource
     service: str
-    services_by_id: dict[str, str]
+    services_by_ref: dict[str, str]
+    sanitize: bool
     include_volumes: bool
     include_networks: bool
     warnings: list[str]
@@ -256,7 +256,7 @@ def _map_command(ctx: _Ctx) -> dict:
     return out
 
 
-def _map_environment(ctx: _Ctx, sanitize: bool) -> dict:
+def _map_environment(ctx: _Ctx) -> dict:
     image_env = _env_map(ctx.img.get("Env"))
     entries = []
     for name, value in sorted(_env_map(ctx.cfg.get("Env")).items()):
@@ -266,7 +266,7 @@ def _map_environment(ctx: _Ctx, sanitize: bool) -> dict:
             continue
         if value is None:
             entries.append(name)
-        elif sanitize and is_secret(name, value):
+        elif ctx.sanitize and is_secret(name, value):
             entries.append(_sanitized_entry(ctx, name, value))
         else:
             entries.append(f"{name}={value}")
@@ -321,7 +321,7 @@ def _map_mounts(ctx: _Ctx) -> dict:
     for mount in sorted(ctx.source.container.get("Mounts") or [], key=lambda m: m.get("Destination") or ""):
         kind = mount.get("Type")
         if kind == "tmpfs":
-            tmpfs.append(mount.get("Destination") or "")
+            tmpfs.append(_tmpfs_mount(ctx, mount.get("Destination") or ""))
         elif ctx.include_volumes and kind == "bind":
             volumes.append(_bind_entry(ctx, mount))
         elif ctx.include_volumes and kind == "volume":
@@ -335,6 +335,17 @@ def _map_mounts(ctx: _Ctx) -> dict:
     if tmpfs:
         out["tmpfs"] = sorted(tmpfs)
     return out
+
+
+def _tmpfs_mount(ctx: _Ctx, target: str) -> str:
+    """A `--mount type=tmpfs` as a tmpfs entry, with its size and mode from HostConfig.Mounts."""
+    for spec in ctx.host.get("Mounts") or []:
+        if spec.get("Type") == "tmpfs" and spec.get("Target") == target:
+            opts = spec.get("TmpfsOptions") or {}
+            parts = [f"size={opts['SizeBytes']}"] if opts.get("SizeBytes") else []
+            parts += [f"mode={opts['Mode']:o}"] if opts.get("Mode") else []
+            return f"{target}:{','.join(parts)}" if parts else target
+    return target
 
 
 def _bind_entry(ctx: _Ctx, mount: dict) -> str:
@@ -397,7 +408,7 @@ def _map_networks(ctx: _Ctx) -> dict:
         return {"network_mode": _container_ref(ctx, mode.partition(":")[2], "network")}
     if not ctx.include_networks:
         return {}
-    attached = ctx.source.container.get("NetworkSettings", {}).get("Networks") or {}
+    attached = (ctx.source.container.get("NetworkSettings") or {}).get("Networks") or {}
     user_networks = sorted(n for n in set(attached) | ({mode} - {"default"}) if n not in ("bridge", "default"))
     if "bridge" in attached and user_networks:
         ctx.warn(f"Container '{ctx.name}' is also on the default 'bridge' network: "
@@ -411,8 +422,9 @@ def _map_networks(ctx: _Ctx) -> dict:
 
 def _container_ref(ctx: _Ctx, ref: str, what: str) -> str:
     """`service:<name>` when the container is exported alongside, else `container:<ref>`."""
-    for container_id, service in ctx.services_by_id.items():
-        if ref and (container_id.startswith(ref) or ref == service):
+    by_id = len(ref) >= 12 and re.fullmatch(r"[0-9a-f]+", ref)
+    for key, service in ctx.services_by_ref.items():
+        if ref == key or (by_id and key.startswith(ref)):
             return f"service:{service}"
     if _ANON_VOLUME_RE.match(ref):
         ctx.warn(f"Container '{ctx.name}' shares the {what} of container {ref[:12]}, named by id: "
@@ -531,8 +543,9 @@ def _map_security(ctx: _Ctx) -> dict:
     for key, docker_key in (("cap_add", "CapAdd"), ("cap_drop", "CapDrop"), ("group_add", "GroupAdd")):
         if h.get(docker_key):
             out[key] = sorted(h[docker_key])
-    if h.get("SecurityOpt"):
-        out["security_opt"] = list(h["SecurityOpt"])
+    security_opt = [o for o in h.get("SecurityOpt") or [] if not (o == "label=disable" and _engine_disables_labels(h))]
+    if security_opt:
+        out["security_opt"] = security_opt
     devices = [_device(d) for d in h.get("Devices") or []]
     if devices:
         out["devices"] = sorted(devices)
@@ -543,6 +556,11 @@ def _map_security(ctx: _Ctx) -> dict:
     if h.get("Links"):
         ctx.warn(f"Legacy links of container '{ctx.name}' are not exported: use a shared network")
     return out
+
+
+def _engine_disables_labels(h: dict) -> bool:
+    """The engine adds `label=disable` itself to privileged containers and those sharing the host's PID/IPC."""
+    return bool(h.get("Privileged")) or h.get("PidMode") == "host" or h.get("IpcMode") == "host"
 
 
 def _device(d: dict) -> str:
@@ -638,19 +656,18 @@ def _ulimit(u: dict) -> int | dict:
 
 
 _MAPPERS: tuple[Callable[[_Ctx], dict], ...] = (
-    _map_image, _map_identity, _map_command, _map_ports, _map_mounts, _map_networks, _map_hosts_and_dns,
+    _map_image, _map_identity, _map_command, _map_environment, _map_ports, _map_mounts, _map_networks, _map_hosts_and_dns,
     _map_restart, _map_healthcheck, _map_labels, _map_security, _map_process, _map_logging, _map_resources,
 )
 
 
-def _build_service(ctx: _Ctx, sanitize: bool) -> dict:
+def _build_service(ctx: _Ctx) -> dict:
     if ctx.source.image is None:
         ctx.warn(f"Image of container '{ctx.name}' could not be inspected: "
                  "settings it may already provide are kept in the output")
     fields: dict = {}
     for mapper in _MAPPERS:
         fields.update(mapper(ctx))
-    fields.update(_map_environment(ctx, sanitize))
     return {key: fields[key] for key in SERVICE_KEY_ORDER if key in fields}
 
 
@@ -721,6 +738,40 @@ def _dump(document: dict) -> str:
     )
 
 
+def _service_refs(sources: list[ServiceSource], names: list[str]) -> dict[str, str]:
+    """Container id and name -> service name, so that `container:` references become `service:`."""
+    refs = {}
+    for source, name in zip(sources, names):
+        for ref in (source.container.get("Id"), (source.container.get("Name") or "").lstrip("/")):
+            if ref:
+                refs[ref] = name
+    return refs
+
+
+def _finish_services(services: dict[str, dict], contexts: list[_Ctx], placeholders: dict) -> dict[str, dict]:
+    """Apply the batch-wide placeholder names, escape `$`, and hide secret values repeated elsewhere."""
+    hunted: dict[str, str] = {}
+    for ctx in contexts:
+        for name, value in ctx.secrets.items():
+            if _ENV_NAME_RE.match(name):
+                hunted.setdefault(value, placeholders[(ctx.service, name)])
+    finished = {}
+    for ctx in contexts:
+        renames = {name: placeholders[(ctx.service, name)] for name in ctx.secrets
+                   if placeholders[(ctx.service, name)] != name}
+        service = _rename_placeholders(services[ctx.service], renames)
+        finished[ctx.service] = {key: _escape_tree(value, hunted if key in _SECRET_BEARING_KEYS else {})
+                                 for key, value in service.items()}
+    return finished
+
+
+def _declarations(contexts: list[_Ctx], attr: str) -> dict:
+    declared: dict = {}
+    for ctx in contexts:
+        declared.update(getattr(ctx, attr))
+    return _escape_tree(dict(sorted(declared.items())), {})
+
+
 def export_services(sources: list[ServiceSource], *, stack_name: str | None = None,
                     sanitize_secrets: bool = True, include_volumes: bool = True,
                     include_networks: bool = True) -> Export:
@@ -728,26 +779,18 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
     if not sources:
         raise ValueError("nothing to export")
     names = _unique_service_names(sources)
-    services_by_id = {s.container.get("Id") or "": n for s, n in zip(sources, names)}
+    refs = _service_refs(sources, names)
     warnings: list[str] = []
-    contexts = [_Ctx(s, n, services_by_id, include_volumes, include_networks, warnings)
+    contexts = [_Ctx(s, n, refs, sanitize_secrets, include_volumes, include_networks, warnings)
                 for s, n in zip(sources, names)]
-    services = {ctx.service: _build_service(ctx, sanitize_secrets) for ctx in contexts}
-
+    services = {ctx.service: _build_service(ctx) for ctx in contexts}
     placeholders = _placeholders(contexts)
-    for ctx in contexts:
-        renames = {name: placeholders[(ctx.service, name)] for name in ctx.secrets
-                   if placeholders[(ctx.service, name)] != name}
-        secret_values = {value: placeholders[(ctx.service, name)] for name, value in ctx.secrets.items()}
-        services[ctx.service] = _escape_tree(_rename_placeholders(services[ctx.service], renames), secret_values)
 
-    document: dict = {"services": services}
-    for key, attr in (("volumes", "volumes"), ("networks", "networks")):
-        declared = {}
-        for ctx in contexts:
-            declared.update(getattr(ctx, attr))
+    document: dict = {"services": _finish_services(services, contexts, placeholders)}
+    for key in ("volumes", "networks"):
+        declared = _declarations(contexts, key)
         if declared:
-            document[key] = _escape_tree(dict(sorted(declared.items())), {})
+            document[key] = declared
 
     secret_names = sorted(set(placeholders.values()))
     warnings += [f"Secret '{name}' was sanitized" for name in secret_names]
@@ -755,7 +798,8 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
                                     for n, v in _env_map(ctx.cfg.get("Env")).items()):
         warnings.append("Secrets were not sanitized: this file contains credentials")
 
-    base = sanitize_name(names[0] if len(sources) == 1 and stack_name is None else stack_name or DEFAULT_STACK_NAME)
+    single = len(sources) == 1 and stack_name is None
+    base = sanitize_name(names[0] if single else stack_name or DEFAULT_STACK_NAME)
     return Export(
         content=_dump(document),
         filename=f"{base}-compose.yaml",
