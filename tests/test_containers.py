@@ -1,0 +1,237 @@
+"""List, inspect and lifecycle against the real dockerd, with the WebSocket notifications they send."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+
+GRAFANA = {"nekzus.app.id": "grafana"}
+
+
+async def test_list_shows_linked_containers_only_and_all_with_flag(client, engine):
+    linked, other = unique("linked"), unique("other")
+    linked_id = await run_container(engine, linked, labels=GRAFANA)
+    await run_container(engine, other)
+    rows = await (await client.get("/api/v1/containers")).json()
+    assert [r["name"] for r in rows] == [linked]
+    row = rows[0]
+    assert set(row) == {"id", "name", "image", "state", "status", "created", "ports", "labels", "runtime",
+                        "namespace"}
+    assert row["id"] == linked_id and len(row["id"]) == 12
+    assert row["image"] == "localhost/busybox:latest"
+    assert row["state"] == "running" and row["status"].startswith("Up")
+    assert row["labels"] == GRAFANA and row["runtime"] == "docker" and row["namespace"] == ""
+    assert isinstance(row["created"], int) and row["created"] > 1_600_000_000
+    every = await (await client.get("/api/v1/containers?all=true")).json()
+    assert {r["name"] for r in every} == {linked, other}
+
+
+async def test_list_links_by_container_name_from_config(make_client, config_data, engine):
+    name = unique("byname")
+    config_data["apps"] = [{"id": "media", "name": "Media", "containers": [name]}]
+    client = await make_client(config_data)
+    await run_container(engine, name)
+    await run_container(engine, unique("unrelated"))
+    rows = await (await client.get("/api/v1/containers")).json()
+    assert [r["name"] for r in rows] == [name]
+
+
+async def test_states_are_mapped(client, engine):
+    created = unique("created")
+    await asyncio.to_thread(engine.run, created, "sleep 100000", labels=GRAFANA, start=False)
+    exited = unique("exited")
+    await run_container(engine, exited, "exit 3", labels=GRAFANA)
+    paused = unique("paused")
+    paused_id = await run_container(engine, paused, labels=GRAFANA)
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{paused_id}/pause", expect=(204,))
+
+    async def settled() -> bool:
+        rows = await (await client.get("/api/v1/containers")).json()
+        return {r["name"]: r["state"] for r in rows} == {created: "created", exited: "exited", paused: "paused"}
+    await wait_for(settled)
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{paused_id}/unpause", expect=(204,))
+
+
+async def test_ports_are_listed(client, engine):
+    name, network = unique("ports"), unique("net")
+    await asyncio.to_thread(engine.api_json, "POST", "/networks/create", {"Name": network}, expect=(201,))
+    await run_container(engine, name, labels=GRAFANA, NetworkMode=network,
+                        PortBindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                        config={"ExposedPorts": {"80/tcp": {}, "53/udp": {}}})
+    rows = await (await client.get("/api/v1/containers")).json()
+    ports = rows[0]["ports"]
+    assert ports[0] == {"ip": "", "privatePort": 53, "type": "udp"}
+    assert ports[1]["ip"] == "127.0.0.1" and ports[1]["privatePort"] == 80 and ports[1]["type"] == "tcp"
+    assert isinstance(ports[1]["publicPort"], int) and ports[1]["publicPort"] > 0
+
+
+@pytest.mark.parametrize("query, code", [
+    ("runtime=lxc", "INVALID_RUNTIME"),
+    ("all=maybe", "INVALID_PARAMETER"),
+])
+async def test_list_refuses_bad_query_values(client, query, code):
+    response = await client.get(f"/api/v1/containers?{query}")
+    assert response.status == 400
+    assert (await response.json())["error"] == code
+
+
+async def test_kubernetes_runtime_not_configured(client):
+    response = await client.get("/api/v1/containers?runtime=kubernetes")
+    assert response.status == 500
+    assert (await response.json())["error"] == "NO_RUNTIME"
+
+
+async def test_inspect_returns_raw_docker_document_with_secrets_masked(client, engine):
+    name = unique("inspect")
+    cid = await run_container(engine, name, env={"DB_PASSWORD": "hunter2", "API_KEY": "k-123",
+                                                 "AUTHOR": "me", "PLAIN": "visible"})
+    for ref in (cid, name):
+        response = await client.get(f"/api/v1/containers/{ref}")
+        assert response.status == 200
+        doc = await response.json()
+        assert doc["Id"].startswith(cid) and doc["Name"] == f"/{name}"
+        assert doc["State"]["Running"] is True and doc["State"]["Pid"] > 0
+        env = doc["Config"]["Env"]
+        assert "DB_PASSWORD=***" in env and "API_KEY=***" in env
+        assert "AUTHOR=me" in env and "PLAIN=visible" in env
+        assert "hunter2" not in await response.text()
+
+
+async def test_inspect_unknown_and_invalid_ids(client):
+    response = await client.get("/api/v1/containers/doesnotexist")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "CONTAINER_NOT_FOUND" and "doesnotexist" in body["message"]
+    response = await client.get("/api/v1/containers/" + "a" * 300)
+    assert response.status == 400
+    assert (await response.json())["error"] == "INVALID_CONTAINER_ID"
+
+
+async def test_stop_start_restart_with_notifications(client, engine):
+    name = unique("life")
+    cid = await run_container(engine, name, labels=GRAFANA)
+    ws = await ws_connect(client)
+
+    response = await client.post(f"/api/v1/containers/{cid}/stop?timeout=30")
+    assert response.status == 202
+    body = await response.json()
+    assert body["status"] == "accepted" and body["containerId"] == cid and body["timeout"] == 30
+    assert body["message"] == "Container stop initiated" and isinstance(body["timestamp"], int)
+    done = await next_message(ws, "container.stop.completed")
+    assert done["data"]["operationId"] == body["operationId"]
+    assert done["data"]["containerId"] == cid and done["data"]["status"] == "stopped"
+    assert done["data"]["message"] == "Container stopped successfully"
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Running"] is False and state["ExitCode"] == 0  # stopped by SIGTERM, not killed
+
+    response = await client.post(f"/api/v1/containers/{name}/start")
+    assert response.status == 202
+    body = await response.json()
+    assert "timeout" not in body and body["message"] == "Container start initiated"
+    done = await next_message(ws, "container.start.completed")
+    assert done["data"]["operationId"] == body["operationId"] and done["data"]["status"] == "started"
+
+    before = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]["StartedAt"]
+    response = await client.post(f"/api/v1/containers/{cid}/restart?timeout=5")
+    assert response.status == 202
+    body = await response.json()
+    done = await next_message(ws, "container.restart.completed")
+    assert done["data"]["operationId"] == body["operationId"] and done["data"]["status"] == "restarted"
+    after = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert after["Running"] is True and after["StartedAt"] != before
+    await ws.close()
+
+
+async def test_synchronous_checks_before_202(client, engine):
+    name = unique("checks")
+    cid = await run_container(engine, name)
+    response = await client.post(f"/api/v1/containers/{cid}/start")
+    assert response.status == 409
+    assert (await response.json())["error"] == "CONTAINER_ALREADY_STARTED"
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
+    response = await client.post(f"/api/v1/containers/{cid}/stop")
+    assert response.status == 409
+    assert (await response.json())["error"] == "CONTAINER_ALREADY_STOPPED"
+    response = await client.post("/api/v1/containers/nosuchcontainer/restart")
+    assert response.status == 404
+    assert (await response.json())["error"] == "CONTAINER_NOT_FOUND"
+    for bad in ("0", "301", "abc", "1.5", "-3", ""):
+        response = await client.post(f"/api/v1/containers/{cid}/stop?timeout={bad}")
+        assert response.status == 400, bad
+        assert (await response.json())["error"] == "INVALID_TIMEOUT"
+    response = await client.post(f"/api/v1/containers/{cid}/start?runtime=lxc")
+    assert (response.status, (await response.json())["error"]) == (400, "INVALID_RUNTIME")
+
+
+async def test_failed_operation_is_announced(client, engine):
+    """A start that the engine refuses (the command does not exist) ends in container.start.failed."""
+    name = unique("broken")
+    cid = (await asyncio.to_thread(engine.run, name, ["/no/such/binary"], start=False))[:12]
+    ws = await ws_connect(client)
+    response = await client.post(f"/api/v1/containers/{cid}/start")
+    assert response.status == 202
+    body = await response.json()
+    failed = await next_message(ws, "container.start.failed")
+    data = failed["data"]
+    assert data["operationId"] == body["operationId"] and data["containerId"] == cid
+    assert data["error"] == "CONTAINER_START_FAILED"
+    assert data["message"].startswith("Failed to start container") and "/no/such/binary" in data["message"]
+    await ws.close()
+
+
+async def test_notifications_reach_every_authenticated_client(client, engine):
+    cid = await run_container(engine, unique("fanout"))
+    sockets = [await ws_connect(client) for _ in range(3)]
+    unauthenticated = await client.ws_connect("/api/v1/ws")  # local, never sent auth: still authenticated
+    response = await client.post(f"/api/v1/containers/{cid}/restart?timeout=2")
+    op = (await response.json())["operationId"]
+    for ws in [*sockets, unauthenticated]:
+        done = await next_message(ws, "container.restart.completed")
+        assert done["data"]["operationId"] == op
+    for ws in [*sockets, unauthenticated]:
+        await ws.close()
+
+
+async def test_stop_marks_app_unhealthy_and_start_recovers(client, engine):
+    cid = await run_container(engine, unique("health"), labels=GRAFANA)
+    ws = await ws_connect(client)
+    await wait_for(lambda: _app_health(client, "healthy"))
+    await client.post(f"/api/v1/containers/{cid}/stop?timeout=5")
+    change = await next_message(ws, "health_change", where=lambda m: m["data"]["status"] == "unhealthy")
+    assert change["data"] == {"appId": "grafana", "appName": "Grafana", "status": "unhealthy",
+                              "message": "Container stopped", "timestamp": change["data"]["timestamp"]}
+    await client.post(f"/api/v1/containers/{cid}/start")
+    change = await next_message(ws, "health_change")
+    assert change["data"]["status"] == "healthy"
+    await ws.close()
+
+
+async def test_stop_outside_nekzusd_is_noticed_from_engine_events(client, engine):
+    cid = await run_container(engine, unique("outside"), labels=GRAFANA)
+    ws = await ws_connect(client)
+    await wait_for(lambda: _app_health(client, "healthy"))
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
+    change = await next_message(ws, "health_change", where=lambda m: m["data"]["status"] == "unhealthy")
+    assert change["data"]["appId"] == "grafana" and change["data"]["message"] == "Container stopped"
+    await ws.close()
+
+
+async def _app_health(client, status: str) -> bool:
+    apps = await (await client.get("/api/v1/apps")).json()
+    return any(a["id"] == "grafana" and a["health"] == status for a in apps)
+
+
+async def test_unknown_routes_and_methods_are_json(client):
+    response = await client.get("/api/v1/nothing/here")
+    assert response.status == 404
+    assert await response.json() == {"error": "NOT_FOUND", "message": "No such route"}
+    response = await client.delete("/api/v1/containers")
+    assert response.status == 405
+    assert "GET" in response.headers["Allow"]
+    assert (await response.json())["error"] == "METHOD_NOT_ALLOWED"
+    response = await client.post("/api/v1/containers/ns/pod/explode")
+    assert response.status == 404
+    assert (await response.json())["error"] == "NOT_FOUND"
