@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .config import AppConfig
-from .errors import ApiError, RuntimeUnavailable
+from .errors import ApiError, EngineError, RuntimeUnavailable
 from .hub import Hub
 from .runtimes.base import Container, Runtime
 from .store import Store
@@ -131,7 +131,7 @@ class HealthTracker:
             for runtime in self.runtimes:
                 try:
                     containers += await runtime.list()
-                except (RuntimeUnavailable, Exception) as exc:  # an engine being down changes nothing known
+                except (ApiError, EngineError) as exc:  # an engine being down changes nothing known
                     log.debug("health refresh: %s unavailable: %s", runtime.name, exc)
                     return
             by_app: dict[str, list[Container]] = {a.id: [] for a in self.apps.all()}
@@ -171,8 +171,10 @@ class HealthTracker:
                     self.poke()
             except NotImplementedError:
                 return
-            except Exception as exc:  # engine down or stream broken: retry with backoff
+            except (RuntimeUnavailable, EngineError) as exc:  # engine down: retry with backoff
                 log.debug("event stream of %s broke: %s", runtime.name, exc)
+            except Exception:  # a bug, not an outage: say so, but keep tracking
+                log.exception("event stream of %s failed", runtime.name)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
