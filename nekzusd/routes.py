@@ -7,6 +7,7 @@ from aiohttp import web
 
 from . import ws
 from .views import apps, containers
+from .views import export
 
 API = "/api/v1"
 C = f"{API}/containers"
@@ -22,8 +23,14 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"{API}/discovery", apps.discovery)
 
     r.add_get(C, containers.list_containers)
+    r.add_post(f"{C}/batch/export", export.export_containers)
+    r.add_post(f"{C}/batch/export/preview", export.preview_containers)
     r.add_get(f"{C}/{{id}}", containers.inspect_container)
     r.add_post(f"{C}/{{id}}/{LIFECYCLE}", containers.lifecycle)
+    r.add_post(f"{C}/{{id}}/export", export.export_container)
+    r.add_post(f"{C}/{{id}}/export/preview", export.preview_container)
 
     r.add_get(f"{C}/{{namespace}}/{{pod}}", containers.inspect_container)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/{LIFECYCLE}", containers.lifecycle)
+    r.add_post(f"{C}/{{namespace}}/{{pod}}/export", export.export_container)
+    r.add_post(f"{C}/{{namespace}}/{{pod}}/export/preview", export.preview_container)

@@ -248,7 +248,19 @@ class DockerRuntime(Runtime):
                 found = await self._optional_json(f"networks/{name}")
                 if found is not None:
                     networks[name] = found
+        await self._name_shared_namespaces(container)
         return ServiceSource(container=container, image=image, volumes=volumes, networks=networks)
+
+    async def _name_shared_namespaces(self, container: dict[str, Any]) -> None:
+        """Rewrite `container:<full id>` (how the engine records a shared network, PID or IPC namespace)
+        as `container:<name>`: an id means nothing on another host, a name can be recreated."""
+        host = container.get("HostConfig") or {}
+        for key in ("NetworkMode", "PidMode", "IpcMode"):
+            kind, _, ref = (host.get(key) or "").partition(":")
+            if kind == "container" and re.fullmatch(r"[0-9a-f]{64}", ref):
+                other = await self._optional_json(f"containers/{ref}/json")
+                if other and other.get("Name"):
+                    host[key] = f"container:{other['Name'].lstrip('/')}"
 
     async def _optional_json(self, path: str) -> Any:
         try:
