@@ -45,5 +45,48 @@ run: debs-run venv
 test: debs-test venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
+# make install [PREFIX=/opt/nekzusd] [DESTDIR=/staging]: the daemon in its own venv under PREFIX, the
+# config under /etc/nekzusd (an existing one is never overwritten), the unit under /etc/systemd/system.
+# PIP_INSTALL_ARGS passes options to pip (e.g. --no-index --find-links=wheels/ on an offline machine).
+PREFIX ?= /opt/nekzusd
+CONFDIR ?= /etc/nekzusd
+UNITDIR ?= /etc/systemd/system
+PIP_INSTALL_ARGS ?=
+INSTALL_ROOT := $(DESTDIR)$(PREFIX)
+HAVE_SYSTEMD := $(shell [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && echo yes)
+
+install:
+	$(call install_debs,python3-venv)
+	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path" >&2; exit 2;; esac
+	$(PYTHON) -m venv --clear $(INSTALL_ROOT)
+	$(INSTALL_ROOT)/bin/pip install -q --disable-pip-version-check $(PIP_INSTALL_ARGS) .
+	@# Staged into DESTDIR: scripts must name the final location, not the staging one.
+	@if [ -n "$(DESTDIR)" ]; then \
+		grep -rlI -- "$(INSTALL_ROOT)" $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/pyvenv.cfg \
+			| xargs -r sed -i "s|$(INSTALL_ROOT)|$(PREFIX)|g"; \
+	fi
+	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(UNITDIR)
+	@if [ -e $(DESTDIR)$(CONFDIR)/nekzusd.yaml ]; then \
+		echo "keeping the existing $(CONFDIR)/nekzusd.yaml"; \
+	else \
+		install -m 0644 etc/nekzusd.yaml $(DESTDIR)$(CONFDIR)/nekzusd.yaml; \
+	fi
+	sed "s|/opt/nekzusd|$(PREFIX)|g" systemd/nekzusd.service > $(DESTDIR)$(UNITDIR)/nekzusd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/nekzusd.service
+	@if [ "$(HAVE_SYSTEMD)" = yes ]; then systemctl daemon-reload; fi
+	@echo "installed; start with: systemctl enable --now nekzusd"
+
+# Removes the venv and the unit; the config ($(CONFDIR)) and the state (/var/lib/nekzusd) stay.
+uninstall:
+	@if [ "$(HAVE_SYSTEMD)" = yes ]; then systemctl disable --now nekzusd.service || true; fi
+	rm -f $(DESTDIR)$(UNITDIR)/nekzusd.service
+	@if [ -f $(INSTALL_ROOT)/pyvenv.cfg ] && [ -e $(INSTALL_ROOT)/bin/nekzusd ]; then \
+		rm -rf $(INSTALL_ROOT); \
+	elif [ -e $(INSTALL_ROOT) ]; then \
+		echo "$(INSTALL_ROOT) is not a nekzusd venv; not removing it" >&2; exit 1; \
+	fi
+	@if [ "$(HAVE_SYSTEMD)" = yes ]; then systemctl daemon-reload; fi
+	@echo "kept $(CONFDIR) and /var/lib/nekzusd; remove them by hand to forget everything"
+
 clean:
 	rm -rf $(VENV) .state build *.egg-info

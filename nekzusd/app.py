@@ -9,15 +9,19 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import auth
+from . import accesslog, auth
 from .apps import Apps, HealthTracker
 from .config import Config
 from .errors import error_middleware
 from .hub import Hub
 from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
+from .keys import METRICS, PROBE
+from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
+from .views.status import setup_templates
 from .runtimes import Runtimes
+from .status import RuntimeProbe
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -36,9 +40,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await apps.load()
     runtimes = app[RUNTIMES] = Runtimes(config.runtimes)
     await runtimes.open()
+    app[PROBE] = RuntimeProbe(runtimes)
     hub = app[HUB] = Hub()
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
     app[OPERATIONS] = Operations(hub, on_done=health.poke)
+    app[OPERATIONS].listeners.append(app[METRICS].observe_operation)
     health.start()
     try:
         yield
@@ -55,9 +61,11 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[accesslog.observe, error_middleware], client_max_size=MAX_BODY)
     app[CONFIG] = config
     app[STARTED_AT] = time.time()
+    app[METRICS] = Metrics(app)
+    setup_templates(app)
     auth.setup(app, config.auth)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(_on_shutdown)

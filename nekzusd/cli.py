@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
 
 from aiohttp import web
 
-from . import __version__, config as config_mod
+from . import __version__, config as config_mod, systemd
 from .auth import Tokens, load_or_create_secret
+from .keys import APPS, HEALTH
+from .systemd import Watchdog
 
 log = logging.getLogger("nekzusd")
 
+HANDLER_GRACE = 2.0  # seconds requests still running at shutdown get, after operations were drained
 _TTL_RE = re.compile(r"(\d+)([smhd])")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -43,33 +47,69 @@ def _load_config(path: str) -> config_mod.Config:
         raise SystemExit(2) from None
 
 
-async def _serve(config: config_mod.Config) -> None:
+async def reload_config_apps(app: web.Application, path: str) -> bool:
+    """SIGHUP: take the apps list from the config file again, keeping every connection. Other keys need a
+    restart. A broken file changes nothing (and says why)."""
+    try:
+        config = await asyncio.to_thread(config_mod.load, path)
+    except config_mod.ConfigError as exc:
+        log.error("reload: %s is invalid, keeping the current apps: %s", path, "; ".join(exc.problems))
+        return False
+    app[APPS].set_config_apps(config.apps)
+    app[HEALTH].poke()
+    log.info("reload: %d apps from %s", len(config.apps), path)
+    return True
+
+
+async def _serve(config: config_mod.Config, config_path: str) -> None:
     from .app import create_app
     from .tls import ssl_context
 
     ssl = await asyncio.to_thread(ssl_context, config)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_GRACE, handle_signals=False)
     await runner.setup()
-    host, port = config.server.host_port
-    site = web.TCPSite(runner, host or None, port, ssl_context=ssl, reuse_address=True)
-    await site.start()
-    log.info("nekzusd %s listening on %s://%s", __version__, "https" if ssl else "http", config.server.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    watchdog: Watchdog | None = None
+    reloads: set[asyncio.Task[bool]] = set()
     try:
+        host, port = config.server.host_port
+        site = web.TCPSite(runner, host or None, port, ssl_context=ssl, reuse_address=True)
+        await site.start()
+        scheme = "https" if ssl else "http"
+        where = ", ".join(f"{scheme}://{h}:{p}" if ":" not in h else f"{scheme}://[{h}]:{p}"
+                          for h, p, *_ in runner.addresses)
+        log.info("nekzusd %s listening on %s", __version__, where)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            task = asyncio.create_task(reload_config_apps(app, config_path), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        systemd.notify(f"READY=1\nSTATUS=listening on {where}")
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            watchdog = Watchdog(interval)
+            watchdog.start()
         await stop.wait()
         log.info("shutting down")
+        systemd.notify("STOPPING=1\nSTATUS=shutting down")
     finally:
+        await asyncio.gather(*reloads, return_exceptions=True)
         await runner.cleanup()
+        if watchdog is not None:  # pings go on while shutting down, which may take a few seconds
+            await watchdog.stop()
+    log.info("stopped")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.config))
     except OSError as exc:
         print(f"nekzusd: cannot serve on {config.server.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -119,10 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """For stderr read by journald: a ``<priority>`` prefix carries the level; journald adds the time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets $JOURNAL_STREAM to the device:inode of the journal stream it gave us."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     return args.func(args)
 
 

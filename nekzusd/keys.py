@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from .auth import Tokens
     from .config import Config
     from .hub import Hub
+    from .metrics import Metrics
     from .operations import Operations
     from .runtimes import Runtimes
+    from .status import RuntimeProbe
     from .store import Store
 
 CONFIG = web.AppKey("config", "Config")
@@ -24,3 +26,5 @@ HEALTH = web.AppKey("health", "HealthTracker")
 OPERATIONS = web.AppKey("operations", "Operations")
 TOKENS = web.AppKey("tokens", "Tokens")
 STARTED_AT = web.AppKey("started_at", float)
+METRICS = web.AppKey("metrics", "Metrics")
+PROBE = web.AppKey("probe", "RuntimeProbe")

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from . import ws
 from .views import apps, containers
+from .views import status as operator
 from .views import export
 
 API = "/api/v1"
@@ -16,6 +17,10 @@ LIFECYCLE = "{action:start|stop|restart}"
 
 def setup_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/", operator.status_page)
+    r.add_get("/healthz", operator.healthz)
+    r.add_get("/readyz", operator.readyz)
+    r.add_get("/metrics", operator.metrics)
     r.add_get(f"{API}/ws", ws.websocket)
     r.add_get(f"{API}/apps", apps.list_apps)
     r.add_post(f"{API}/apps", apps.add_app)

@@ -1,0 +1,188 @@
+"""What the status page, /readyz and /metrics report, gathered as plain data.
+
+``gather(app)`` builds the status page's dict; ``RuntimeProbe`` pings each runtime with a short timeout
+and caches the answer briefly, so the page, /readyz and /metrics together cost the engine one ping per
+``RuntimeProbe.TTL``. Counters owned by other parts of the daemon are read here, defensively, because
+those parts may be absent (a daemon without log streaming still has a status page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__, keys
+from .errors import ApiError
+from .keys import APPS, HEALTH, HUB, OPERATIONS, PROBE, RUNTIMES, STARTED_AT
+from .runtimes import Container, Runtime, Runtimes
+
+LIST_TIMEOUT = 3.0  # the page must render even when an engine is slow
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    name: str
+    primary: bool
+    reachable: bool
+    version: str = ""
+    latency: float | None = None  # seconds the last ping took
+    error: str = ""
+    checked_at: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "primary": self.primary, "reachable": self.reachable,
+                "version": self.version, "error": self.error,
+                "latencyMs": None if self.latency is None else round(self.latency * 1000, 1)}
+
+
+class RuntimeProbe:
+    TTL = 2.0       # seconds a ping result is reused
+    TIMEOUT = 2.0   # a runtime that does not answer a ping in this long counts as down
+
+    def __init__(self, runtimes: Runtimes) -> None:
+        self._runtimes = runtimes
+        self.states: dict[str, RuntimeState] = {}
+        self._lock = asyncio.Lock()
+        self._checked = -math.inf
+
+    async def check(self) -> list[RuntimeState]:
+        """Every runtime's reachability, pinging (concurrently) only when the cache is stale."""
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            if now - self._checked >= self.TTL:
+                states = await asyncio.gather(*(self._ping(r) for r in self._runtimes.all()))
+                self.states = {s.name: s for s in states}
+                self._checked = asyncio.get_running_loop().time()
+        return list(self.states.values())
+
+    async def primary(self) -> RuntimeState:
+        await self.check()
+        return self.states[self._runtimes.primary]
+
+    async def _ping(self, runtime: Runtime) -> RuntimeState:
+        primary = runtime.name == self._runtimes.primary
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.TIMEOUT):
+                info = await runtime.ping()
+        except TimeoutError:
+            return RuntimeState(runtime.name, primary, False, error=f"no answer within {self.TIMEOUT:g} s",
+                                checked_at=time.time())
+        except ApiError as exc:
+            return RuntimeState(runtime.name, primary, False, error=exc.message, checked_at=time.time())
+        except Exception as exc:  # whatever the engine client raised, the runtime is not usable now
+            return RuntimeState(runtime.name, primary, False, error=str(exc) or type(exc).__name__,
+                                checked_at=time.time())
+        return RuntimeState(runtime.name, primary, True, str(info.get("version", "")),
+                            time.perf_counter() - started, checked_at=time.time())
+
+
+def runtime_states(app: web.Application) -> list[RuntimeState]:
+    """The last ping results, without pinging (for synchronous readers such as the metrics collector)."""
+    probe = app.get(PROBE)
+    return list(probe.states.values()) if probe is not None else []
+
+
+def live_counters(app: web.Application) -> dict[str, int | None]:
+    """Counters other parts of the daemon keep; None where that part is not there."""
+    hub = app.get(HUB)
+    clients = list(hub.clients) if hub is not None else []
+    log_streams = _optional_service(app, "LOG_STREAMS")
+    limiter = _optional_service(app, "RATE_LIMITER")
+    return {
+        "websocket_clients": len(clients),
+        "websocket_authenticated": sum(c.authenticated for c in clients),
+        "log_streams": _number(log_streams, "active"),
+        "log_lines_streamed": _number(log_streams, "lines_sent"),
+        "log_lines_dropped": _number(log_streams, "lines_dropped"),
+        "rate_limit_rejections": _number(limiter, "rejected"),
+    }
+
+
+def _optional_service(app: web.Application, key_name: str) -> Any:
+    key = getattr(keys, key_name, None)
+    return app.get(key) if key is not None else None
+
+
+def _number(service: Any, attribute: str) -> int | None:
+    value = getattr(service, attribute, None)
+    if value is None:
+        return None
+    return len(value) if hasattr(value, "__len__") else int(value)
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days} d"] if days else []
+    if days or hours:
+        parts.append(f"{hours} h")
+    parts.append(f"{minutes} min")
+    if not days and not hours:
+        parts.append(f"{secs} s")
+    return " ".join(parts)
+
+
+async def _list(runtime: Runtime) -> list[Container] | None:
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT):
+            return await runtime.list()
+    except Exception:  # shown as "not reachable" on the page; the probe says why
+        return None
+
+
+def _container_json(c: Container) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "state": c.state, "status": c.status, "runtime": c.runtime,
+            "namespace": c.namespace}
+
+
+async def gather(app: web.Application) -> dict[str, Any]:
+    """Everything the status page shows, as plain data."""
+    runtimes = app[RUNTIMES].all()
+    states, lists = await asyncio.gather(app[PROBE].check(),
+                                         asyncio.gather(*(_list(r) for r in runtimes)))
+    reachable = {s.name: s.reachable for s in states}
+    containers: list[Container] = []
+    by_state: dict[str, dict[str, int]] = {}
+    for runtime, listed in zip(runtimes, lists):
+        if listed is None or not reachable.get(runtime.name):
+            continue
+        containers += listed
+        by_state[runtime.name] = dict(sorted(Counter(c.state for c in listed).items()))
+
+    apps_registry, health = app[APPS], app[HEALTH]
+    linked: dict[str, list[Container]] = {}
+    for c in containers:
+        owner = apps_registry.app_of(c)
+        if owner is not None:
+            linked.setdefault(owner.id, []).append(c)
+    apps = [{"id": a.id, "name": a.name, "source": a.source, "health": health.status.get(a.id, "unknown"),
+             "containers": [_container_json(c) for c in sorted(linked.get(a.id, []), key=lambda c: c.name)]}
+            for a in apps_registry.all()]
+
+    operations = app[OPERATIONS]
+    recent = [{"id": o.id, "kind": o.op, "containerId": o.container_id, "container": o.name,
+               "runtime": o.runtime, "result": "success" if o.ok else "failure", "error": o.error or "",
+               "durationMs": None if o.duration is None else round(o.duration * 1000),
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o.finished or o.started))}
+              for o in reversed(operations.recent)]
+
+    uptime = time.time() - app[STARTED_AT]
+    return {
+        "version": __version__,
+        "uptimeSeconds": int(uptime),
+        "uptime": human_duration(uptime),
+        "runtimes": [s.as_json() for s in states],
+        "containers": {"total": len(containers), "byState": by_state},
+        "apps": apps,
+        "operations": {"inFlight": operations.in_flight, "recent": recent},
+        "live": live_counters(app),
+    }

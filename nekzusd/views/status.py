@@ -1,0 +1,57 @@
+"""The operator's routes: the status page, /healthz, /readyz and /metrics.
+
+The status page and /metrics show what runs on the server, so they follow the API's rule: local
+addresses need no token, everyone else needs one with a read scope. /healthz and /readyz reveal only
+"up or not" and stay open for probes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from .. import __version__
+from ..auth import READ, require
+from ..keys import METRICS, PROBE, STARTED_AT
+from ..metrics import CONTENT_TYPE
+from ..status import gather
+
+REFRESH_SECONDS = 10
+
+
+def setup_templates(app: web.Application) -> None:
+    """Jinja with autoescaping; the template is compiled now so that no request reads a file."""
+    env = aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("nekzusd", "templates"),
+                               autoescape=True, auto_reload=False)
+    env.get_template("status.html")
+
+
+async def status_page(request: web.Request) -> web.Response:
+    require(request, READ)
+    data = await gather(request.app)
+    data["refreshSeconds"] = REFRESH_SECONDS
+    response = aiohttp_jinja2.render_template("status.html", request, data)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its loop answers."""
+    return web.json_response({"status": "ok", "version": __version__,
+                              "uptimeSeconds": int(time.time() - request.app[STARTED_AT])})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the listener answers (it just did) and the primary runtime is reachable."""
+    primary = await request.app[PROBE].primary()
+    body = {"status": "ready" if primary.reachable else "not_ready", "runtime": primary.as_json()}
+    return web.json_response(body, status=200 if primary.reachable else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    require(request, READ)
+    await request.app[PROBE].check()  # the collector reads the cached reachability
+    return web.Response(body=request.app[METRICS].expose(), headers={"Content-Type": CONTENT_TYPE})
