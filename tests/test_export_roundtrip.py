@@ -127,7 +127,9 @@ def mapped_fields(doc: dict, image_cmd: list[str] | None = None) -> dict:
         "sysctls": host.get("Sysctls") or {}, "security_opt": host.get("SecurityOpt") or [],
         "stop_signal": config.get("StopSignal"), "stop_timeout": config.get("StopTimeout"),
         "init": host.get("Init"), "logging": host["LogConfig"], "memory": host["Memory"],
-        "nano_cpus": host["NanoCpus"],
+        "nano_cpus": host["NanoCpus"], "mem_reservation": host["MemoryReservation"],
+        "pids_limit": host.get("PidsLimit"), "read_only": host["ReadonlyRootfs"],
+        "group_add": host.get("GroupAdd"), "devices": host.get("Devices"),
     }
 
 
@@ -170,7 +172,7 @@ async def build_stack(engine, scratch, tmp_path: Path) -> dict:
             "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}],
             "Sysctls": {"net.ipv4.tcp_keepalive_time": "600"},
             "ExtraHosts": ["db.local:127.0.0.5"], "Dns": ["127.0.0.53"],
-            "Memory": 64 << 20, "NanoCpus": 500_000_000, "ShmSize": 32 << 20,
+            "Memory": 64 << 20, "MemoryReservation": 32 << 20, "NanoCpus": 500_000_000, "ShmSize": 32 << 20,
             "SecurityOpt": ["no-new-privileges"], "Init": True,
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}},
         },
@@ -180,7 +182,9 @@ async def build_stack(engine, scratch, tmp_path: Path) -> dict:
         "Entrypoint": ["sh", "-c"], "Cmd": ["trap 'exit 0' TERM; sleep 100000 & wait $!"],
         "Env": [f"{k}={v}" for k, v in secrets["worker"].items()],
         "HostConfig": {"NetworkMode": f"container:{web}", "Binds": [f"{volume}:/shared:ro"],
-                       "RestartPolicy": {"Name": "always"}},
+                       "RestartPolicy": {"Name": "always"}, "ReadonlyRootfs": True, "GroupAdd": ["daemon"],
+                       "PidsLimit": 64, "Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/zero2",
+                                                     "CgroupPermissions": "rw"}]},
     })
     return {"tag": tag, "web": web, "worker": worker, "network": network, "volume": volume, "secrets": secrets}
 
@@ -193,7 +197,9 @@ async def test_stack_round_trip_through_docker_compose(client, engine, scratch, 
     made = mapped_fields(originals[web])
     assert made["tmpfs"] == {"/run/scratch": "size=16m"} and made["sysctls"] and made["init"] is True
     assert ("nofile", 1024, 2048) in made["ulimits"] and made["stop_timeout"] == 7
-    assert len(made["ports"]["80/tcp"]) == 3 and made["memory"] and made["nano_cpus"]
+    assert len(made["ports"]["80/tcp"]) == 3 and made["memory"] and made["nano_cpus"] and made["mem_reservation"]
+    made = mapped_fields(originals[worker])
+    assert made["devices"] and made["pids_limit"] == 64 and made["read_only"] and made["group_add"] == ["daemon"]
 
     response = await client.post("/api/v1/containers/batch/export",
                                  json={"container_ids": [web, worker], "stack_name": stack["tag"]})
