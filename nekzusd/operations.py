@@ -123,6 +123,7 @@ class Operations:
         """The synchronous checks before a 202: the container exists and its state allows the operation."""
         container = await runtime.get(ref)
         check_state(container, op)
+        await runtime.check_operation(container, op)
         return container
 
     def submit(self, runtime: Runtime, container: Container, op: str, timeout: int) -> str:

@@ -143,3 +143,7 @@ class Runtime(abc.ABC):
     def is_self(self, container: Container) -> bool:
         """True for the container nekzusd itself runs in (bulk operations never touch it)."""
         return False
+
+    async def check_operation(self, container: Container, op: str) -> None:
+        """Runtime-specific refusals before an operation is accepted (raise ApiError/EngineError), e.g. a
+        Kubernetes pod without a workload to scale. Runs after the generic state check."""
