@@ -51,7 +51,7 @@ async def export_one(runtime: Runtime, ref: Ref, options: dict[str, Any]) -> Exp
     except EngineError as exc:
         raise ApiError(500, "EXPORT_FAILED", f"Failed to export container configuration: {exc}",
                        {"containerId": ref.id}) from None
-    return export_services([source], **options)
+    return await asyncio.to_thread(export_services, [source], **options)
 
 
 async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, options: dict[str, Any],
@@ -75,7 +75,12 @@ async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, optio
             except EngineError as exc:
                 return f"Container '{ref.id}' was skipped: failed to inspect it: {exc}"
 
-    results = await asyncio.gather(*(fetch(ref) for ref in refs))
+    try:
+        async with asyncio.TaskGroup() as group:  # one failing the request cancels the others
+            tasks = [group.create_task(fetch(ref)) for ref in refs]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    results = [task.result() for task in tasks]
     skipped = [r for r in results if isinstance(r, str)]
     sources: list[ServiceSource] = []
     repeated: list[str] = []
@@ -91,7 +96,8 @@ async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, optio
         sources.append(result)
     if not sources:
         raise ApiError(404, "ALL_CONTAINERS_FAILED", "Failed to inspect any containers", {"warnings": skipped})
-    export = export_services(sources, stack_name=stack_name, **options)
+    # Off the loop: YAML emitting is pure Python and takes about 9 ms per service.
+    export = await asyncio.to_thread(export_services, sources, stack_name=stack_name, **options)
     export.warnings[:0] = skipped + repeated
     return export, bool(skipped)
 
@@ -114,11 +120,12 @@ async def _read_options(request: web.Request, fields: dict[str, Field], optional
     return body
 
 
-def _respond(export: Export, zip_folder: str, as_zip: bool, status: int = 200) -> web.Response:
+async def _respond(export: Export, zip_folder: str, as_zip: bool, status: int = 200) -> web.Response:
     if not as_zip:
         return web.json_response(export.as_json(), status=status)
     folder = sanitize_name(zip_folder)
-    return web.Response(body=export_zip(export, folder), status=status, content_type=ZIP_TYPE,
+    archive = await asyncio.to_thread(export_zip, export, folder)
+    return web.Response(body=archive, status=status, content_type=ZIP_TYPE,
                         headers={"Content-Disposition": f'attachment; filename="{folder}.zip"',
                                  "X-Export-Warning-Count": str(len(export.warnings))})
 
@@ -128,7 +135,7 @@ async def _single(request: web.Request, preview: bool) -> web.Response:
     runtime, ref = target(request)
     options = await _read_options(request, _OPTIONS, optional_body=True)
     export = await export_one(runtime, ref, options)
-    return _respond(export, export.filename.removesuffix("-compose.yaml"), as_zip)
+    return await _respond(export, export.filename.removesuffix("-compose.yaml"), as_zip)
 
 
 async def _batch(request: web.Request, preview: bool) -> web.Response:
@@ -145,7 +152,7 @@ async def _batch(request: web.Request, preview: bool) -> web.Response:
     refs = [runtime.validate_ref(Ref(i, namespace)) for i in ids]
     concurrency = request.app[CONFIG].bulk.concurrency
     export, skipped = await export_batch(runtime, refs, stack_name, body, concurrency)
-    return _respond(export, stack_name, as_zip, status=206 if skipped else 200)
+    return await _respond(export, stack_name, as_zip, status=206 if skipped else 200)
 
 
 async def export_container(request: web.Request) -> web.Response:
