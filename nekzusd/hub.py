@@ -1,8 +1,14 @@
 """Connected WebSocket clients: a bounded send queue each, and broadcast of notifications.
 
-A client that reads slowly must not grow the daemon's memory: messages marked droppable (log lines)
-are dropped when its queue is full and counted per container, then reported as
-``container.logs.dropped``; a client whose queue stays full for notifications is closed.
+A client that reads slowly must not grow the daemon's memory. Each client has one ordered queue:
+- log messages may fill it up to ``LOG_QUEUE_SIZE`` messages / ``LOG_QUEUE_BYTES``; then the queue is
+  "full" and further log messages are dropped (counted per container) until the writer has drained it
+  below half, when ``container.logs.dropped {containerId, count}`` is queued exactly where the gap is;
+- notifications and log-stream control messages (``started``, ``ended``, ``error``) are never dropped:
+  they may use ``CONTROL_RESERVE`` more slots; a client that lets even those pile up is stuck and closed;
+- a client that cannot take a batch of messages within ``SEND_TIMEOUT`` is stuck and closed (aborted, so
+  that closing cannot hang on a peer that never reads).
+Producers that prefer waiting to dropping (a fast client that is briefly behind) use ``wait_log_room``.
 """
 
 from __future__ import annotations
@@ -11,98 +17,211 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 1024
-SEND_TIMEOUT = 10.0  # a client that cannot take one message in this long is stuck
+LOG_QUEUE_SIZE = 1024  # log messages a client may have waiting
+LOG_QUEUE_BYTES = 4 << 20  # ... and their size (characters) at most, so that big lines stay bounded too
+CONTROL_RESERVE = 256  # slots beyond that for messages that must not be dropped
+SEND_TIMEOUT = 10.0  # a client that cannot take one batch (below) in this long is stuck
+SEND_BATCH = 64  # messages, or SEND_BATCH_BYTES, written under one timeout
+SEND_BATCH_BYTES = 256 << 10
+CLOSE_TIMEOUT = 2.0  # a polite close that takes longer is cut short (transport aborted)
 
 
 def envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type_, "data": data}
 
 
-class Client:
-    """One WebSocket connection and its writer task."""
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
 
-    def __init__(self, ws: web.WebSocketResponse, address: str, queue_size: int = QUEUE_SIZE) -> None:
+
+class Client:
+    """One WebSocket connection, its ordered send queue and its writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, address: str, transport: asyncio.BaseTransport | None = None,
+                 ) -> None:
         self.ws = ws
         self.address = address
         self.subject: str | None = None  # set once authenticated
         self.connected_at = time.time()
-        self.dropped: Counter[str] = Counter()  # container id -> log messages dropped, not yet reported
+        self.dropped: Counter[str] = Counter()  # container id -> log lines dropped, not yet reported
         self.dropped_total = 0
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
+        self.on_close: list[Callable[[], Awaitable[None]]] = []  # e.g. end log streams
+        self._transport = transport
+        self._queue: deque[str | None] = deque()
+        self._queued_chars = 0
+        self._log_full = False  # log messages are dropped until the writer drains below half
+        self._room = asyncio.Event()  # set while log messages are accepted
+        self._room.set()
+        self._wakeup = asyncio.Event()
+        self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self.on_close: list[Callable[[], Awaitable[None]]] = []  # e.g. end log streams
 
     @property
     def authenticated(self) -> bool:
         return self.subject is not None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.ws.closed
+
+    @property
+    def log_full(self) -> bool:
+        """True while log messages would be dropped."""
+        return self._log_full
+
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.address}")
 
     def send(self, message: dict[str, Any], *, droppable_for: str | None = None) -> bool:
-        """Queue a message. With ``droppable_for`` (a container id) it may be dropped when the queue is full;
-        otherwise a full queue means the client is stuck and it is closed."""
-        if self.ws.closed:
+        """Queue a message. With ``droppable_for`` (a container id) it is a log message that may be dropped;
+        otherwise it is never dropped, and a queue full even of those means the client is stuck."""
+        if droppable_for is not None:
+            return self.send_log(droppable_for, _dumps(message))
+        return self.send_text(_dumps(message))
+
+    def send_text(self, text: str) -> bool:
+        """Queue an already encoded message that must not be dropped."""
+        if self.closed:
             return False
-        try:
-            self._queue.put_nowait(json.dumps(message, separators=(",", ":")))
+        if len(self._queue) >= LOG_QUEUE_SIZE + CONTROL_RESERVE:
+            self._stuck("send queue full")
+            return False
+        self._push(text)
+        return True
+
+    def send_log(self, container_id: str, text: str, lines: int = 1) -> bool:
+        """Queue an encoded log message holding ``lines`` lines, or drop and count it."""
+        if self.closed:
+            return False
+        if self._log_full:
+            self.drop(container_id, lines)
+            return False
+        if self.dropped.get(container_id):
+            self._push(self._dropped_message(container_id))
+        self._push(text)
+        if len(self._queue) >= LOG_QUEUE_SIZE or self._queued_chars >= LOG_QUEUE_BYTES:
+            self._log_full = True
+            self._room.clear()
+        return True
+
+    def drop(self, container_id: str, lines: int = 1) -> None:
+        """Count log lines that were not sent (reported later as container.logs.dropped)."""
+        self.dropped[container_id] += lines
+        self.dropped_total += lines
+
+    async def wait_log_room(self, timeout: float) -> bool:
+        """Wait until log messages are accepted again; False if that took longer than ``timeout``."""
+        if not self._log_full:
             return True
-        except asyncio.QueueFull:
-            if droppable_for is not None:
-                self.dropped[droppable_for] += 1
-                self.dropped_total += 1
-                return False
-            log.warning("closing stuck WebSocket client %s: send queue full", self.address)
-            if self._closer is None:
-                self._closer = asyncio.create_task(self.ws.close(code=1008, message=b"send queue full"))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._room.wait()
+        except TimeoutError:
             return False
+        return not self.closed
+
+    def report_drops(self, container_id: str) -> None:
+        """Queue the pending drop count of one container now (before its stream's ``ended``)."""
+        if self.dropped.get(container_id) and not self.closed:
+            self.send_text(self._dropped_message(container_id))
+
+    def _dropped_message(self, container_id: str) -> str:
+        count = self.dropped.pop(container_id)
+        return _dumps(envelope("container.logs.dropped", {"containerId": container_id, "count": count,
+                                                          "timestamp": int(time.time())}))
+
+    def _push(self, text: str) -> None:
+        self._queue.append(text)
+        self._queued_chars += len(text)
+        self._wakeup.set()
+
+    def _popped(self, text: str) -> None:
+        self._queued_chars -= len(text)
+        if self._log_full and (len(self._queue) <= LOG_QUEUE_SIZE // 2
+                               and self._queued_chars <= LOG_QUEUE_BYTES // 2):
+            self._log_full = False
+            for container_id in list(self.dropped):  # the gap is here: say so before the next lines
+                self._push(self._dropped_message(container_id))
+            self._room.set()
 
     async def run_close_callbacks(self) -> None:
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             await callback()
 
-    def queue_has_room(self) -> bool:
-        return not self._queue.full()
-
     async def _write_loop(self) -> None:
+        queue = self._queue
         try:
             while True:
-                text = await self._queue.get()
-                if text is None:
-                    return
+                if not queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
                 async with asyncio.timeout(SEND_TIMEOUT):
-                    await self.ws.send_str(text)
-                if self.dropped and self._queue.qsize() < self._queue.maxsize // 2:
-                    await self._report_drops()
-        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                    count = chars = 0
+                    while queue and count < SEND_BATCH and chars < SEND_BATCH_BYTES:
+                        text = queue.popleft()
+                        if text is None:
+                            return
+                        self._popped(text)
+                        await self.ws.send_str(text)
+                        count += 1
+                        chars += len(text)
+        except TimeoutError:
+            log.warning("closing stuck WebSocket client %s: nothing accepted for %g s", self.address, SEND_TIMEOUT)
+            self._abort()
+        except (ConnectionError, RuntimeError) as exc:
             log.info("WebSocket client %s gone: %s", self.address, exc or type(exc).__name__)
-            await self.ws.close(code=1011)
+            self._abort()
 
-    async def _report_drops(self) -> None:
-        drops, self.dropped = self.dropped, Counter()
-        for container_id, count in drops.items():
-            message = envelope("container.logs.dropped", {"containerId": container_id, "count": count,
-                                                           "timestamp": int(time.time())})
-            await self.ws.send_str(json.dumps(message))
+    def _stuck(self, reason: str) -> None:
+        log.warning("closing stuck WebSocket client %s: %s", self.address, reason)
+        self._abort()
+
+    def _abort(self) -> None:
+        """Drop the connection at once: a peer that does not read would make a polite close hang."""
+        self._closed = True
+        self._queue.clear()
+        self._queued_chars = 0
+        self._room.set()  # producers waiting for room see the client closed
+        if self._transport is not None:
+            self._transport.abort()
+        elif self._closer is None and not self.ws.closed:
+            self._closer = asyncio.create_task(self.close(1008, b"stuck"))
+
+    async def close(self, code: int, message: bytes = b"") -> None:
+        """Close politely within CLOSE_TIMEOUT, else abort."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=message)
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+        except (ConnectionError, RuntimeError):
+            pass
+        self._closed = True
+
+    async def shutdown(self, code: int, message: bytes = b"") -> None:
+        """End the client's streams (their last messages queued), let the queue drain (bounded), close."""
+        await self.run_close_callbacks()
+        await self.flush_and_stop()
+        await self.close(code, message)
 
     async def flush_and_stop(self, timeout: float = 2.0) -> None:
         """Let queued messages go out (bounded), then stop the writer."""
         if self._writer is None:
             return
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self._writer.cancel()
+        if not self._writer.done():
+            self._queue.append(None)
+            self._wakeup.set()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._writer)
@@ -114,6 +233,7 @@ class Client:
 class Hub:
     def __init__(self) -> None:
         self.clients: set[Client] = set()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
@@ -121,14 +241,22 @@ class Hub:
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
 
+    async def release(self, client: Client) -> None:
+        """The connection is over: shut the client down in a task of the hub's own, because aiohttp
+        cancels the handler when the peer goes away and the cleanup must not stop half-way."""
+        self.clients.discard(client)
+        task = asyncio.create_task(client.shutdown(1000), name=f"ws-release-{client.address}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        await asyncio.shield(task)
+
     def broadcast(self, type_: str, data: dict[str, Any]) -> int:
         """Send to every authenticated client; returns how many were reached."""
-        message = envelope(type_, data)
-        return sum(client.send(message) for client in list(self.clients) if client.authenticated)
+        text = _dumps(envelope(type_, data))
+        return sum(client.send_text(text) for client in list(self.clients) if client.authenticated)
 
     async def close_all(self, code: int = 1001, message: bytes = b"server shutdown") -> None:
+        """End every client's streams (their ``ended`` goes out), flush, then close the sockets."""
         clients = list(self.clients)
-        await asyncio.gather(*(client.run_close_callbacks() for client in clients), return_exceptions=True)
-        await asyncio.gather(*(c.flush_and_stop() for c in clients), return_exceptions=True)
-        await asyncio.gather(*(c.ws.close(code=code, message=message) for c in clients),
+        await asyncio.gather(*(c.shutdown(code, message) for c in clients), *list(self._releasing),
                              return_exceptions=True)

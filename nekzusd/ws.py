@@ -93,7 +93,7 @@ async def _dispatch(request: web.Request, client: Client, text: str) -> None:
 async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
     await ws.prepare(request)
-    client = Client(ws, str(request[CLIENT]))
+    client = Client(ws, str(request[CLIENT]), request.transport)
     principal = request[PRINCIPAL]
     if principal is not None:
         client.subject = principal.subject
@@ -119,8 +119,5 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
     finally:
-        hub.remove(client)
-        await client.run_close_callbacks()
-        await client.flush_and_stop()
-        await ws.close()
+        await hub.release(client)
     return ws

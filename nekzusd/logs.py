@@ -1,0 +1,414 @@
+"""Container log streaming over the WebSocket (``container.logs.*``, DECISIONS §7 and §11).
+
+A client subscribes per container; each subscription is one task reading the runtime's log lines and
+queueing pre-encoded messages on the client (``hub.Client``), which drops and counts what a slow client
+cannot take. Every subscription that sent ``started`` ends with exactly one ``ended``.
+
+``LogParser`` turns the bytes of Docker's log stream (multiplexed, or raw for TTY containers) into lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from aiohttp import web
+
+from . import ws
+from .errors import ApiError, EngineError
+from .hub import Client
+from .keys import LOG_STREAMS, RUNTIMES
+from .runtimes import LogLine, Ref, Runtime
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 32 * 1024  # bytes asked of the engine per read
+MAX_FRAME = 1 << 20  # a multiplexed frame announcing more is skipped (memory abuse)
+MAX_LINE = 2 << 20  # a longer line goes out in pieces of this size, so that an endless line stays bounded
+TAIL_DEFAULT = 100
+TAIL_MAX = 1000
+BATCH_WINDOW = 0.005  # seconds during which lines are grouped in batch mode
+BATCH_MAX_LINES = 1000
+WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
+
+_HEADER = struct.Struct(">BxxxL")
+_STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}  # 0 is stdin, which logs never carry
+_encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C version: a JSON string literal
+
+
+class LogParser:
+    """Bytes of a Docker log stream in, complete ``(stream, line)`` pairs out.
+
+    Multiplexed streams are 8-byte headers (stream, size) each followed by a payload; a line may span
+    frames and a frame may hold several lines, so stdout and stderr each keep their unfinished line.
+    Lines end at ``\\n`` (a ``\\r`` before it is removed); bytes that are not UTF-8 become U+FFFD.
+    """
+
+    def __init__(self, multiplexed: bool) -> None:
+        self.multiplexed = multiplexed
+        self.skipped_frames = 0
+        self._head = b""  # an incomplete frame header
+        self._left = 0  # payload bytes of the current frame not seen yet
+        self._stream: str | None = None  # the current frame's stream; None while skipping an oversized frame
+        self._partial = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if not self.multiplexed:
+            self._payload("stdout", data, out)
+            return out
+        if self._head:
+            data, self._head = self._head + data, b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._left:
+                take = min(self._left, end - pos)
+                if self._stream is not None:
+                    self._payload(self._stream, data[pos:pos + take], out)
+                pos += take
+                self._left -= take
+                continue
+            if end - pos < _HEADER.size:
+                self._head = data[pos:]
+                break
+            kind, size = _HEADER.unpack_from(data, pos)
+            pos += _HEADER.size
+            self._left = size
+            if size > MAX_FRAME:
+                self._stream = None
+                self.skipped_frames += 1
+            else:
+                self._stream = _STREAM_NAMES.get(kind, "stdout")
+        return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        """The unfinished lines at the end of the stream."""
+        out = []
+        for stream, partial in self._partial.items():
+            if partial:
+                out.append((stream, _text(partial)))
+                partial.clear()
+        return out
+
+    def _payload(self, stream: str, piece: bytes, out: list[tuple[str, str]]) -> None:
+        partial = self._partial[stream]
+        cut = piece.rfind(b"\n")
+        if cut < 0:
+            partial += piece
+            while len(partial) > MAX_LINE:
+                out.append((stream, _text(partial[:MAX_LINE])))
+                del partial[:MAX_LINE]
+            return
+        if partial:
+            partial += piece[:cut]
+            block = bytes(partial)
+            partial.clear()
+        else:
+            block = piece[:cut]
+        if len(block) > MAX_LINE:
+            for raw in block.split(b"\n"):
+                for start in range(0, max(len(raw), 1), MAX_LINE):
+                    out.append((stream, _text(raw[start:start + MAX_LINE])))
+        else:
+            text = block.decode("utf-8", "replace")
+            if "\r" in text:
+                out.extend((stream, line.removesuffix("\r")) for line in text.split("\n"))
+            else:
+                out.extend((stream, line) for line in text.split("\n"))
+        if cut + 1 < len(piece):
+            partial += piece[cut + 1:]
+
+
+def _text(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", "replace").removesuffix("\r")
+
+
+@lru_cache(maxsize=64)
+def _second_of(stamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(stamp + "+00:00").timestamp()
+    except ValueError:
+        return None
+
+
+def line_time(message: str) -> float | None:
+    """The time of a line that starts with the engine's RFC 3339 UTC timestamp (``timestamps: true``),
+    to the second; None when it does not."""
+    return _second_of(message[:19]) if len(message) > 20 and message[19] in ".Z " else None
+
+
+@dataclass(frozen=True)
+class Options:
+    tail: int = TAIL_DEFAULT
+    follow: bool = True
+    timestamps: bool = False
+    batch: bool = False
+
+
+def parse_options(data: dict[str, Any]) -> Options:
+    """The subscribe message's options, with the defaults of the reference; tail above 1000 is cut."""
+    tail = data.get("tail", TAIL_DEFAULT)
+    if isinstance(tail, float) and tail.is_integer():
+        tail = int(tail)
+    if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+        raise ApiError(400, "INVALID_TAIL", f"tail must be a number of lines from 0 to {TAIL_MAX}",
+                       {"tail": str(tail)[:40]})
+    flags = {}
+    for name in ("follow", "timestamps", "batch"):
+        value = data.get(name, getattr(Options, name))
+        if not isinstance(value, bool):
+            raise ApiError(400, "INVALID_MESSAGE", f"{name} must be true or false", {name: str(value)[:40]})
+        flags[name] = value
+    return Options(tail=min(tail, TAIL_MAX), **flags)
+
+
+def _string_field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name) or ""
+    if not isinstance(value, str):
+        raise ApiError(400, "INVALID_MESSAGE", f"{name} must be a string")
+    return value
+
+
+class LineEncoder:
+    """Log messages as JSON text, built from pieces fixed per subscription: one ``json`` call per line."""
+
+    def __init__(self, container_id: str) -> None:
+        cid = _encode(container_id)
+        self._heads = {stream: f'{{"type":"container.logs","data":{{"containerId":{cid},"stream":"{stream}",'
+                               f'"message":' for stream in ("stdout", "stderr")}
+        self._batch_head = f'{{"type":"container.logs.batch","data":{{"containerId":{cid},"lines":['
+
+    def line(self, line: LogLine, now: int) -> str:
+        stamp = now if line.timestamp is None else int(line.timestamp)
+        return f'{self._heads[line.stream]}{_encode(line.message)},"timestamp":{stamp}}}}}'
+
+    def batch(self, lines: list[LogLine], now: int) -> str:
+        items = ",".join(
+            f'{{"stream":"{line.stream}","message":{_encode(line.message)},'
+            f'"timestamp":{now if line.timestamp is None else int(line.timestamp)}}}'
+            for line in lines)
+        return f"{self._batch_head}{items}]}}}}"
+
+
+def _event(type_: str, container_id: str, **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "data": {"containerId": container_id, **fields, "timestamp": int(time.time())}}
+
+
+def send_error(client: Client, container_id: str, code: str, message: str) -> None:
+    client.send(_event("container.logs.error", container_id, error=code, message=message))
+
+
+SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, container id as the client wrote it
+
+
+class Subscription:
+    """One client's stream of one container's logs: a task from ``started`` to its one ``ended``."""
+
+    def __init__(self, streams: LogStreams, client: Client, key: SubscriptionKey, runtime: Runtime, ref: Ref,
+                 options: Options) -> None:
+        self.streams = streams
+        self.client = client
+        self.key = key
+        self.container_id = key[2]
+        self.runtime = runtime
+        self.ref = ref
+        self.options = options
+        self.ended = False
+        self._encoder = LineEncoder(self.container_id)
+        self._batch: list[LogLine] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.client.send(_event("container.logs.started", self.container_id))
+        self.task = asyncio.create_task(self._run(), name=f"logs-{self.container_id}")
+
+    async def stop(self) -> None:
+        """End at the client's wish (unsubscribe, replace, disconnect, shutdown)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self._end("stopped")
+
+    async def _run(self) -> None:
+        options = self.options
+        try:
+            lines = self.runtime.logs(self.ref, tail=options.tail, follow=options.follow,
+                                      timestamps=options.timestamps)
+            async with aclosing(lines):
+                deliver = self._collect if options.batch else self._deliver
+                client = self.client
+                dropping = False  # the client did not catch up in time: drop without waiting until it has
+                async for line in lines:
+                    if not client.log_full:
+                        dropping = False
+                    elif not dropping:
+                        dropping = not await client.wait_log_room(WAIT_FOR_CLIENT)
+                        if client.closed:
+                            return  # its close callback ends this stream
+                    deliver(line)
+        except asyncio.CancelledError:
+            self._end("stopped")  # here, not only in stop(): whoever cancelled may be cancelled itself
+            raise
+        except ApiError as exc:
+            self._fail(exc.code, exc.message)
+        except EngineError as exc:
+            self._fail("CONTAINER_LOGS_FAILED", f"Failed to read container logs: {exc}")
+        except Exception:
+            log.exception("log stream of %s failed", self.container_id)
+            self._fail("CONTAINER_LOGS_FAILED", "Failed to read container logs")
+        else:
+            self._end("container_stopped")
+
+    def _deliver(self, line: LogLine) -> None:
+        client, streams = self.client, self.streams
+        if client.log_full:  # not worth encoding
+            client.drop(self.container_id)
+            streams.lines_dropped += 1
+        elif client.send_log(self.container_id, self._encoder.line(line, int(time.time()))):
+            streams.lines_sent += 1
+        else:
+            streams.lines_dropped += 1
+
+    def _collect(self, line: LogLine) -> None:
+        self._batch.append(line)
+        if len(self._batch) >= BATCH_MAX_LINES:
+            self._flush_batch()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(BATCH_WINDOW, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        lines, self._batch = self._batch, []
+        if not lines:
+            return
+        client, streams = self.client, self.streams
+        if client.log_full:
+            client.drop(self.container_id, len(lines))
+            streams.lines_dropped += len(lines)
+        elif client.send_log(self.container_id, self._encoder.batch(lines, int(time.time())), len(lines)):
+            streams.lines_sent += len(lines)
+        else:
+            streams.lines_dropped += len(lines)
+
+    def _fail(self, code: str, message: str) -> None:
+        self._flush_batch()
+        send_error(self.client, self.container_id, code, message)
+        self._end("error")
+
+    def _end(self, reason: str) -> None:
+        """Send the one ``ended`` (after the lines already read and any drop count) and forget the stream."""
+        if self.ended:
+            return
+        self.ended = True
+        self._flush_batch()
+        self.client.report_drops(self.container_id)
+        self.client.send(_event("container.logs.ended", self.container_id, reason=reason))
+        self.streams.forget(self)
+
+
+class LogStreams:
+    """Every live subscription, by client, and counters the metrics read (lines sent / dropped, active)."""
+
+    def __init__(self) -> None:
+        self.lines_sent = 0
+        self.lines_dropped = 0
+        self._by_client: dict[Client, dict[SubscriptionKey, Subscription]] = {}
+
+    @property
+    def active(self) -> int:
+        return sum(len(subs) for subs in self._by_client.values())
+
+    def of(self, client: Client) -> dict[SubscriptionKey, Subscription]:
+        return self._by_client.get(client, {})
+
+    async def subscribe(self, client: Client, key: SubscriptionKey, runtime: Runtime, ref: Ref,
+                        options: Options) -> Subscription:
+        """Start a stream; one already running for the same container ends first (``ended: stopped``)."""
+        subs = self._by_client.get(client)
+        if subs is None:
+            subs = self._by_client[client] = {}
+            client.on_close.append(lambda: self.end_client(client))
+        old = subs.get(key)
+        if old is not None:
+            await old.stop()
+        if client.closed:
+            raise ApiError(410, "CLIENT_GONE", "The connection closed")
+        sub = subs[key] = Subscription(self, client, key, runtime, ref, options)
+        sub.start()
+        return sub
+
+    def forget(self, sub: Subscription) -> None:
+        subs = self._by_client.get(sub.client)
+        if subs is not None and subs.get(sub.key) is sub:
+            del subs[sub.key]
+
+    async def end_client(self, client: Client) -> None:
+        """Disconnect or shutdown: every stream of the client ends with ``stopped``."""
+        await asyncio.gather(*(sub.stop() for sub in list(self.of(client).values())))
+        self._by_client.pop(client, None)
+
+    async def close(self) -> None:
+        """At shutdown, after the hub said goodbye: nothing may still read from a runtime."""
+        await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)))
+
+
+def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref, SubscriptionKey]:
+    container_id = data.get("containerId")
+    if not isinstance(container_id, str) or not container_id:
+        raise ApiError(400, "INVALID_CONTAINER_ID", "Container ID is required")
+    namespace = _string_field(data, "namespace")
+    runtime_name = _string_field(data, "runtime") or ("kubernetes" if namespace else None)
+    runtime = request.app[RUNTIMES].pick(runtime_name)
+    ref = runtime.validate_ref(Ref(container_id, namespace))
+    return runtime, ref, (runtime.name, ref.namespace, container_id)
+
+
+def _reply_id(data: dict[str, Any]) -> str:
+    value = data.get("containerId")
+    return value[:200] if isinstance(value, str) else ""
+
+
+async def handle_subscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
+    try:
+        runtime, ref, key = _target(request, data)
+        options = parse_options(data)
+        await runtime.get(ref)  # a container that does not exist gets an error, not a started stream
+        await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options)
+    except ApiError as exc:
+        send_error(client, _reply_id(data), exc.code, exc.message)
+    except EngineError as exc:
+        send_error(client, _reply_id(data), "CONTAINER_LOGS_FAILED", f"Failed to read container logs: {exc}")
+
+
+async def handle_unsubscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
+    """End the named container's stream(s) on this connection (any runtime, unless one is named)."""
+    container_id = data.get("containerId")
+    if not isinstance(container_id, str) or not container_id:
+        return send_error(client, "", "INVALID_CONTAINER_ID", "Container ID is required")
+    try:
+        namespace = _string_field(data, "namespace")
+        runtime_name = _string_field(data, "runtime")
+    except ApiError as exc:
+        return send_error(client, container_id[:200], exc.code, exc.message)
+    matching = [sub for (rt, ns, cid), sub in request.app[LOG_STREAMS].of(client).items()
+                if cid == container_id and (not namespace or ns == namespace)
+                and (not runtime_name or rt == runtime_name)]
+    if not matching:
+        return send_error(client, container_id[:200], "NOT_SUBSCRIBED",
+                          f"No log subscription for {container_id[:200]} on this connection")
+    await asyncio.gather(*(sub.stop() for sub in matching))
+
+
+ws.MESSAGE_HANDLERS["container.logs.subscribe"] = handle_subscribe
+ws.MESSAGE_HANDLERS["container.logs.unsubscribe"] = handle_unsubscribe
