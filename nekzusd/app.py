@@ -9,13 +9,13 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import accesslog, auth
+from . import accesslog, auth, ratelimit, realip, validation
 from .apps import Apps, HealthTracker
 from .config import Config
 from .errors import error_middleware
 from .hub import Hub
 from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
-from .keys import METRICS, PROBE
+from .keys import METRICS, PROBE, RATE_LIMITER
 from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
@@ -66,6 +66,10 @@ def create_app(config: Config) -> web.Application:
     app[STARTED_AT] = time.time()
     app[METRICS] = Metrics(app)
     setup_templates(app)
+    realip.setup(app, config.auth.trusted_proxies)  # then rate limit, then auth: they use the address
+    limiter = app[RATE_LIMITER] = ratelimit.RateLimiter(config.rate_limit, config.auth.local_networks)
+    ratelimit.setup(app, limiter)
+    validation.setup(app)  # bodies over the limit refused before anyone reads them
     auth.setup(app, config.auth)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(_on_shutdown)

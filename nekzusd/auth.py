@@ -1,31 +1,51 @@
-"""Who is calling: the client address (§5), local trust, JWT verification and scopes.
+"""Who may do what (DECISIONS §5): local trust, JWT verification and scopes.
 
-Local clients need no token. Everyone else sends ``Authorization: Bearer <JWT>`` (HS256 with the
-daemon's secret, ``iss``/``aud``/``exp`` checked). Handlers declare the scope they need with
-``@requires("write")``; the default for routes under /api/ is "read".
+Local clients (by the address ``realip`` resolved) need no token. Everyone else sends
+``Authorization: Bearer <JWT>``: HS256 with the daemon's secret, ``iss``/``aud``/``exp`` checked. Handlers
+declare the scope they need with ``@requires(WRITE)``; routes under /api/ need READ unless they say
+otherwise. Neither the secret nor a token is ever written to a log or echoed in a response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import logging
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jwt
 from aiohttp import web
 
-from .config import AuthConfig, IPNetwork
+from .config import AuthConfig
 from .errors import ApiError
+from .realip import CLIENT, in_networks
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+log = logging.getLogger(__name__)
+
 LEEWAY = 30  # seconds of clock skew tolerated on exp/nbf/iat
 READ, WRITE = "read", "write"
+PUBLIC = "public"  # @requires(PUBLIC): anyone, e.g. the API description
 _ALL_SCOPES = frozenset({"*"})
+_GRANTS = {READ: {"*", "read:*", "read:containers", "write:*", "write:containers"},
+           WRITE: {"*", "write:*", "write:containers"}}
+_TOKEN_ERRORS = [  # most specific first; fixed texts, so nothing of the token is echoed back
+    (jwt.ExpiredSignatureError, "Token expired"),
+    (jwt.InvalidSignatureError, "Token signature is invalid"),
+    (jwt.InvalidAlgorithmError, "Token algorithm not allowed; only HS256 is accepted"),
+    (jwt.InvalidAudienceError, "Token audience is not accepted"),
+    (jwt.InvalidIssuerError, "Token issuer is not accepted"),
+    (jwt.MissingRequiredClaimError, "Token lacks a required claim (exp, iss, aud)"),
+    (jwt.ImmatureSignatureError, "Token is not valid yet"),
+    (jwt.DecodeError, "Token is malformed"),
+]
+
+__all__ = ["CLIENT", "PRINCIPAL", "READ", "WRITE", "PUBLIC", "Principal", "Tokens", "requires", "require",
+           "authenticate", "setup", "load_tokens", "load_or_create_secret"]
 
 
 @dataclass(frozen=True)
@@ -35,67 +55,50 @@ class Principal:
     local: bool
 
     def allows(self, need: str) -> bool:
-        s = self.scopes
-        if "*" in s or "write:*" in s or "write:containers" in s:
-            return True
-        return need == READ and ("read:*" in s or "read:containers" in s)
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    try:
-        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def _in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
-    return any(addr.version == n.version and addr in n for n in networks)
-
-
-def client_address(peer: str | None, forwarded_for: list[str], trusted_proxies: Iterable[IPNetwork]) -> IPAddress | None:
-    """The TCP peer, or with a trusted proxy as peer, the right-most X-Forwarded-For hop that is not a proxy."""
-    addr = parse_ip(peer) if peer else None
-    trusted = tuple(trusted_proxies)
-    if addr is None or not trusted or not _in_any(addr, trusted):
-        return addr
-    hops = [h for header in forwarded_for for h in header.split(",")]
-    for hop in reversed(hops):
-        hop_addr = parse_ip(hop)
-        if hop_addr is None:
-            return addr  # a garbled header is not believed
-        if not _in_any(hop_addr, trusted):
-            return hop_addr
-        addr = hop_addr
-    return addr
-
-
-def is_local(addr: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:
-    return addr is not None and _in_any(addr, networks)
+        """Whether the scopes grant ``need`` (READ or WRITE): a write scope implies read, ``*`` grants all."""
+        return not self.scopes.isdisjoint(_GRANTS[need])
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The HMAC secret; created with 0600 and 48 random bytes on first start."""
-    try:
-        data = path.read_bytes().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = secrets.token_hex(48).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data + b"\n")
+    """The HMAC secret: made on first start (48 random bytes, hex, mode 0600), then read back.
+
+    It is written to a private temporary file and linked into place, so that a crash or a concurrent
+    ``token create`` never leaves an empty or half-written secret behind.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+                fh.write(secrets.token_hex(48).encode() + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # someone else made it first: use theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("JWT secret %s is readable by others (mode %o); run chmod 600 on it", path, mode)
+    data = path.read_bytes().strip()
     if len(data) < 32:
         raise ValueError(f"{path}: JWT secret must be at least 32 bytes")
     return data
 
 
 class Tokens:
+    """Issues and verifies the daemon's JWTs."""
+
     def __init__(self, secret: bytes, issuer: str, audience: str) -> None:
         self._secret = secret
         self.issuer = issuer
         self.audience = audience
+
+    def __repr__(self) -> str:  # never show the secret, e.g. in a traceback's locals
+        return f"Tokens(issuer={self.issuer!r}, audience={self.audience!r})"
 
     def create(self, subject: str, scopes: list[str], ttl: float, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -104,91 +107,103 @@ class Tokens:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
+        """The token's principal; 401 for anything but a current HS256 token of this daemon."""
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=self.issuer,
                                 audience=self.audience, leeway=LEEWAY,
                                 options={"require": ["exp", "iss", "aud"]})
-        except jwt.ExpiredSignatureError:
-            raise unauthorized("Token expired") from None
-        except jwt.InvalidTokenError as exc:
-            raise unauthorized(f"Invalid token: {exc}") from None
+        except jwt.PyJWTError as exc:
+            message = next((text for kind, text in _TOKEN_ERRORS if isinstance(exc, kind)), "Token is invalid")
+            raise unauthorized(message, invalid=True) from None
         scopes = claims.get("scopes", [])
         if isinstance(scopes, str):
             scopes = scopes.split()
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-            raise unauthorized("Invalid token: scopes must be a list of strings")
+            raise unauthorized("Token scopes must be a list of strings", invalid=True)
         return Principal(str(claims.get("sub", "")), frozenset(scopes), local=False)
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": 'Bearer realm="nekzusd"'})
+def unauthorized(message: str, invalid: bool = False) -> ApiError:
+    """401 with the RFC 6750 challenge; ``invalid`` when a token was sent but refused."""
+    challenge = 'Bearer realm="nekzusd"' + (', error="invalid_token"' if invalid else "")
+    return ApiError(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": challenge})
+
+
+def insufficient_scope(need: str) -> ApiError:
+    scope = f"{need}:containers"
+    return ApiError(403, "INSUFFICIENT_SCOPE", f"Token lacks the {scope} scope (or {need}:*) for this operation",
+                    {"required": scope},
+                    {"WWW-Authenticate": f'Bearer realm="nekzusd", error="insufficient_scope", scope="{scope}"'})
 
 
 def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
 
 
 def requires(need: str | None) -> Callable[[Any], Any]:
-    """Declare the scope a handler needs ("read", "write", or None when it authenticates itself)."""
+    """Declare the scope a handler needs: READ, WRITE, PUBLIC, or None when it authenticates itself
+    (the WebSocket; a token sent on its upgrade must still carry READ)."""
     def mark(handler: Any) -> Any:
         handler.required_scope = need
         return handler
     return mark
 
 
+PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("principal")
+
+
 def require(request: web.Request, need: str) -> Principal:
+    """The caller, if allowed ``need``; else 401 (nobody) or 403 (not enough scope). Handlers whose need
+    depends on the body (an unsanitised export is a write) call this themselves."""
     principal: Principal | None = request.get(PRINCIPAL)
     if principal is None:
-        raise unauthorized("Authentication required")
+        raise unauthorized("Authentication required: send Authorization: Bearer <token>")
     if not principal.allows(need):
-        raise ApiError(403, "INSUFFICIENT_SCOPE", f"Token lacks the {need} scope for this operation",
-                       {"required": f"{need}:containers"})
+        raise insufficient_scope(need)
     return principal
 
 
-CLIENT = "nekzusd.client"        # request key: IPAddress | None
-PRINCIPAL = "nekzusd.principal"  # request key: Principal | None
-
-
-def authenticate(request: web.Request, tokens: Tokens, config: AuthConfig) -> Principal | None:
-    """Resolve the caller; raises 401 for a bad token from a non-local client."""
-    addr = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), config.trusted_proxies)
-    request[CLIENT] = addr
+def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple) -> Principal | None:
+    """The caller: local (all scopes), a token's principal, or None. 401 for a bad token from a remote client;
+    a local client's bad token is ignored (only its subject would have been used)."""
     token = bearer_token(request)
-    if is_local(addr, config.local_networks):
+    if in_networks(request.get(CLIENT), local_networks):
         subject = "local"
         if token:
             try:
                 subject = tokens.verify(token).subject or "local"
             except ApiError:
-                pass  # a local caller's bad token is ignored, not refused
+                pass
         return Principal(subject, _ALL_SCOPES, local=True)
     if token is None:
         if "Authorization" in request.headers:
-            raise unauthorized("Malformed Authorization header; expected Bearer <token>")
+            raise unauthorized("Malformed Authorization header; expected: Bearer <token>", invalid=True)
         return None
     return tokens.verify(token)
 
 
 def setup(app: web.Application, config: AuthConfig) -> None:
+    """Install the auth middleware (after the client address and rate limit ones)."""
     from .keys import TOKENS
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler):
+        api = request.path.startswith("/api/")
         try:
-            principal = authenticate(request, request.app[TOKENS], config)
+            principal = authenticate(request, request.app[TOKENS], config.local_networks)
         except ApiError:
-            if request.path.startswith("/api/"):
+            if api:
                 raise
             principal = None  # pages outside the API decide for themselves
         request[PRINCIPAL] = principal
-        if request.path.startswith("/api/"):
+        if api:
             need = getattr(request.match_info.handler, "required_scope", READ)
-            if need is not None:
+            if need is None and principal is not None:
+                need = READ  # the WebSocket upgrade with a token in the header
+            if need not in (None, PUBLIC):
                 require(request, need)
         return await handler(request)
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .metrics import Metrics
     from .operations import Operations
+    from .ratelimit import RateLimiter
     from .runtimes import Runtimes
     from .status import RuntimeProbe
     from .store import Store
@@ -28,3 +29,4 @@ TOKENS = web.AppKey("tokens", "Tokens")
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", "Metrics")
 PROBE = web.AppKey("probe", "RuntimeProbe")
+RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")

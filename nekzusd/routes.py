@@ -9,6 +9,7 @@ from . import ws
 from .views import apps, containers
 from .views import status as operator
 from .views import export
+from .views import openapi
 
 API = "/api/v1"
 C = f"{API}/containers"
@@ -26,6 +27,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(f"{API}/apps", apps.add_app)
     r.add_delete(f"{API}/apps/{{app_id}}", apps.delete_app)
     r.add_get(f"{API}/discovery", apps.discovery)
+    r.add_get(f"{API}/openapi.json", openapi.openapi_document)
 
     r.add_get(C, containers.list_containers)
     r.add_post(f"{C}/batch/export", export.export_containers)

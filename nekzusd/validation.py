@@ -1,4 +1,9 @@
-"""Request input checks shared by every handler: JSON bodies against a small field table, query values."""
+"""Request input checks shared by every handler: JSON bodies against a small field table, query values.
+
+Hostile input ends here as a 400 (or 413) with ``details`` naming the field: never a traceback, never an
+engine call. Bodies are capped at ``MAX_BODY`` before they are read; JSON that is deeply nested, has
+duplicate keys or NaN/Infinity is refused rather than interpreted.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,12 @@ from aiohttp import web
 from .errors import ApiError, bad_request, invalid_body
 
 MAX_IDS = 100
+MAX_BODY = 64 * 1024
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "REQUEST_TOO_LARGE", f"Request body is larger than {MAX_BODY} bytes",
+                    {"limit": MAX_BODY})
 
 
 @dataclass(frozen=True)
@@ -20,11 +31,40 @@ class Field:
     default: Any = None
     item_type: type | None = None  # for lists
     max_items: int | None = None
+    max_length: int | None = None  # for strings, and string items of lists
 
     def describe(self) -> str:
-        names = {str: "a string", bool: "a boolean", int: "an integer", list: "a list", dict: "an object"}
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        return " or ".join(names.get(t, t.__name__) for t in types)
+        return _describe(self.type)
+
+
+def _describe(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+             dict: "an object"}
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise invalid_body(f"Duplicate field: {duplicate[:64]}", field=duplicate[:64])
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise invalid_body(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no duplicate keys, no NaN/Infinity, no nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise invalid_body("Request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_body(f"Request body is not valid JSON: {exc}") from None
 
 
 def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
@@ -38,22 +78,24 @@ def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
 
 async def read_json(request: web.Request, fields: dict[str, Field], *, optional_body: bool = False) -> dict[str, Any]:
     """Parse and check a JSON object body; unknown fields, wrong types and missing fields are 400s."""
-    raw = await request.read()  # raises 413 past client_max_size
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_large()
+    try:
+        raw = await request.read()  # chunked bodies are cut off at the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large() from None
     if not raw.strip():
         if optional_body:
             data: Any = {}
         else:
             raise invalid_body("Request body must be a JSON object")
     else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise invalid_body(f"Request body is not valid JSON: {exc}") from None
+        data = parse_json(raw)
     if not isinstance(data, dict):
         raise invalid_body("Request body must be a JSON object")
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise invalid_body(f"Unknown field: {unknown[0]}", field=unknown[0], allowed=sorted(fields))
+        raise invalid_body(f"Unknown field: {unknown[0][:64]}", field=unknown[0][:64], allowed=sorted(fields))
     out: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in data or data[name] is None and not spec.required:
@@ -64,27 +106,32 @@ async def read_json(request: web.Request, fields: dict[str, Field], *, optional_
         value = data[name]
         if not _type_ok(value, spec.type):
             raise invalid_body(f"Field {name} must be {spec.describe()}", field=name)
+        _check_length(name, value, spec.max_length)
         if isinstance(value, list):
             if spec.max_items is not None and len(value) > spec.max_items:
                 raise invalid_body(f"Field {name} may hold at most {spec.max_items} items", field=name,
                                    maxItems=spec.max_items)
-            if spec.item_type is not None:
-                for i, item in enumerate(value):
-                    if not _type_ok(item, spec.item_type):
-                        raise invalid_body(f"Field {name}[{i}] must be a string", field=f"{name}[{i}]")
+            for i, item in enumerate(value):
+                if spec.item_type is not None and not _type_ok(item, spec.item_type):
+                    raise invalid_body(f"Field {name}[{i}] must be {_describe(spec.item_type)}",
+                                       field=f"{name}[{i}]")
+                _check_length(f"{name}[{i}]", item, spec.max_length)
         out[name] = value
     return out
+
+
+def _check_length(name: str, value: Any, max_length: int | None) -> None:
+    if max_length is not None and isinstance(value, str) and len(value) > max_length:
+        raise invalid_body(f"Field {name} may be at most {max_length} characters", field=name,
+                           maxLength=max_length)
 
 
 def timeout_param(value: Any, default: int = 10) -> int:
     """The grace period: an integer of seconds in 1..300 (query string or JSON number)."""
     if value is None:
         return default
-    if isinstance(value, str):
-        try:
-            value = int(value.strip(), 10)
-        except ValueError:
-            value = None
+    if isinstance(value, str):  # digits only: int() would also take "+1_0" and non-ASCII digits
+        value = int(value) if value.isascii() and value.isdigit() and len(value) <= 3 else None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 300:
         raise bad_request("INVALID_TIMEOUT", "Timeout must be between 1 and 300 seconds", parameter="timeout")
     return value
@@ -100,3 +147,16 @@ def bool_param(request: web.Request, name: str) -> bool:
     if lowered in ("0", "false", "no", ""):
         return False
     raise ApiError(400, "INVALID_PARAMETER", f"Query parameter {name} must be true or false", {"parameter": name})
+
+
+def setup(app: web.Application) -> None:
+    """Refuse a declared body over MAX_BODY before any handler runs (handlers that never read
+    their body would otherwise accept it silently)."""
+
+    @web.middleware
+    async def body_limit_middleware(request: web.Request, handler):
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise too_large()
+        return await handler(request)
+
+    app.middlewares.append(body_limit_middleware)

@@ -1,0 +1,74 @@
+"""Who is calling, by address (DECISIONS §5): the one client address that auth and rate limiting share.
+
+The address is the TCP peer. ``X-Forwarded-For`` is believed only when the peer is a configured trusted
+proxy, and then only up to the right-most hop that is not itself a trusted proxy: everything left of
+that was written by the client and proves nothing. IPv4-mapped IPv6 peers (``::ffff:10.0.0.5`` from a
+dual-stack socket) are treated as the IPv4 address they carry, so that IPv4 networks in the config apply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from aiohttp import web
+
+from .config import IPNetwork
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CLIENT: web.RequestKey[IPAddress | None] = web.RequestKey("client")  # None: unknown, treated as remote
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An address as written by a socket or a proxy: plain, ``[v6]``, ``v4:port``, ``[v6]:port`` or with a zone."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # IPv4 with a port; bare IPv6 has at least two colons
+        text = text.partition(":")[0]
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def in_networks(addr: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:
+    return addr is not None and any(addr.version == n.version and addr in n for n in networks)
+
+
+def client_address(peer: str | None, forwarded_for: list[str],
+                   trusted_proxies: Iterable[IPNetwork]) -> IPAddress | None:
+    """The TCP peer, or, when the peer is a trusted proxy, the right-most forwarded hop that is not one.
+
+    A garbled hop yields None (an unknown, remote client): falling back to the proxy's own address would
+    make a request that went through a local proxy look local.
+    """
+    addr = parse_ip(peer) if peer else None
+    trusted = tuple(trusted_proxies)
+    if not in_networks(addr, trusted):
+        return addr
+    hops = [hop for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        hop_addr = parse_ip(hop)
+        if hop_addr is None:
+            return None
+        if not in_networks(hop_addr, trusted):
+            return hop_addr
+        addr = hop_addr
+    return addr  # every hop is a trusted proxy: the request began at the left-most one
+
+
+def setup(app: web.Application, trusted_proxies: tuple[IPNetwork, ...]) -> None:
+    """Install the middleware that stores the client address under ``request[CLIENT]`` for later middlewares."""
+
+    @web.middleware
+    async def client_address_middleware(request: web.Request, handler):
+        request[CLIENT] = client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                                         trusted_proxies)
+        return await handler(request)
+
+    app.middlewares.append(client_address_middleware)
