@@ -16,6 +16,8 @@ from .errors import error_middleware
 from .hub import Hub
 from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
 from .keys import METRICS, PROBE, RATE_LIMITER
+from .keys import LOG_STREAMS
+from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
@@ -42,6 +44,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await runtimes.open()
     app[PROBE] = RuntimeProbe(runtimes)
     hub = app[HUB] = Hub()
+    app[LOG_STREAMS] = LogStreams()
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
     app[OPERATIONS] = Operations(hub, on_done=health.poke)
     app[OPERATIONS].listeners.append(app[METRICS].observe_operation)
@@ -50,6 +53,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await health.stop()
+        await app[LOG_STREAMS].close()
         await runtimes.close()
         await store.close()
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .auth import Tokens
     from .config import Config
     from .hub import Hub
+    from .logs import LogStreams
     from .metrics import Metrics
     from .operations import Operations
     from .ratelimit import RateLimiter
@@ -30,3 +31,4 @@ STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", "Metrics")
 PROBE = web.AppKey("probe", "RuntimeProbe")
 RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
+LOG_STREAMS = web.AppKey("log_streams", "LogStreams")  # .lines_sent, .lines_dropped, .active

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any, AsyncIterator
 
@@ -15,7 +15,7 @@ import aiohttp
 
 from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
 from ..secrets import mask_env
-from .base import Container, Event, Port, Ref, Runtime
+from .base import Container, Event, LogLine, Port, Ref, Runtime
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
@@ -230,6 +230,43 @@ class DockerRuntime(Runtime):
                         cid = (event.get("Actor") or {}).get("ID") or event.get("id", "")
                         yield Event(short_id(cid), action)
         raise RuntimeUnavailable(self.name, "event stream ended")
+
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
+        """The container's log lines; a follow stream ends when the container stops (or is removed),
+        and raises RuntimeUnavailable when the engine goes away instead."""
+        from ..logs import READ_SIZE, LogParser, line_time  # the parser lives with the streaming feature
+
+        doc = await self._container_json(ref, "GET", "/json", what="inspect")
+        parser = LogParser(multiplexed=not (doc.get("Config") or {}).get("Tty"))
+        params = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0", "tail": str(tail),
+                  "timestamps": "1" if timestamps else "0"}
+        async with self._call("logs", timeout=None), AsyncExitStack() as stack:
+            async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers; the body may idle
+                response = await stack.enter_async_context(
+                    self.client._query(f"containers/{doc['Id']}/logs", params=params, timeout=None))
+            stack.callback(response.close)  # an unfinished stream must not go back to the pool
+            read = response.content.read
+            while True:
+                try:
+                    chunk = await read(READ_SIZE)
+                except aiohttp.ClientPayloadError as exc:
+                    raise RuntimeUnavailable(self.name, f"log stream broke: {exc}") from None
+                pairs = parser.feed(chunk) if chunk else parser.flush()
+                for stream, message in pairs:
+                    yield LogLine(stream, message, line_time(message) if timestamps else None)
+                if not chunk:
+                    break
+        if follow:
+            await self._gone_or_stopped(ref)
+
+    async def _gone_or_stopped(self, ref: Ref) -> None:
+        """After a follow stream's end: a container that is stopped or removed is fine, an engine that
+        does not answer raises RuntimeUnavailable."""
+        try:
+            await self._container_json(ref, "GET", "/json", what="inspect")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     async def export_source(self, ref: Ref) -> Any:
         from ..compose import ServiceSource  # loaded only when someone exports
