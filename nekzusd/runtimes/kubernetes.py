@@ -437,12 +437,17 @@ class KubernetesRuntime(Runtime):
         return k8s.pod_stats(pod, metrics, node, time.time())
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
-        """The pod's first container's log, raw text split into lines (stream "stdout": the API does not
-        tell stdout from stderr). A follow stream ends when the container stops."""
+        """The log of the pod's first container (the API insists on one when a pod has several), raw text
+        split into lines, all as "stdout" (the API does not tell the streams apart). A follow stream ends
+        when the container stops."""
         from ..logs import READ_SIZE, LogParser, line_time  # the parser lives with the streaming feature
 
-        query = [("tailLines", str(tail)), ("follow", "true" if follow else "false"),
-                 ("timestamps", "true" if timestamps else "false")]
+        pod = await self._pod(ref)
+        if pod is None:
+            raise container_not_found(ref.id)
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        query = [("container", containers[0].get("name", "")), ("tailLines", str(tail)),
+                 ("follow", "true" if follow else "false"), ("timestamps", "true" if timestamps else "false")]
         parser = LogParser(multiplexed=False)
         async with AsyncExitStack() as stack:
             try:
