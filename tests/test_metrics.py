@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -58,17 +59,34 @@ async def test_operations_ws_clients_and_runtime_up(client, engine) -> None:
     await ws.close()
 
 
-async def test_live_counters_of_log_streams_and_rate_limit(client) -> None:
-    """Present once those features are part of the app; a daemon without them still scrapes."""
+async def test_log_lines_streamed_are_counted(client, engine) -> None:
+    cid = await run_container(engine, unique("m"), "echo one; echo two; echo three; sleep 100000",
+                              labels={"nekzusd.app.id": "grafana"})
+    ws = await ws_connect(client)
+    await asyncio.sleep(0.5)  # let the three lines reach the engine's log
+    await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, "follow": False}})
+    await next_message(ws, "container.logs.ended")
     samples = await scrape(client)
-    names = {name for name, _ in samples}
-    app = client.server.app
-    from nekzusd import keys
-    if getattr(keys, "LOG_STREAMS", None) is not None and app.get(keys.LOG_STREAMS) is not None:
-        assert {"nekzusd_log_streams", "nekzusd_log_lines_streamed_total", "nekzusd_log_lines_dropped_total"} <= names
-    if getattr(keys, "RATE_LIMITER", None) is not None and app.get(keys.RATE_LIMITER) is not None:
-        assert "nekzusd_rate_limit_rejections_total" in names
-    assert "nekzusd_info" in names
+    assert value(samples, "nekzusd_log_lines_streamed_total") == 3
+    assert value(samples, "nekzusd_log_lines_dropped_total") == 0
+    assert value(samples, "nekzusd_log_streams") == 0  # the tail ended
+    await ws.close()
+
+
+async def test_rate_limit_rejections_are_counted(make_client, config_data) -> None:
+    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
+    config_data["rate_limit"] = {"containers": {"per_minute": 1, "burst": 2}}
+    client = await make_client(config_data)
+    secret = (Path(config_data["state_dir"]) / "jwt.secret").read_bytes().strip()
+    token = Tokens(secret, "nekzus", "nekzus").create("script", ["read:*"], 60)
+    statuses = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as remote:
+        for _ in range(5):
+            async with remote.get(client.make_url("/api/v1/containers"),
+                                  headers={"Authorization": f"Bearer {token}"}) as resp:
+                statuses.append(resp.status)
+    assert statuses == [200, 200, 429, 429, 429]
+    assert value(await scrape(client), "nekzusd_rate_limit_rejections_total") == 3
 
 
 async def test_unreachable_runtime_reported_down(make_client, config_data, tmp_path: Path) -> None:

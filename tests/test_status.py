@@ -121,7 +121,7 @@ class _Sections(HTMLParser):
             self.text.setdefault(a.get("id", ""), "")
         if tag == "meta":
             self.meta.append(a)
-        if tag in ("script", "link", "img", "iframe") or (tag == "style" and a.get("src")):
+        if tag in ("script", "link", "img", "iframe", "object", "embed"):
             self.external.append(tag)
         if any(k.startswith("data-") for k in a):
             self.marks.append(a)
