@@ -297,3 +297,39 @@ def test_a_docker_only_daemon_never_loads_kubernetes_asyncio(tmp_path):
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+async def test_stop_and_start_a_statefulset(k8s_client, k8s_api, k8s_cluster):
+    from kubernetes_asyncio import client
+
+    doc = deployment("db", 2)
+    doc.update(kind="StatefulSet")
+    doc["spec"]["serviceName"] = "db"
+    await client.AppsV1Api(k8s_api).create_namespaced_stateful_set("team-a", doc)
+    async with k8s_cluster.fake_kubelet(namespaces=("team-a",)):
+        assert await running_pods(k8s_api, "team-a", "db", 2) == ["db-0", "db-1"]
+        ws = await ws_connect(k8s_client)
+        assert (await k8s_client.post("/api/v1/containers/team-a/db-1/stop?timeout=2")).status == 202
+        await next_message(ws, "container.stop.completed", timeout=40)
+        assert await pods_of(k8s_api, "team-a", "db") == []
+        rows = await (await k8s_client.get(f"/api/v1/containers?{K8S}&namespace=team-a")).json()
+        assert [(r["id"], r["state"]) for r in rows] == [("db", "stopped")]
+        details = await (await k8s_client.get("/api/v1/containers/team-a/db")).json()
+        assert details["owner"] == {"kind": "StatefulSet", "name": "db"} and details["replicasBeforeStop"] == 2
+        assert (await k8s_client.post("/api/v1/containers/team-a/db/start")).status == 202
+        await next_message(ws, "container.start.completed", timeout=40)
+        assert await running_pods(k8s_api, "team-a", "db", 2, timeout=10) == ["db-0", "db-1"]
+        await ws.close()
+
+
+def test_quantities_and_selectors():
+    from nekzusd.runtimes.k8s_objects import parse_quantity, selector_string
+
+    assert parse_quantity("250m") == 0.25 and parse_quantity("137581447n") == pytest.approx(0.137581447)
+    assert parse_quantity("64Mi") == 64 * 2 ** 20 and parse_quantity("1G") == 1e9 and parse_quantity("1e3") == 1000
+    assert parse_quantity("2") == 2 and parse_quantity(None) == 0
+    with pytest.raises(ValueError):
+        parse_quantity("12 apples")
+    assert selector_string({"matchLabels": {"b": "2", "a": "1"}, "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["web", "api"]}, {"key": "legacy", "operator": "DoesNotExist"}]}) \
+        == "a=1,b=2,tier in (web,api),!legacy"
