@@ -97,6 +97,14 @@ class Operations:
             operation.ok, operation.error = False, getattr(exc, "message", None) or str(exc)
         except TimeoutError:
             operation.ok, operation.error = False, f"Operation did not finish within {timeout + DEADLINE_MARGIN:g} s"
+        except asyncio.CancelledError:  # shutdown cut it short: clients still hear how it ended
+            operation.ok, operation.error = False, "Cancelled: nekzusd is shutting down"
+            self._finish(kind, operation, container)
+            raise
+        self._finish(kind, operation, container)
+        return operation
+
+    def _finish(self, kind: Kind, operation: Operation, container: Container) -> None:
         operation.finished = time.time()
         self._announce(kind, operation, container)
         self.recent.append(operation)
@@ -104,7 +112,6 @@ class Operations:
             listener(operation)
         if self.on_done is not None:
             self.on_done()
-        return operation
 
     def _announce(self, kind: Kind, operation: Operation, container: Container) -> None:
         data: dict[str, Any] = {"containerId": container.id, "operationId": operation.id}

@@ -120,6 +120,8 @@ async def test_an_operation_longer_than_the_grace_does_not_hold_shutdown(engine,
             async with asyncio.timeout(5):
                 await reader
             assert ws.close_code == 1001, daemon.stderr()[-4000:]
+            failed = [m for m in received if m.get("type") == "container.stop.failed"]
+            assert len(failed) == 1 and "shutting down" in failed[0]["data"]["message"], received
             assert "Traceback" not in daemon.stderr()
     finally:
         await daemon.close()
