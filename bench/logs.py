@@ -1,0 +1,183 @@
+"""Log streaming throughput and memory, as ratios against the raw engine measured in the same run.
+
+A private dockerd and a real `nekzusd serve` process; a container waits for a go signal, then writes
+N numbered lines as fast as it can (`seq`). Subscribed before the signal: a raw aiodocker follow stream
+(in a child process, so that it has a core of its own as a real client would) and 1 or 20 WebSocket
+clients, per-line and batch mode. Rate = lines / (last line time - first line time) per consumer.
+Also the daemon's RSS growth while a client that never reads is subscribed to a 200 MB flood.
+
+    python -m bench.logs [--lines 200000] [--clients 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.api_overhead import report, rss_mb, start_daemon  # noqa: E402
+from tests.engines import start_dockerd  # noqa: E402
+
+WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
+
+
+def go(engine, cid: str) -> None:
+    created = engine.api_json("POST", f"/containers/{cid}/exec", {"Cmd": ["touch", "/tmp/go"]}, expect=(201,))
+    engine.api_json("POST", f"/exec/{created['Id']}/start", {"Detach": False}, expect=(200,))
+
+
+def raw_follow(url: str, cid: str, lines: int, ready, result) -> None:
+    """Child process: count lines of aiodocker's own follow stream; send back lines per second."""
+    async def main() -> float:
+        docker = aiodocker.Docker(url=url)
+        try:
+            stream = docker.containers.container(cid).log(stdout=True, stderr=True, follow=True, tail=0)
+            ready.set()
+            seen, first = 0, None
+            async for chunk in stream:
+                if first is None:
+                    first = time.perf_counter()
+                seen += chunk.count("\n")
+                if seen >= lines:
+                    return lines / (time.perf_counter() - first)
+        finally:
+            await docker.close()
+        raise RuntimeError(f"raw stream ended after {seen} lines")
+    result.send(asyncio.run(main()))
+
+
+async def ws_client(session: aiohttp.ClientSession, url: str, cid: str, lines: int, batch: bool,
+                    subscribed: asyncio.Event, counter: list[int]) -> tuple[float, float]:
+    """One WebSocket subscriber: (first line time, last line time); fails on any drop or loss."""
+    async with session.ws_connect(f"{url}/api/v1/ws", max_msg_size=16 << 20) as ws:
+        await ws.send_json({"type": "auth", "data": {"token": ""}})
+        await ws.receive_json()
+        await ws.send_json({"type": "container.logs.subscribe",
+                            "data": {"containerId": cid, "tail": 0, "batch": batch}})
+        assert (await ws.receive_json())["type"] == "container.logs.started"
+        counter[0] += 1
+        if counter[0] == counter[1]:
+            subscribed.set()
+        seen, first = 0, None
+        while seen < lines:
+            msg = await ws.receive()
+            text = msg.data
+            if text.startswith('{"type":"container.logs",'):
+                seen += 1
+            elif text.startswith('{"type":"container.logs.batch",'):
+                seen += len(json.loads(text)["data"]["lines"])
+            else:
+                raise RuntimeError(f"unexpected message: {text[:200]}")
+            if first is None:
+                first = time.perf_counter()
+        last_line = json.loads(text)["data"]
+        last = last_line["lines"][-1]["message"] if batch else last_line["message"]
+        assert last == str(lines), last
+        return first, time.perf_counter()
+
+
+async def throughput(engine, url: str, lines: int, clients: int, batch: bool) -> tuple[float, float]:
+    """(raw lines/s, WebSocket lines/s summed over the clients) for one flood."""
+    cid = await asyncio.to_thread(engine.run, None, WAIT_GO + f"seq 1 {lines}; sleep 100000")
+    ctx = multiprocessing.get_context("spawn")
+    ready, (receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
+    child = ctx.Process(target=raw_follow, args=(engine.url, cid, lines, ready, send))
+    child.start()
+    try:
+        subscribed = asyncio.Event()
+        counter = [0, clients]
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(ws_client(session, url, cid, lines, batch, subscribed, counter))
+                     for _ in range(clients)]
+            await asyncio.wait_for(subscribed.wait(), 30)
+            await asyncio.to_thread(ready.wait, 30)
+            await asyncio.sleep(0.5)  # the raw stream's request is on its way: let it settle
+            await asyncio.to_thread(go, engine, cid)
+            spans = await asyncio.wait_for(asyncio.gather(*tasks), 600)
+        raw_rate = await asyncio.to_thread(receive.recv)
+    finally:
+        child.join(30)
+        await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
+    ws_rate = sum(lines / (last - first) for first, last in spans)
+    return raw_rate, ws_rate
+
+
+async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float = 25.0) -> float:
+    """Peak RSS growth of the daemon (MB) while a client that never reads is subscribed to a flood, over
+    ``seconds`` (longer than hub.SEND_TIMEOUT, after which the daemon closes the stuck client)."""
+    cid = await asyncio.to_thread(engine.run, None, WAIT_GO + "yes 'a line of a flood, about a hundred bytes "
+                                  f"long, written as fast as the engine takes it ..........' | head -c {megabytes}000000;"
+                                  " sleep 100000")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{url}/api/v1/ws")
+        await ws.send_json({"type": "auth", "data": {"token": ""}})
+        await ws.receive_json()
+        await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, "tail": 0}})
+        await ws.receive_json()
+        await asyncio.sleep(1)
+        baseline = peak = rss_mb(pid)
+        start = time.perf_counter()
+        await asyncio.to_thread(go, engine, cid)
+        while time.perf_counter() - start < seconds:  # reading nothing meanwhile
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.1)
+        await ws.close()
+    await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
+    return peak - baseline
+
+
+async def measure(engine, url: str, pid: int, lines: int, clients: int) -> list[tuple[str, float, str, str]]:
+    rows = []
+    for batch in (False, True):
+        mode = "batch" if batch else "per-line"
+        for count, target in ((1, 0.8), (clients, None)):
+            raw, ws = await throughput(engine, url, lines if count == 1 else lines // 4, count, batch)
+            ratio = ws / raw
+            rows.append((f"{mode}, {count} client(s): raw lines/s", raw, "-", ""))
+            rows.append((f"{mode}, {count} client(s): WS lines/s (sum)", ws, "-", ""))
+            verdict = "" if target is None else ("ok" if ratio >= target else "MISSED")
+            rows.append((f"{mode}, {count} client(s): ratio WS/raw", ratio,
+                         f">= {target}" if target else "-", verdict))
+    growth = await stalled_rss(engine, url, pid, 200)
+    rows.append(("stalled client: daemon RSS growth (MB)", growth, "<= 50", "ok" if growth <= 50 else "MISSED"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=20)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="nkl-"))
+    engine = start_dockerd(base / "engine")
+    try:
+        engine.ensure_busybox()
+        state = base / "state"
+        state.mkdir()
+        proc, url, _ = start_daemon(engine.url, state)
+        try:
+            rows = asyncio.run(measure(engine, url, proc.pid, args.lines, args.clients))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        engine.remove_all()
+        engine.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
