@@ -17,6 +17,8 @@ from .hub import Hub
 from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
 from .keys import METRICS, PROBE, RATE_LIMITER
 from .keys import LOG_STREAMS
+from .keys import BULK
+from .bulk import Bulk
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
@@ -48,6 +50,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
     app[OPERATIONS] = Operations(hub, on_done=health.poke)
     app[OPERATIONS].listeners.append(app[METRICS].observe_operation)
+    app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
     health.start()
     try:
         yield

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .apps import Apps, HealthTracker
     from .auth import Tokens
+    from .bulk import Bulk
     from .config import Config
     from .hub import Hub
     from .logs import LogStreams
@@ -30,5 +31,6 @@ TOKENS = web.AppKey("tokens", "Tokens")
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", "Metrics")
 PROBE = web.AppKey("probe", "RuntimeProbe")
+BULK = web.AppKey("bulk", "Bulk")  # holds the one semaphore of all bulk and batch requests
 RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
 LOG_STREAMS = web.AppKey("log_streams", "LogStreams")  # .lines_sent, .lines_dropped, .active

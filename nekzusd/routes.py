@@ -7,9 +7,10 @@ from aiohttp import web
 
 from . import ws
 from .views import apps, containers
-from .views import status as operator
 from .views import export
+from .views import bulk, stats
 from .views import openapi
+from .views import status as operator
 
 API = "/api/v1"
 C = f"{API}/containers"
@@ -30,14 +31,21 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"{API}/openapi.json", openapi.openapi_document)
 
     r.add_get(C, containers.list_containers)
+    r.add_get(f"{C}/stats", stats.all_stats)
+    r.add_post(f"{C}/start-all", bulk.start_all)
+    r.add_post(f"{C}/stop-all", bulk.stop_all)
+    r.add_post(f"{C}/restart-all", bulk.restart_all)
+    r.add_post(f"{C}/batch", bulk.batch)
     r.add_post(f"{C}/batch/export", export.export_containers)
     r.add_post(f"{C}/batch/export/preview", export.preview_containers)
     r.add_get(f"{C}/{{id}}", containers.inspect_container)
     r.add_post(f"{C}/{{id}}/{LIFECYCLE}", containers.lifecycle)
+    r.add_get(f"{C}/{{id}}/stats", stats.container_stats)
     r.add_post(f"{C}/{{id}}/export", export.export_container)
     r.add_post(f"{C}/{{id}}/export/preview", export.preview_container)
 
     r.add_get(f"{C}/{{namespace}}/{{pod}}", containers.inspect_container)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/{LIFECYCLE}", containers.lifecycle)
+    r.add_get(f"{C}/{{namespace}}/{{pod}}/stats", stats.container_stats)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/export", export.export_container)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/export/preview", export.preview_container)

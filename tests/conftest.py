@@ -105,3 +105,21 @@ async def run_container(engine: Engine, name: str, cmd: str = "sleep 100000", **
     """engine.run off the event loop (the daemon under test shares the loop); returns the 12-char id."""
     full_id = await asyncio.to_thread(engine.run, name, cmd, **kwargs)
     return full_id[:12]
+
+
+@pytest.fixture(scope="session")
+def podman_engine() -> Engine:
+    """A private Podman API service for the session (skipped where Podman cannot run)."""
+    from tests.engines import EngineUnavailable, start_podman
+
+    base = Path(tempfile.mkdtemp(prefix="nkp-"))
+    try:
+        engine = start_podman(base)
+    except EngineUnavailable as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(str(exc))
+    engine.ensure_busybox()
+    yield engine
+    engine.remove_all()
+    engine.stop()
+    shutil.rmtree(base, ignore_errors=True)

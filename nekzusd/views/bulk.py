@@ -1,0 +1,74 @@
+"""start-all, stop-all, restart-all and batch: lifecycle operations on many containers at once."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import WRITE, requires
+from ..bulk import all_targets
+from ..errors import ApiError, EngineError, bad_request, invalid_body
+from ..keys import APPS, BULK
+from ..runtimes import Ref, Runtime
+from ..validation import MAX_IDS, Field, read_json, timeout_param
+from .common import runtime_of
+
+_BATCH_FIELDS = {
+    "action": Field(str),
+    "containerIds": Field(list, item_type=str, max_items=MAX_IDS),
+    "timeout": Field(int),
+}
+_ACTIONS = ("start", "stop", "restart")
+
+
+async def _all(request: web.Request, op: str) -> web.Response:
+    timeout = timeout_param(request.query.get("timeout"))
+    runtime = runtime_of(request)
+    try:
+        containers = await runtime.list(request.query.get("namespace") or None)
+    except EngineError as exc:
+        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
+    targets = all_targets(op, containers, request.app[APPS], runtime)
+    return web.json_response(await request.app[BULK].run_all(runtime, targets, op, timeout))
+
+
+@requires(WRITE)
+async def start_all(request: web.Request) -> web.Response:
+    return await _all(request, "start")
+
+
+@requires(WRITE)
+async def stop_all(request: web.Request) -> web.Response:
+    return await _all(request, "stop")
+
+
+@requires(WRITE)
+async def restart_all(request: web.Request) -> web.Response:
+    return await _all(request, "restart")
+
+
+def batch_refs(ids: list[str], namespace: str, runtime: Runtime) -> list[Ref]:
+    """Each id checked against the runtime's syntax; literal duplicates are a 400."""
+    seen: set[str] = set()
+    refs = []
+    for i, container_id in enumerate(ids):
+        if container_id in seen:
+            raise invalid_body(f"Duplicate container id: {container_id[:200]}", field=f"containerIds[{i}]",
+                               duplicate=container_id[:200])
+        seen.add(container_id)
+        refs.append(runtime.validate_ref(Ref(container_id, namespace)))
+    return refs
+
+
+@requires(WRITE)
+async def batch(request: web.Request) -> web.Response:
+    body = await read_json(request, _BATCH_FIELDS)
+    op = body["action"]
+    if op not in _ACTIONS:
+        details = {"action": op[:40]} if op is not None else {}
+        raise bad_request("INVALID_ACTION", "Action must be start, stop, or restart", **details)
+    if not body["containerIds"]:
+        raise bad_request("EMPTY_CONTAINER_LIST", "At least one container ID is required")
+    timeout = timeout_param(body["timeout"])
+    runtime = runtime_of(request)
+    refs = batch_refs(body["containerIds"], request.query.get("namespace", ""), runtime)
+    return web.json_response(await request.app[BULK].batch(runtime, refs, op, timeout))
