@@ -1,0 +1,249 @@
+"""Hostile input (issue 6): body size, strict JSON bodies, and container ids that must never reach the engine.
+
+To prove that no request reaches another engine endpoint, the daemon talks to the real dockerd through
+a small recording proxy on a unix socket (a real HTTP hop, not a mock): every path the daemon sends to
+the engine is recorded, and the hostile requests must add none.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from nekzusd.validation import MAX_BODY, MAX_IDS
+from tests.conftest import run_container, unique
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class RecordingProxy:
+    """HTTP over unix socket → the engine's socket; keeps the method and raw path of every request."""
+
+    def __init__(self, engine_socket: str, listen: Path) -> None:
+        self.engine_socket = engine_socket
+        self.listen = listen
+        self.seen: list[tuple[str, str]] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def container_calls(self, since: int) -> list[str]:
+        """Paths recorded after ``since``, without the daemon's background calls (event stream, version
+        negotiation, the health tracker's container list), which name no container."""
+        return [path for _, path in self.seen[since:]
+                if not re.search(r"/(events|version|_ping|containers/json)\b", path)]
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.raw_path))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        upstream = await self._session.request(request.method, URL(f"http://engine{request.raw_path}",
+                                                                    encoded=True),
+                                               data=await request.read(), headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=None))
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.engine_socket))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, str(self.listen)).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+
+@pytest.fixture
+async def proxied(engine, make_client, config_data, tmp_path):
+    """A daemon whose engine traffic goes through a RecordingProxy; yields (client, proxy)."""
+    proxy = RecordingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
+    await proxy.start()
+    config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
+    client = await make_client(config_data)
+    yield client, proxy
+    await client.close()
+    await proxy.stop()
+
+
+_ENGINE_PATH = re.compile(r"^/version$|^/v[0-9.]+/(containers/json(\?.*)?|containers/[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}/"
+                          r"(json|start|stop|restart|stats|logs)(\?.*)?|events(\?.*)?|version|_ping|images/.+/json"
+                          r"|volumes/[^/]+|networks/[^/]+)$")
+
+
+HOSTILE_IDS = [  # (raw path segment, expected status, expected code)
+    ("..%2Fimages%2Fjson", 400, "INVALID_CONTAINER_ID"),
+    ("..%2F..%2Fv1.41%2Fimages%2Fjson", 400, "INVALID_CONTAINER_ID"),
+    ("%2E%2E%2Fimages", 400, "INVALID_CONTAINER_ID"),
+    ("abc%2F..%2F..%2Fimages", 400, "INVALID_CONTAINER_ID"),
+    ("abc%252Fjson", 400, "INVALID_CONTAINER_ID"),  # %2F once decoded: a literal % is not an id
+    ("abc%00def", 400, "INVALID_CONTAINER_ID"),
+    ("abc%3Fall%3D1", 400, "INVALID_CONTAINER_ID"),
+    ("abc%23frag", 400, "INVALID_CONTAINER_ID"),
+    ("abc%5C..%5Cimages", 400, "INVALID_CONTAINER_ID"),
+    ("abc%20def", 400, "INVALID_CONTAINER_ID"),
+    ("-rf", 400, "INVALID_CONTAINER_ID"),
+    (".hidden", 400, "INVALID_CONTAINER_ID"),
+    ("%EF%BC%A1bc", 400, "INVALID_CONTAINER_ID"),  # a full-width letter
+    ("a" * 300, 400, "INVALID_CONTAINER_ID"),
+    ("%2E%2E", 400, "INVALID_CONTAINER_ID"),  # decoded after routing: reaches the id check
+    ("..", 404, "NOT_FOUND"),  # a dot segment: resolved by the URL layer, matches no route
+]
+
+
+async def test_the_proxy_sees_the_daemons_engine_calls(proxied, engine):
+    """The control: a well-formed request does reach the engine, through the proxy, on the expected path."""
+    client, proxy = proxied
+    cid = await run_container(engine, unique("ok"))
+    async with client.get(f"/api/v1/containers/{cid}") as resp:
+        assert resp.status == 200
+    assert any(path.endswith(f"/containers/{cid}/json") for _, path in proxy.seen), proxy.seen
+
+
+@pytest.mark.parametrize("segment, status, code", HOSTILE_IDS, ids=[h[0][:30] for h in HOSTILE_IDS])
+async def test_hostile_ids_never_reach_the_engine(proxied, segment, status, code):
+    client, proxy = proxied
+    before = len(proxy.seen)
+    for method, suffix in (("GET", ""), ("POST", "/start"), ("POST", "/stop?timeout=5"), ("GET", "/stats"),
+                           ("POST", "/export"), ("POST", "/export/preview")):
+        url = URL(f"/api/v1/containers/{segment}{suffix}", encoded=True)
+        async with client.request(method, url) as resp:
+            body = await resp.json()
+            assert (resp.status, body["error"]) == (status, code), (method, suffix, body)
+    assert proxy.container_calls(since=before) == []
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/v1/containers/batch", {"action": "start", "containerIds": ["ok", "../images/json"]}),
+    ("/api/v1/containers/batch", {"action": "stop", "containerIds": ["abc/../../images"]}),
+    ("/api/v1/containers/batch/export", {"container_ids": ["..", "x"]}),
+    ("/api/v1/containers/batch/export/preview", {"container_ids": ["a\u0000b"]}),
+])
+async def test_hostile_ids_in_bodies_never_reach_the_engine(proxied, path, body):
+    client, proxy = proxied
+    before = len(proxy.seen)
+    async with client.post(path, json=body) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, "INVALID_CONTAINER_ID"), answer
+    assert proxy.container_calls(since=before) == []
+
+
+async def test_every_engine_call_stays_on_known_endpoints(proxied, engine):
+    """After a mix of ordinary and hostile requests, the engine has only seen the endpoints the daemon uses."""
+    client, proxy = proxied
+    cid = await run_container(engine, unique("ok"), labels={"nekzus.app.id": "grafana"})
+    for method, path in (("GET", "/api/v1/containers"), ("GET", f"/api/v1/containers/{cid}"),
+                         ("POST", f"/api/v1/containers/{cid}/export"), ("GET", "/api/v1/discovery"),
+                         ("GET", "/api/v1/containers/..%2Fimages"), ("GET", "/api/v1/containers?namespace=../x"),
+                         ("POST", f"/api/v1/containers/{cid}/stop?timeout=1&namespace=..%2F..")):
+        async with client.request(method, URL(path, encoded=True)) as resp:
+            await resp.read()
+    paths = [p for _, p in proxy.seen]
+    assert paths and all(_ENGINE_PATH.match(p) for p in paths), [p for p in paths if not _ENGINE_PATH.match(p)]
+
+
+# --- body size ------------------------------------------------------------------------------
+
+async def test_declared_body_over_64k_is_413_even_where_no_body_is_read(client):
+    big = b"x" * (MAX_BODY + 1)
+    for path in ("/api/v1/apps", "/api/v1/containers/abc/start", "/api/v1/containers/batch"):
+        async with client.post(path, data=big, headers={"Content-Type": "application/json"}) as resp:
+            body = await resp.json()
+            assert resp.status == 413 and body["error"] == "REQUEST_TOO_LARGE", (path, body)
+            assert body["details"]["limit"] == MAX_BODY
+
+
+async def test_chunked_body_over_64k_is_413(client):
+    async def chunks():
+        for _ in range(20):
+            yield b" " * 8192  # valid JSON whitespace, 160 KiB in all, no Content-Length
+
+    async with client.post("/api/v1/apps", data=chunks()) as resp:
+        body = await resp.json()
+        assert resp.status == 413 and body["error"] == "REQUEST_TOO_LARGE", body
+
+
+async def test_body_just_under_the_limit_is_read(client):
+    padding = " " * (MAX_BODY - 100)
+    raw = f'{{"id": "{unique("app")}", {padding} "name": "Padded"}}'.encode()
+    assert len(raw) <= MAX_BODY
+    async with client.post("/api/v1/apps", data=raw) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+# --- strict JSON ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, field, words", [
+    (b"not json", None, "not valid JSON"),
+    (b"", None, "JSON object"),
+    (b"[]", None, "JSON object"),
+    (b'"just a string"', None, "JSON object"),
+    (b'{"id": "a", "name": "b", "extra": 1}', "extra", "Unknown field"),
+    (b'{"id": 5, "name": "b"}', "id", "must be a string"),
+    (b'{"name": "b"}', "id", "Missing required field"),
+    (b'{"id": "a", "name": "b", "containers": "web"}', "containers", "must be a list"),
+    (b'{"id": "a", "name": "b", "containers": [1]}', "containers[0]", "must be a string"),
+    (b'{"id": "a", "id": "b", "name": "c"}', "id", "Duplicate field"),
+    (b'{"id": "a", "name": NaN}', None, "NaN"),
+    (b'{"id": "a", "name": "b", "containers": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", None, "nested"),
+    (b'{"id": "../x", "name": "b"}', "id", "Field id"),
+])
+async def test_apps_body_is_validated(client, raw, field, words):
+    async with client.post("/api/v1/apps", data=raw, headers={"Content-Type": "application/json"}) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and body["error"] == "INVALID_REQUEST_BODY", body
+        assert words in body["message"], body
+        if field is not None:
+            assert body["details"]["field"] == field
+
+
+async def test_too_many_ids_in_a_batch(client):
+    ids = [f"c{i}" for i in range(MAX_IDS + 1)]
+    for path, body in (("/api/v1/containers/batch", {"action": "start", "containerIds": ids}),
+                       ("/api/v1/containers/batch/export", {"container_ids": ids})):
+        async with client.post(path, json=body) as resp:
+            answer = await resp.json()
+            assert resp.status == 400 and answer["error"] == "INVALID_REQUEST_BODY", answer
+            assert answer["details"]["maxItems"] == MAX_IDS
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"action": "start", "containerIds": ["a"], "timeout": "10"}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": ["a"], "timeout": 1.5}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": ["a"], "timeout": True}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": ["a"], "timeout": 301}, "INVALID_TIMEOUT"),
+    ({"action": "start", "containerIds": ["a"], "timeout": 10 ** 30}, "INVALID_TIMEOUT"),
+    ({"action": ["start"], "containerIds": ["a"]}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": [None]}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": {"a": 1}}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": ["a"], "force": True}, "INVALID_REQUEST_BODY"),
+])
+async def test_batch_body_is_validated(client, body, code):
+    async with client.post("/api/v1/containers/batch", json=body) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, code), answer
+
+
+@pytest.mark.parametrize("value", ["+10", "1_0", "\u0661\u0660", " 10", "0x1", "10.0", "-1", "0", "301", "9" * 50])
+async def test_timeout_query_accepts_plain_digits_only(client, value):
+    async with client.post("/api/v1/containers/abc/stop", params={"timeout": value}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, "INVALID_TIMEOUT"), (value, answer)
+
+
+async def test_export_options_are_validated(client):
+    async with client.post("/api/v1/containers/abc/export", json={"sanitize_secrets": "no"}) as resp:
+        answer = await resp.json()
+        assert resp.status == 400 and answer["details"]["field"] == "sanitize_secrets", answer
