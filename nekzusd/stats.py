@@ -91,7 +91,8 @@ SampleSource = Callable[[], AsyncIterator[Sample]]
 class Sampler:
     """Reads one container's samples in the background and keeps the latest stats object."""
 
-    def __init__(self, source: SampleSource, idle: float) -> None:
+    def __init__(self, source: SampleSource, runtime: str, idle: float) -> None:
+        self.runtime = runtime
         self.idle = idle
         self.latest: dict[str, Any] | None = None
         self.last_asked = time.monotonic()
@@ -115,7 +116,7 @@ class Sampler:
                         self.first.set_result(self.latest)
                         self.last_asked = time.monotonic()  # its waiters were answered just now
         except TimeoutError:
-            self._fail(RuntimeUnavailable("stats", f"no sample within {SAMPLE_TIMEOUT:g} s"))
+            self._fail(RuntimeUnavailable(self.runtime, f"no stats sample within {SAMPLE_TIMEOUT:g} s"))
         except (ApiError, EngineError) as exc:
             self._fail(exc)
         except Exception as exc:  # a malformed engine document must not leave callers waiting
@@ -143,14 +144,15 @@ class Sampler:
             return await asyncio.shield(self.first)
         except asyncio.CancelledError:
             if self.first.cancelled():  # the sampler was stopped (shutdown), not this caller
-                raise RuntimeUnavailable("stats", "sampling stopped") from None
+                raise RuntimeUnavailable(self.runtime, "stats sampling stopped") from None
             raise
 
 
 class Samplers:
     """Live samplers by container key, shared by every caller; each stops ``idle`` s after its last use."""
 
-    def __init__(self, idle: float = IDLE_EXPIRY) -> None:
+    def __init__(self, runtime: str, idle: float = IDLE_EXPIRY) -> None:
+        self.runtime = runtime  # named in the errors of its samplers
         self.idle = idle
         self._by_key: dict[str, Sampler] = {}
 
@@ -171,7 +173,7 @@ class Samplers:
         name the caller used) then finds the same sampler through ``cached``."""
         sampler = self._by_key.get(key)
         if sampler is None or not sampler.alive:
-            sampler = self._by_key[key] = Sampler(source, self.idle)
+            sampler = self._by_key[key] = Sampler(source, self.runtime, self.idle)
             sampler.task.add_done_callback(lambda _task, s=sampler: self._forget(s))
         if alias is not None and alias != key:
             self._by_key[alias] = sampler

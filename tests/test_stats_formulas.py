@@ -102,7 +102,7 @@ async def _samples_then(error: Exception | None, count: int):
 
 async def test_samplers_share_one_sampler_and_stop_when_idle() -> None:
     # The source here is a generator of real-shaped samples: this checks the cache's lifecycle only.
-    samplers = Samplers(idle=0.2)
+    samplers = Samplers("test", idle=0.2)
     started = []
 
     def source():
@@ -118,7 +118,7 @@ async def test_samplers_share_one_sampler_and_stop_when_idle() -> None:
 
 
 async def test_sampler_failure_reaches_every_waiter_and_is_forgotten() -> None:
-    samplers = Samplers()
+    samplers = Samplers("test")
     results = await asyncio.gather(*(samplers.get("gone", lambda: _samples_then(EngineError("boom"), 1))
                                      for _ in range(3)), return_exceptions=True)
     assert [str(r) for r in results] == ["boom"] * 3

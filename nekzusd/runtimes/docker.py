@@ -170,7 +170,7 @@ class DockerRuntime(Runtime):
         self.url = url
         self._docker: aiodocker.Docker | None = None
         self._self_id = _own_container_id()
-        self.samplers = Samplers()
+        self.samplers = Samplers(self.name)
         self._stats_docker: aiodocker.Docker | None = None  # own pool: sampler streams stay open
         self._podman: bool | None = None
 
