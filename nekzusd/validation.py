@@ -144,19 +144,24 @@ def bool_param(request: web.Request, name: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes"):
         return True
-    if lowered in ("0", "false", "no", ""):
+    if lowered in ("0", "false", "no"):
         return False
     raise ApiError(400, "INVALID_PARAMETER", f"Query parameter {name} must be true or false", {"parameter": name})
 
 
 def setup(app: web.Application) -> None:
-    """Refuse a declared body over MAX_BODY before any handler runs (handlers that never read
-    their body would otherwise accept it silently)."""
+    """Install the input-limits middleware: a declared body over MAX_BODY is refused before any handler
+    runs (handlers that never read their body would otherwise accept it silently), and so is a query
+    parameter given twice under /api/ (which value counts would depend on who reads it)."""
 
     @web.middleware
-    async def body_limit_middleware(request: web.Request, handler):
+    async def input_limits_middleware(request: web.Request, handler):
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise too_large()
+        if request.path.startswith("/api/") and len(request.query) != len(set(request.query)):
+            name = next(key for key in request.query if len(request.query.getall(key)) > 1)
+            raise ApiError(400, "INVALID_PARAMETER", f"Query parameter {name[:64]} is given more than once",
+                           {"parameter": name[:64]})
         return await handler(request)
 
-    app.middlewares.append(body_limit_middleware)
+    app.middlewares.append(input_limits_middleware)

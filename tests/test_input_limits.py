@@ -247,3 +247,20 @@ async def test_export_options_are_validated(client):
     async with client.post("/api/v1/containers/abc/export", json={"sanitize_secrets": "no"}) as resp:
         answer = await resp.json()
         assert resp.status == 400 and answer["details"]["field"] == "sanitize_secrets", answer
+
+
+@pytest.mark.parametrize("query", ["runtime=docker&runtime=kubernetes", "all=true&all=false",
+                                   "timeout=5&timeout=500"])
+async def test_a_query_parameter_given_twice_is_refused(client, query):
+    """Parameter pollution: which value counts would depend on who reads the query."""
+    async with client.get(f"/api/v1/containers?{query}") as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, "INVALID_PARAMETER"), answer
+        assert answer["details"]["parameter"] == query.split("=")[0]
+
+
+@pytest.mark.parametrize("value", ["", "maybe", "2", "True "])
+async def test_all_flag_must_be_a_boolean(client, value):
+    async with client.get("/api/v1/containers", params={"all": value}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, "INVALID_PARAMETER"), answer
