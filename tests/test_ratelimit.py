@@ -194,9 +194,12 @@ async def test_container_routes_share_one_pool_with_headers(make_client, config_
 
 async def test_websocket_upgrade_has_its_own_pool(make_client, config_data):
     client = await remote_client(make_client, remote(config_data, websocket={"per_minute": 1, "burst": 2}))
+    remaining = []
     for _ in range(2):
         ws = await client.ws_connect("/api/v1/ws")
+        remaining.append(ws._response.headers["RateLimit-Remaining"])  # on the 101 itself
         await ws.close()
+    assert remaining == ["1", "0"]
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await client.ws_connect("/api/v1/ws")
     assert refused.value.status == 429
