@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, keys
+from . import __version__
 from .errors import ApiError
-from .keys import APPS, HEALTH, HUB, OPERATIONS, PROBE, RUNTIMES, STARTED_AT
+from .keys import APPS, HEALTH, HUB, LOG_STREAMS, OPERATIONS, PROBE, RATE_LIMITER, RUNTIMES, STARTED_AT
 from .runtimes import Container, Runtime, Runtimes
 
 LIST_TIMEOUT = 3.0  # the page must render even when an engine is slow
@@ -89,32 +89,18 @@ def runtime_states(app: web.Application) -> list[RuntimeState]:
     return list(probe.states.values()) if probe is not None else []
 
 
-def live_counters(app: web.Application) -> dict[str, int | None]:
-    """Counters other parts of the daemon keep; None where that part is not there."""
-    hub = app.get(HUB)
-    clients = list(hub.clients) if hub is not None else []
-    log_streams = _optional_service(app, "LOG_STREAMS")
-    limiter = _optional_service(app, "RATE_LIMITER")
+def live_counters(app: web.Application) -> dict[str, int]:
+    """Counters other parts of the daemon keep (WebSocket hub, log streams, rate limiter)."""
+    clients = list(app[HUB].clients)
+    log_streams = app[LOG_STREAMS]
     return {
         "websocket_clients": len(clients),
         "websocket_authenticated": sum(c.authenticated for c in clients),
-        "log_streams": _number(log_streams, "active"),
-        "log_lines_streamed": _number(log_streams, "lines_sent"),
-        "log_lines_dropped": _number(log_streams, "lines_dropped"),
-        "rate_limit_rejections": _number(limiter, "rejected"),
+        "log_streams": log_streams.active,
+        "log_lines_streamed": log_streams.lines_sent,
+        "log_lines_dropped": log_streams.lines_dropped,
+        "rate_limit_rejections": app[RATE_LIMITER].rejected,
     }
-
-
-def _optional_service(app: web.Application, key_name: str) -> Any:
-    key = getattr(keys, key_name, None)
-    return app.get(key) if key is not None else None
-
-
-def _number(service: Any, attribute: str) -> int | None:
-    value = getattr(service, attribute, None)
-    if value is None:
-        return None
-    return len(value) if hasattr(value, "__len__") else int(value)
 
 
 def human_duration(seconds: float) -> str:
