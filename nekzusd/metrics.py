@@ -7,6 +7,7 @@ so those modules need not know about Prometheus.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Iterator
 
 from aiohttp import web
@@ -95,3 +96,15 @@ class _LiveCollector(Collector):
                 latency.add_metric([state.name], state.latency)
         yield up
         yield latency
+        yield from _asyncio_tasks()
+
+
+def _asyncio_tasks() -> Iterator[Metric]:
+    """Tasks alive on the serving loop: a count that only grows means something is never awaited (the
+    soak test watches its trend). Read at scrape time, which runs on that loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # scraped off the loop (a plain registry dump): there is nothing to count
+        return
+    yield GaugeMetricFamily("nekzusd_asyncio_tasks", "asyncio tasks alive on the event loop",
+                            value=len(asyncio.all_tasks(loop)))

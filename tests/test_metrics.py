@@ -9,7 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from nekzusd.auth import Tokens
-from tests.conftest import next_message, run_container, unique, ws_connect
+from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
 
 
 async def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -143,3 +143,21 @@ async def test_unknown_methods_do_not_grow_labels(client) -> None:
     samples = await scrape(client)
     methods = {dict(labels).get("method") for name, labels in samples if name == "nekzusd_http_requests_total"}
     assert methods <= {"GET", "OTHER"} and "OTHER" in methods
+
+
+async def test_asyncio_tasks_gauge_follows_open_websockets(client) -> None:
+    """The soak test judges task leaks by this gauge: it must rise with live work and fall back after."""
+    async def tasks() -> float:
+        return value(await scrape(client), "nekzusd_asyncio_tasks")
+
+    before = await tasks()
+    assert before >= 1  # at least the scrape's own request handler
+    sockets = [await ws_connect(client) for _ in range(5)]
+    assert await tasks() >= before + 10  # each connection: its handler and its writer task
+    for ws in sockets:
+        await ws.close()
+    await wait_for(lambda: _at_most(tasks, before))
+
+
+async def _at_most(read, limit: float) -> bool:
+    return await read() <= limit
