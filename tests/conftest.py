@@ -31,6 +31,19 @@ def docker_engine() -> Engine:
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory):
+    """One real (kubelet-less) control plane per session, built and started by the tests themselves
+    (tests/k8s/cluster.py): skipped without it locally, a failure under CI=true."""
+    from tests.k8s.cluster import Cluster, require_cluster
+
+    require_cluster()
+    cluster = Cluster()
+    cluster.start(tmp_path_factory.mktemp("k8s"))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def engine(docker_engine: Engine) -> Engine:
     """The session's dockerd, running, with no containers left over from the test."""

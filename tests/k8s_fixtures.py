@@ -1,9 +1,5 @@
-"""Fixtures for the Kubernetes runtime's tests: one real (kubelet-less) control plane per session, from
-tests/k8s/cluster.py, and a daemon app configured with both Docker and Kubernetes.
-
-The cluster is built and started by the tests themselves; without it they skip, and under CI=true they
-fail (``require_cluster``), so a broken build never passes as skipped tests.
-"""
+"""Fixtures for the Kubernetes runtime's tests: a daemon app configured with both Docker and Kubernetes,
+on the session's real (kubelet-less) control plane (``k8s_cluster`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +9,11 @@ from typing import Any, AsyncIterator
 import pytest
 
 from tests.conftest import base_config
-from tests.k8s.cluster import Cluster, require_cluster
+from tests.k8s.cluster import Cluster
 
 NAMESPACES = ["default", "team-a"]  # the daemon's; the cluster also has forbidden-ns, which it must refuse
 IMAGE = "localhost/busybox:latest"
 APP_ID = "web"
-
-
-@pytest.fixture(scope="session")
-def k8s_cluster(tmp_path_factory) -> Cluster:
-    require_cluster()
-    cluster = Cluster()
-    cluster.start(tmp_path_factory.mktemp("k8s"))
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from nekzusd.errors import ApiError
 from nekzusd.keys import HEALTH, RUNTIMES
 from nekzusd.runtimes import Ref
 from tests.conftest import next_message, wait_for, ws_connect
-from tests.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_cluster, k8s_config,  # noqa: F401
+from tests.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_config,  # noqa: F401
                                 pods_of, running_pods)
 
 pytestmark = pytest.mark.kubernetes

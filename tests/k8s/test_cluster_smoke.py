@@ -15,24 +15,17 @@ import time
 import aiohttp
 import pytest
 
-from .cluster import Cluster, require_cluster
+from .cluster import Cluster
 
 pytestmark = pytest.mark.kubernetes
 
 IMAGE = "localhost/busybox:latest"
 
 
-@pytest.fixture(scope="session")
-def k8s(tmp_path_factory):
-    require_cluster()
-    cluster = Cluster()
-    t0 = time.monotonic()
-    cluster.start(tmp_path_factory.mktemp("k8s"))
-    print(f"k8s test cluster up in {time.monotonic() - t0:.1f} s at {cluster.api_url}")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+@pytest.fixture
+def k8s(k8s_cluster: Cluster) -> Cluster:
+    """The session's cluster (tests/conftest.py), shared with the runtime's tests."""
+    return k8s_cluster
 
 
 async def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
