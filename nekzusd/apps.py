@@ -31,8 +31,12 @@ class App:
     containers: tuple[str, ...] = ()
     source: str = "api"  # "config" or "api"
 
+    def lists(self, container: Container) -> bool:
+        """Named under ``containers:`` (a Kubernetes pod also by its workload, as pod names change)."""
+        return container.name in self.containers or bool(container.workload) and container.workload in self.containers
+
     def links(self, container: Container) -> bool:
-        return container.labels.get(APP_LABEL) == self.id or container.name in self.containers
+        return container.labels.get(APP_LABEL) == self.id or self.lists(container)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "containers": list(self.containers), "source": self.source}
@@ -66,7 +70,7 @@ class Apps:
             app = self.get(label)
             if app is not None:
                 return app
-        return next((a for a in self.all() if container.name in a.containers), None)
+        return next((a for a in self.all() if a.lists(container)), None)
 
     def linked(self, containers: Iterable[Container]) -> list[Container]:
         return [c for c in containers if self.app_of(c) is not None]

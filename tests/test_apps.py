@@ -118,3 +118,7 @@ def test_app_links_by_label_or_name():
     assert app.links(_c("x", labels={"nekzus.app.id": "web"}))
     assert app.links(_c("nginx"))
     assert not app.links(_c("other", labels={"nekzus.app.id": "web2"}))
+    pod = Container(id="nginx-7d8f9b6c5d-x2k4m", name="nginx-7d8f9b6c5d-x2k4m", image="i", state="running",
+                    status="", created=0, runtime="kubernetes", namespace="default", workload="nginx")
+    assert app.links(pod)
+    assert not App("other", "Other", ("nginx-7d8f9b6c5d",)).links(pod)

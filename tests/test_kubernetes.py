@@ -63,6 +63,20 @@ async def test_list_across_configured_namespaces_only(k8s_client, k8s_api, k8s_c
     assert pending["state"] == "running"  # fake_kubelet ran it too
 
 
+async def test_an_app_lists_a_deployment_by_name(make_client, engine, tmp_path, k8s_cluster, k8s_api):
+    """Pod names change with every rollout; an app names the Deployment and links all of its pods."""
+    data = k8s_config(engine, tmp_path / "state", k8s_cluster.kubeconfig)
+    data["apps"] = [{"id": "shop", "name": "Shop", "containers": ["shop-frontend"]}]
+    client = await make_client(data)
+    unlabelled = deployment("shop-frontend", 2)
+    unlabelled["spec"]["template"]["metadata"]["labels"].pop("nekzus.app.id")
+    await _create(k8s_api, "default", unlabelled)
+    async with k8s_cluster.fake_kubelet():
+        pods = await running_pods(k8s_api, "default", "shop-frontend", 2)
+        rows = await (await client.get(f"/api/v1/containers?{K8S}")).json()
+    assert sorted(r["id"] for r in rows) == sorted(pods)
+
+
 async def test_namespaces_outside_the_config_are_refused(k8s_client):
     for path in (f"/api/v1/containers?{K8S}&namespace=forbidden-ns",
                  f"/api/v1/containers/some-pod?{K8S}&namespace=forbidden-ns",

@@ -40,6 +40,7 @@ class Container:
     ports: tuple[Port, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     health: str | None = None  # engine health check status ("healthy", "unhealthy", ...), if any
+    workload: str = ""  # Kubernetes: the Deployment/StatefulSet/DaemonSet a pod belongs to (stable, unlike its name)
 
     @property
     def running(self) -> bool:

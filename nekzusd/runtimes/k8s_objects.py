@@ -115,6 +115,18 @@ def restarts(pod: dict[str, Any]) -> int:
     return sum(int(cs.get("restartCount", 0)) for cs in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
+def workload_name(meta: dict[str, Any]) -> str:
+    """The workload a pod belongs to: a ReplicaSet's pod-template-hash suffix leads back to its Deployment."""
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if owner is None:
+        return ""
+    name = owner.get("name", "")
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+    if owner.get("kind") == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        return name[: -len(template_hash) - 1]
+    return name
+
+
 def container_from_pod(pod: dict[str, Any]) -> Container:
     meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     containers = spec.get("containers") or []
@@ -136,6 +148,7 @@ def container_from_pod(pod: dict[str, Any]) -> Container:
         ports=_ports(containers),
         labels=dict(meta.get("labels") or {}),
         health=health,
+        workload=workload_name(meta),
     )
 
 
@@ -204,6 +217,7 @@ def container_from_workload(workload: Workload) -> Container:
         namespace=meta.get("namespace", ""),
         ports=_ports(containers),
         labels=dict((template.get("metadata") or {}).get("labels") or {}),
+        workload=workload.name,
     )
 
 
