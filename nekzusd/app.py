@@ -11,26 +11,23 @@ from aiohttp import web
 
 from . import accesslog, auth, ratelimit, realip, validation
 from .apps import Apps, HealthTracker
+from .bulk import Bulk
 from .config import Config
 from .errors import error_middleware
 from .hub import Hub
-from .keys import APPS, CONFIG, HEALTH, HUB, OPERATIONS, RUNTIMES, STARTED_AT, STORE, TOKENS
-from .keys import METRICS, PROBE, RATE_LIMITER
-from .keys import LOG_STREAMS
-from .keys import BULK
-from .bulk import Bulk
+from .keys import (APPS, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
+                   RUNTIMES, STARTED_AT, STORE, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
-from .views.status import setup_templates
 from .runtimes import Runtimes
 from .status import RuntimeProbe
 from .store import Store
+from .views.status import setup_templates
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 SHUTDOWN_GRACE = 5.0  # seconds in-flight operations may take to finish at shutdown
 
 
@@ -68,7 +65,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[accesslog.observe, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[accesslog.observe, error_middleware], client_max_size=validation.MAX_BODY)
     app[CONFIG] = config
     app[STARTED_AT] = time.time()
     app[METRICS] = Metrics(app)

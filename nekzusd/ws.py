@@ -6,6 +6,7 @@ their feature (logs register theirs in ``MESSAGE_HANDLERS``); this module only r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -100,12 +101,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     hub.add(client)
     client.start()
-    deadline = request.app.loop.time() + AUTH_TIMEOUT if not client.authenticated else None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AUTH_TIMEOUT if not client.authenticated else None
     try:
         while not ws.closed:
             timeout = None
             if not client.authenticated:
-                timeout = max(deadline - request.app.loop.time(), 0.0)
+                timeout = max(deadline - loop.time(), 0.0)
             try:
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:

@@ -70,6 +70,7 @@ async def test_ports_are_listed(client, engine):
 
 @pytest.mark.parametrize("query, code", [
     ("runtime=lxc", "INVALID_RUNTIME"),
+    ("runtime=", "INVALID_RUNTIME"),
     ("all=maybe", "INVALID_PARAMETER"),
 ])
 async def test_list_refuses_bad_query_values(client, query, code):

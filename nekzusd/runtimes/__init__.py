@@ -22,7 +22,7 @@ class Runtimes:
 
     def pick(self, name: str | None) -> Runtime:
         """The runtime a request names (``?runtime=``), or the primary one."""
-        if name is None or name == "":
+        if name is None:
             name = self.primary
         if name not in KNOWN:
             raise ApiError(400, "INVALID_RUNTIME", f"Invalid runtime {name[:40]!r}: use docker or kubernetes",
