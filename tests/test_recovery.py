@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
 
 from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
 
@@ -60,3 +67,67 @@ async def test_event_watch_resumes_after_engine_restart(client, engine):
     change = await next_message(ws, "health_change", where=lambda m: m["data"]["status"] == "unhealthy")
     assert change["data"]["appId"] == "grafana"
     await ws.close()
+
+
+class CuttingProxy:
+    """A unix-socket hop to the real dockerd that cuts the engine's answer in the middle of its body for
+    paths matching ``cut``, as when the engine dies mid-answer (the soak test met it at each engine kill;
+    a real kill cannot be timed to land inside one response, so the cut is made here). Other paths pass."""
+
+    def __init__(self, engine_socket: str, listen: Path, cut: str) -> None:
+        self.engine_socket, self.listen, self.cut = engine_socket, listen, re.compile(cut)
+        self.cuts = 0
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        upstream = await self._session.request(request.method, URL(f"http://engine{request.raw_path}", encoded=True),
+                                               data=await request.read(), headers=headers)
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP})
+            if not self.cut.search(request.path):
+                body = await upstream.read()
+                response.content_length = len(body)
+                await response.prepare(request)
+                await response.write(body)
+                return response
+            first = await upstream.content.readany()
+            response.content_length = len(first) + 1000  # promises more than it will ever send
+            await response.prepare(request)
+            await response.write(first[: len(first) // 2])
+            self.cuts += 1
+            request.transport.abort()
+            return response
+
+    async def __aenter__(self) -> "CuttingProxy":
+        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.engine_socket))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, str(self.listen)).start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@pytest.mark.parametrize("cut, path", [
+    (r"/containers/json$", "/api/v1/containers?all=true"),   # a plain answer
+    (r"/stats$", "/api/v1/containers/{cid}/stats"),          # a stats sampler's stream
+])
+async def test_an_answer_cut_off_mid_body_is_a_503(engine, make_client, config_data, tmp_path, cut, path):
+    """Regression (soak): a truncated engine answer was a 500 INTERNAL_ERROR / CONTAINER_STATS_FAILED."""
+    cid = await run_container(engine, unique("cut"), labels={"nekzus.app.id": "grafana"})
+    async with CuttingProxy(engine.url.removeprefix("unix://"), tmp_path / "cut.sock", cut) as proxy:
+        config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
+        client = await make_client(config_data)
+        response = await client.get(path.format(cid=cid))
+        body = await response.json()
+        assert (response.status, body["error"]) == (503, "RUNTIME_UNAVAILABLE"), body
+        assert "cut off" in body["message"] and proxy.cuts >= 1
+        await client.close()

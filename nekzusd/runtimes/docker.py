@@ -203,6 +203,8 @@ class DockerRuntime(Runtime):
             raise RuntimeUnavailable(self.name, f"{what}: engine did not answer in time") from None
         except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError) as exc:
             raise RuntimeUnavailable(self.name, f"{what}: {exc}") from None
+        except aiohttp.ClientPayloadError as exc:  # the engine went away in the middle of its answer
+            raise RuntimeUnavailable(self.name, f"{what}: answer cut off: {exc}") from None
         except aiodocker.DockerError as exc:
             if exc.status == 900:  # aiodocker's word for "could not connect"
                 raise RuntimeUnavailable(self.name, "cannot connect to the engine") from None
