@@ -166,11 +166,27 @@ def require(request: web.Request, need: str) -> Principal:
     return principal
 
 
+def cross_site(request: web.Request) -> bool:
+    """A browser sent this on behalf of a page from another site (Fetch Metadata, else Origin vs Host).
+
+    Local callers need no token, so without this check any web page open in a browser on the LAN could
+    stop containers or read logs through the daemon. Clients that are not browsers send neither header.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin == "null" or origin.partition("://")[2].rstrip("/").lower() != request.host.lower()
+
+
 def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple) -> Principal | None:
     """The caller: local (all scopes), a token's principal, or None. 401 for a bad token from a remote client;
-    a local client's bad token is ignored (only its subject would have been used)."""
+    a local client's bad token is ignored (only its subject would have been used). A local address is not
+    trusted for a cross-site browser request: such a caller needs a token like a remote one."""
     token = bearer_token(request)
-    if in_networks(request.get(CLIENT), local_networks):
+    if in_networks(request.get(CLIENT), local_networks) and not cross_site(request):
         subject = "local"
         if token:
             try:

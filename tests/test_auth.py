@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -172,3 +173,25 @@ async def test_no_token_and_no_secret_in_any_log(make_client, config_data, engin
         for part in token.split(".")[1:]:  # not even the payload or signature alone
             assert part not in logged
     assert secret.decode() not in logged
+
+
+async def test_cross_site_browser_requests_from_local_addresses_need_a_token(client, engine):
+    """A page from another site, open in a browser on the LAN, must not drive the token-less local access."""
+    cid = (await asyncio.to_thread(engine.run, "csrf-target", "sleep 100000"))[:12]
+    hostile = [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"},
+               {"Sec-Fetch-Site": "same-site", "Origin": "https://other.lan"}]
+    for headers in hostile:
+        response = await client.post(f"/api/v1/containers/{cid}/stop", headers=headers)
+        assert response.status == 401, headers
+        assert (await response.json())["error"] == "UNAUTHORIZED"
+        ws = await client.ws_connect("/api/v1/ws", headers=headers)
+        await ws.send_json({"type": "auth", "data": {"token": ""}})
+        assert (await ws.receive_json(timeout=5))["type"] == "auth_failed", headers
+        await ws.close()
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Running"] is True  # nothing reached the engine
+    same_origin = {"Origin": f"http://{client.server.host}:{client.server.port}", "Sec-Fetch-Site": "same-origin"}
+    response = await client.post(f"/api/v1/containers/{cid}/stop?timeout=2", headers=same_origin)
+    assert response.status == 202
+    response = await client.get("/api/v1/containers", headers={"Origin": same_origin["Origin"]})
+    assert response.status == 200
