@@ -83,17 +83,50 @@ async def test_interleaved_stdout_and_stderr_every_line_once_in_order(engine, cl
 
 
 async def test_tty_container_gives_raw_lines(engine, client):
-    # (output of an exiting container that lacks its newline is logged by dockerd at exit and may miss the
-    # end of a follow stream: an engine race, so the unfinished line here is finished before exit)
     cid = await run_container(engine, unique(), WAIT_GO + "echo first; echo second >&2; printf 'no '; "
-                              "sleep 0.3; echo newline; sleep 0.3", tty=True)
+                              "sleep 0.3; echo newline; printf 'unfinished last'", tty=True)
     ws = await ws_connect(client)
     await subscribe(ws, cid, tail=0)
     await go(engine, cid)
     messages, ended = await collect(ws, cid)
     assert [(m["data"]["stream"], m["data"]["message"]) for m in messages] == [
-        ("stdout", "first"), ("stdout", "second"), ("stdout", "no newline")]  # \r\n of the TTY removed
+        ("stdout", "first"), ("stdout", "second"), ("stdout", "no newline"),  # \r\n of the TTY removed
+        ("stdout", "unfinished last")]
     assert ended["data"]["reason"] == "container_stopped"
+
+
+@pytest.mark.parametrize("tty", [False, True])
+async def test_an_unfinished_last_line_is_never_lost(engine, client, tty):
+    """dockerd logs a last line without newline only when the container exits, and may end the follow
+    stream before it: 20 containers that do just that, each must deliver every line once, in order."""
+    ws = await ws_connect(client)
+    ids = await asyncio.gather(*(run_container(
+        engine, unique(), WAIT_GO + f"echo first {i}; echo middle {i} >&2; printf 'last {i}'", tty=tty)
+        for i in range(20)))
+    for cid in ids:
+        await subscribe(ws, cid, tail=0)
+    await asyncio.gather(*(go(engine, cid) for cid in ids))
+    got: dict[str, list[tuple[str, str]]] = {cid: [] for cid in ids}
+    reasons = {}
+    async with asyncio.timeout(60):
+        while len(reasons) < len(ids):
+            message = await ws.receive_json()
+            cid = message["data"].get("containerId")
+            if message["type"] == "container.logs":
+                got[cid].append((message["data"]["stream"], message["data"]["message"]))
+            elif message["type"] == "container.logs.ended":
+                reasons[cid] = message["data"]["reason"]
+    wrong = {}
+    for i, cid in enumerate(ids):
+        if tty:  # one stream: the order is the container's
+            expected = {"stdout": [f"first {i}", f"middle {i}", f"last {i}"]}
+        else:  # two streams: dockerd orders only within each
+            expected = {"stdout": [f"first {i}", f"last {i}"], "stderr": [f"middle {i}"]}
+        seen = {stream: [text for s, text in got[cid] if s == stream] for stream in ("stdout", "stderr")}
+        if {s: t for s, t in seen.items() if t} != expected:
+            wrong[cid] = got[cid]
+    assert wrong == {}, f"{len(wrong)} of {len(ids)} streams wrong"
+    assert set(reasons.values()) == {"container_stopped"}
 
 
 async def test_partial_lines_are_joined(engine, client):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, AsyncIterator
@@ -279,40 +279,82 @@ class DockerRuntime(Runtime):
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
         """The container's log lines; a follow stream ends when the container stops (or is removed),
-        and raises RuntimeUnavailable when the engine goes away instead."""
-        from ..logs import READ_SIZE, LogParser, line_time  # the parser lives with the streaming feature
+        and raises RuntimeUnavailable when the engine goes away instead.
+
+        The engine is always asked for timestamps (cut off again unless wanted): dockerd stores a last line
+        without newline only at exit and can end the follow stream before it, so after the stream a
+        catch-up read from the last line's stamp hands out what the stream missed, and nothing twice."""
+        from ..logs import LogCursor, stamped_lines  # the parser lives with the streaming feature
 
         doc = await self._container_json(ref, "GET", "/json", what="inspect")
-        parser = LogParser(multiplexed=not (doc.get("Config") or {}).get("Tty"))
-        params = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0", "tail": str(tail),
-                  "timestamps": "1" if timestamps else "0"}
+        container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
+        if not follow:
+            async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail)})) as reads:
+                async for lines in reads:
+                    for line in stamped_lines(lines, timestamps):
+                        yield line
+            return
+        cursor = LogCursor()
+        if tail == 0:  # the stream starts at the log's end: where that is, for the catch-up
+            async for lines in self._log_reads(container_id, multiplexed, {"tail": "1"}):
+                cursor.passed(lines)
+        params = {"tail": str(tail), "follow": "1"}
+        async with aclosing(self._log_reads(container_id, multiplexed, params)) as reads:
+            async for lines in reads:
+                for line in stamped_lines(lines, timestamps):
+                    yield line
+                cursor.passed(lines)
+        if not await self._still_there(ref):
+            return
+        fresh = cursor.fresh_filter()
+        params = {"tail": "all"} if cursor.since is None else {"since": cursor.since}
+        try:
+            async with aclosing(self._log_reads(container_id, multiplexed, params)) as reads:
+                async for lines in reads:
+                    for line in stamped_lines([pair for pair in lines if fresh(pair)], timestamps):
+                        yield line
+        except EngineError as exc:
+            if exc.status != 404:  # removed meanwhile: its log is gone
+                raise
+
+    async def _log_reads(self, container_id: str, multiplexed: bool, params: dict[str, str],
+                         ) -> AsyncIterator[list[tuple[str, str]]]:
+        """The stamped lines of one logs request, per read. A follow stream may idle, and a line it ends
+        in is left to the catch-up read, which has it whole; other reads may not idle and end with the
+        unfinished lines."""
+        from ..logs import READ_SIZE, LogParser
+
+        parser = LogParser(multiplexed, stamped=True)
+        query = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "0", **params}
+        follow = query["follow"] == "1"
         async with self._call("logs", timeout=None), AsyncExitStack() as stack:
-            async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers; the body may idle
+            async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers
                 response = await stack.enter_async_context(
-                    self.client._query(f"containers/{doc['Id']}/logs", params=params, timeout=None))
+                    self.client._query(f"containers/{container_id}/logs", params=query, timeout=None))
             stack.callback(response.close)  # an unfinished stream must not go back to the pool
             read = response.content.read
             while True:
                 try:
-                    chunk = await read(READ_SIZE)
+                    async with asyncio.timeout(None if follow else CALL_TIMEOUT):
+                        chunk = await read(READ_SIZE)
                 except aiohttp.ClientPayloadError as exc:
                     raise RuntimeUnavailable(self.name, f"log stream broke: {exc}") from None
-                pairs = parser.feed(chunk) if chunk else parser.flush()
-                for stream, message in pairs:
-                    yield LogLine(stream, message, line_time(message) if timestamps else None)
                 if not chunk:
                     break
-        if follow:
-            await self._gone_or_stopped(ref)
+                yield parser.feed(chunk)
+        if not follow:
+            yield parser.flush()
 
-    async def _gone_or_stopped(self, ref: Ref) -> None:
-        """After a follow stream's end: a container that is stopped or removed is fine, an engine that
-        does not answer raises RuntimeUnavailable."""
+    async def _still_there(self, ref: Ref) -> bool:
+        """After a follow stream's end: whether the container still exists (stopped, or already running
+        again); an engine that does not answer raises RuntimeUnavailable."""
         try:
             await self._container_json(ref, "GET", "/json", what="inspect")
         except ApiError as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     async def export_source(self, ref: Ref) -> Any:
         from ..compose import ServiceSource  # loaded only when someone exports
