@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, ClassVar
 STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Port:
     ip: str
     private_port: int
@@ -25,7 +25,7 @@ class Port:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
     """One row of the container list, the same shape for every runtime."""
 
@@ -61,7 +61,7 @@ class Container:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ref:
     """How a request names a container: an id (or name) and, for Kubernetes, a namespace."""
 
@@ -69,14 +69,14 @@ class Ref:
     namespace: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogLine:
     stream: str  # "stdout" or "stderr"
     message: str
     timestamp: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A container state change reported by the engine (used to track app health)."""
 

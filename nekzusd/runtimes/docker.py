@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 import aiodocker
 import aiohttp
+import orjson
 
 from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
 from ..secrets import mask_env
@@ -40,6 +41,8 @@ def short_id(full_id: str) -> str:
 
 
 def _health_of(status: str) -> str | None:
+    if "(" not in status:
+        return None
     for word in ("unhealthy", "healthy", "starting"):
         if f"({word})" in status or f"(health: {word})" in status:
             return word
@@ -47,6 +50,8 @@ def _health_of(status: str) -> str | None:
 
 
 def _ports_of(entries: list[dict[str, Any]] | None) -> tuple[Port, ...]:
+    if not entries:
+        return ()
     ports = [Port(e.get("IP", ""), int(e["PrivatePort"]), e.get("PublicPort"), e.get("Type", "tcp"))
              for e in entries or [] if "PrivatePort" in e]
     ports.sort(key=lambda p: (p.private_port, p.type, p.ip, p.public_port or 0))
@@ -213,7 +218,10 @@ class DockerRuntime(Runtime):
     async def _json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                     what: str, timeout: float | None = CALL_TIMEOUT) -> Any:
         async with self._call(what, timeout):
-            return await self.client._query_json(path, method, params=params)
+            async with self.client._query(path, method, params=params) as response:
+                body = await response.read()
+        # orjson: the container list is the hot path of every dashboard, and decoding is most of its cost
+        return orjson.loads(body) if body else None
 
     async def _container_json(self, ref: Ref, method: str, path: str = "", *, what: str,
                               params: dict[str, Any] | None = None, timeout: float | None = CALL_TIMEOUT) -> Any:

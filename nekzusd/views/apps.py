@@ -10,7 +10,7 @@ from ..errors import invalid_body
 from ..keys import APPS, HEALTH
 from ..runtimes import Container
 from ..validation import Field, read_json
-from .common import runtime_of
+from .common import json_response, runtime_of
 
 _APP_FIELDS = {
     "id": Field(str, required=True),
@@ -24,7 +24,7 @@ def _app_json(request: web.Request, app) -> dict:
 
 
 async def list_apps(request: web.Request) -> web.Response:
-    return web.json_response([_app_json(request, a) for a in request.app[APPS].all()])
+    return json_response([_app_json(request, a) for a in request.app[APPS].all()])
 
 
 @requires(WRITE)
@@ -39,7 +39,7 @@ async def add_app(request: web.Request) -> web.Response:
         raise invalid_body("Field name must be 1-200 characters", field="name")
     app = await request.app[APPS].add(app_id, name, body["containers"])
     request.app[HEALTH].poke()
-    return web.json_response(_app_json(request, app), status=201)
+    return json_response(_app_json(request, app), status=201)
 
 
 @requires(WRITE)
@@ -56,4 +56,4 @@ def _discovered(container: Container) -> dict:
 async def discovery(request: web.Request) -> web.Response:
     containers = await runtime_of(request).list(request.query.get("namespace") or None)
     found = sorted(request.app[APPS].unlinked_candidates(containers), key=lambda c: c.name)
-    return web.json_response([_discovered(c) for c in found])
+    return json_response([_discovered(c) for c in found])

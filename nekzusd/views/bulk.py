@@ -10,7 +10,7 @@ from ..errors import ApiError, EngineError, bad_request, invalid_body
 from ..keys import APPS, BULK
 from ..runtimes import Ref, Runtime
 from ..validation import MAX_IDS, Field, read_json, timeout_param
-from .common import runtime_of
+from .common import json_response, runtime_of
 
 _BATCH_FIELDS = {
     "action": Field(str),
@@ -28,7 +28,7 @@ async def _all(request: web.Request, op: str) -> web.Response:
     except EngineError as exc:
         raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
     targets = all_targets(op, containers, request.app[APPS], runtime)
-    return web.json_response(await request.app[BULK].run_all(runtime, targets, op, timeout))
+    return json_response(await request.app[BULK].run_all(runtime, targets, op, timeout))
 
 
 @requires(WRITE)
@@ -71,4 +71,4 @@ async def batch(request: web.Request) -> web.Response:
     timeout = timeout_param(body["timeout"])
     runtime = runtime_of(request)
     refs = batch_refs(body["containerIds"], request.query.get("namespace", ""), runtime)
-    return web.json_response(await request.app[BULK].batch(runtime, refs, op, timeout))
+    return json_response(await request.app[BULK].batch(runtime, refs, op, timeout))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
 from ..keys import RUNTIMES
@@ -24,3 +27,9 @@ def target(request: web.Request) -> tuple[Runtime, Ref]:
     else:
         ref = Ref(match["id"], request.query.get("namespace", ""))
     return runtime, runtime.validate_ref(ref)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer encoded with orjson: the container list and stats are the hot paths of dashboards
+    that poll, and orjson encodes them several times faster than the standard library."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -9,7 +9,7 @@ from ..errors import ApiError, EngineError
 from ..keys import APPS, OPERATIONS
 from ..operations import KINDS, accepted_body
 from ..validation import bool_param, timeout_param
-from .common import runtime_of, target
+from .common import json_response, runtime_of, target
 
 
 async def list_containers(request: web.Request) -> web.Response:
@@ -23,7 +23,7 @@ async def list_containers(request: web.Request) -> web.Response:
     if not show_all:
         containers = request.app[APPS].linked(containers)
     containers.sort(key=lambda c: (c.namespace, c.name))
-    return web.json_response([c.as_json() for c in containers])
+    return json_response([c.as_json() for c in containers])
 
 
 async def inspect_container(request: web.Request) -> web.Response:
@@ -32,7 +32,7 @@ async def inspect_container(request: web.Request) -> web.Response:
         details = await runtime.inspect(ref)
     except EngineError as exc:
         raise ApiError(500, "CONTAINER_INSPECT_FAILED", f"Failed to inspect container: {exc}") from None
-    return web.json_response(details)
+    return json_response(details)
 
 
 @requires(WRITE)
@@ -46,4 +46,4 @@ async def lifecycle(request: web.Request) -> web.Response:
     except EngineError as exc:
         raise ApiError(500, KINDS[op].error_code, f"Failed to {op} container: {exc}") from None
     operation_id = operations.submit(runtime, container, op, timeout)
-    return web.json_response(accepted_body(op, container, operation_id, timeout), status=202)
+    return json_response(accepted_body(op, container, operation_id, timeout), status=202)

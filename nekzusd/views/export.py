@@ -16,7 +16,7 @@ from ..errors import ApiError, EngineError, bad_request, invalid_body
 from ..keys import CONFIG
 from ..runtimes import Ref, Runtime
 from ..validation import MAX_IDS, Field, read_json
-from .common import runtime_of, target
+from .common import json_response, runtime_of, target
 
 _OPTIONS = {
     "sanitize_secrets": Field(bool, default=True),
@@ -122,7 +122,7 @@ async def _read_options(request: web.Request, fields: dict[str, Field], optional
 
 async def _respond(export: Export, zip_folder: str, as_zip: bool, status: int = 200) -> web.Response:
     if not as_zip:
-        return web.json_response(export.as_json(), status=status)
+        return json_response(export.as_json(), status=status)
     folder = sanitize_name(zip_folder)
     archive = await asyncio.to_thread(export_zip, export, folder)
     return web.Response(body=archive, status=status, content_type=ZIP_TYPE,

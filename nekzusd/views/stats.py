@@ -9,7 +9,7 @@ from aiohttp import web
 from .. import stats
 from ..errors import ApiError, EngineError
 from ..keys import APPS
-from .common import runtime_of, target
+from .common import json_response, runtime_of, target
 
 
 def _stats_failed(exc: Exception) -> ApiError:
@@ -19,7 +19,7 @@ def _stats_failed(exc: Exception) -> ApiError:
 async def container_stats(request: web.Request) -> web.Response:
     runtime, ref = target(request)
     try:
-        return web.json_response(await runtime.stats(ref))
+        return json_response(await runtime.stats(ref))
     except EngineError as exc:
         raise _stats_failed(exc) from None
 
@@ -37,4 +37,4 @@ async def all_stats(request: web.Request) -> web.Response:
         results = await stats.collect(runtime, running)
     except EngineError as exc:
         raise _stats_failed(exc) from None
-    return web.json_response({"containers": results, "timestamp": int(time.time())})
+    return json_response({"containers": results, "timestamp": int(time.time())})
