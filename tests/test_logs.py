@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections import Counter
 from typing import Any
 
@@ -208,6 +209,31 @@ async def test_timestamps(engine, client):
     await subscribe(ws, cid, follow=False)
     messages, _ = await collect(ws, cid)
     assert texts(messages) == ["stamped"]
+
+
+@pytest.mark.parametrize("tty", [False, True])
+@pytest.mark.parametrize("timestamps", [True, False])
+async def test_a_long_line_carries_one_timestamp(engine, client, tty, timestamps):
+    """dockerd stores a line over 16 KiB as several entries, each stamped: the joined line carries exactly
+    one stamp when the client asked for timestamps, and none otherwise (the daemon always asks the engine)."""
+    size = 40_000
+    cid = await run_container(engine, unique(), WAIT_GO + f"head -c {size} /dev/zero | tr '\\0' x; echo; "
+                              "echo short", tty=tty)
+    ws = await ws_connect(client)
+    await subscribe(ws, cid, tail=0, timestamps=timestamps)
+    await go(engine, cid)
+    followed, _ = await collect(ws, cid)
+    await subscribe(ws, cid, timestamps=timestamps, follow=False)  # and read from the stored log
+    stored, _ = await collect(ws, cid)
+    for lines in (texts(followed), texts(stored)):
+        stamps = [re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ", line) for line in lines]
+        if timestamps:
+            assert [len(found) for found in stamps] == [1, 1] and all(line.startswith(found[0])
+                                                                      for line, found in zip(lines, stamps))
+            lines = [line.partition(" ")[2] for line in lines]
+        else:
+            assert stamps == [[], []]
+        assert lines == ["x" * size, "short"]
 
 
 async def test_two_subscriptions_on_one_connection_and_unsubscribe_one(engine, client):

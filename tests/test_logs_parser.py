@@ -9,7 +9,8 @@ import struct
 import pytest
 
 from nekzusd.errors import ApiError
-from nekzusd.logs import MAX_FRAME, MAX_LINE, LineEncoder, LogParser, Options, line_time, parse_options
+from nekzusd.logs import (MAX_FRAME, MAX_LINE, LineEncoder, LogCursor, LogParser, Options, line_time, parse_options,
+                          stamp_key, stamped_lines)
 from nekzusd.runtimes import LogLine
 
 
@@ -135,3 +136,104 @@ def test_line_time():
     assert line_time("2023-11-14T22:13:20Z hello") == 1700000000
     assert line_time("hello world, no timestamp here") is None
     assert line_time("short") is None
+
+
+STAMP = "2023-11-14T22:13:20.123456789Z"
+LATER = "2023-11-14T22:13:20.987654321Z"
+
+
+def stamped_frame(stream: int, stamp: str, payload: bytes) -> bytes:
+    return frame(stream, f"{stamp} ".encode() + payload)
+
+
+def test_a_line_in_several_stamped_frames_keeps_only_the_first_stamp():
+    """dockerd stores a long line as several entries, each stamped; the continuation stamps go, whatever they
+    say and wherever the reads cut the stream (inside a stamp included)."""
+    data = (stamped_frame(1, STAMP, b"a" * 100) + stamped_frame(2, LATER, b"err\n")
+            + stamped_frame(1, LATER, b"b" * 100) + stamped_frame(1, STAMP, b"c\n") + stamped_frame(1, LATER, b"d\n"))
+    expected = [("stderr", f"{LATER} err"), ("stdout", f"{STAMP} {'a' * 100}{'b' * 100}c"), ("stdout", f"{LATER} d")]
+    for cut in range(1, len(data)):
+        assert feed_all(LogParser(True, stamped=True), [data[:cut], data[cut:]]) == expected, cut
+    assert feed_all(LogParser(True, stamped=True), [bytes([b]) for b in data]) == expected
+    # unstamped parsing leaves text alone (no stamp was asked for, so a space is just a space)
+    assert feed_all(LogParser(True), [frame(1, b"a b"), frame(1, b"c d\n")]) == [("stdout", "a bc d")]
+
+
+def test_a_raw_stamped_line_drops_the_repeats_of_its_own_stamp():
+    """TTY text shows no entry boundaries; dockerd stamps every piece of a line with the first piece's stamp."""
+    data = f"{STAMP} {'x' * 50}{STAMP} {'y' * 50}{STAMP} z\r\n{LATER} says {STAMP} inside\r\n".encode()
+    expected = [("stdout", f"{STAMP} {'x' * 50}{'y' * 50}z"), ("stdout", f"{LATER} says {STAMP} inside")]
+    for cut in range(1, len(data)):
+        assert feed_all(LogParser(False, stamped=True), [data[:cut], data[cut:]]) == expected, cut
+
+
+@pytest.mark.parametrize("multiplexed", [True, False])
+def test_stamped_long_lines_are_cut_by_their_text_and_every_piece_is_stamped(multiplexed):
+    def entries(*pieces: bytes) -> list[bytes]:
+        """As the engine sends a line stored in pieces: each stamped (multiplexed: one frame each)."""
+        stamped = [f"{STAMP} ".encode() + piece for piece in pieces]
+        return [frame(1, entry) for entry in stamped] if multiplexed else stamped
+
+    piece = 16 * 1024
+    whole = entries(*[b"w" * piece] * (MAX_LINE // piece - 1), b"w" * piece + b"\n")  # exactly the limit
+    assert feed_all(LogParser(multiplexed, stamped=True), whole) == [("stdout", f"{STAMP} {'w' * MAX_LINE}")]
+    parser = LogParser(multiplexed, stamped=True)
+    out = []
+    count = MAX_LINE * 2 // piece + 3
+    for entry in entries(*[b"z" * piece] * count):  # an endless line
+        out += parser.feed(entry)
+        assert len(parser._partial["stdout"]) <= MAX_LINE + len(STAMP) + 1
+    out += parser.feed(entries(b"\n")[0])
+    assert all(text.startswith(f"{STAMP} z") and STAMP not in text[len(STAMP):] for _, text in out)
+    assert [len(text) - len(STAMP) - 1 for _, text in out][:2] == [MAX_LINE, MAX_LINE]
+    assert sum(len(text) - len(STAMP) - 1 for _, text in out) == count * piece
+
+
+def test_stamped_lines_cut_the_stamp_unless_it_is_wanted():
+    pairs = [("stdout", f"{STAMP} hello world"), ("stderr", f"{STAMP} "), ("stdout", f"{STAMP}  two spaces")]
+    assert stamped_lines(pairs, False) == [
+        LogLine("stdout", "hello world"), LogLine("stderr", ""), LogLine("stdout", " two spaces")]
+    assert stamped_lines(pairs[:1], True) == [LogLine("stdout", f"{STAMP} hello world", 1700000000)]
+
+
+def test_stamp_key_orders_stamps_of_any_width_and_zone():
+    assert stamp_key(STAMP) == (1700000000, 123456789)
+    assert stamp_key("2023-11-14T22:13:20Z") == (1700000000, 0)
+    assert stamp_key("2023-11-14T23:13:20.5+01:00") == (1700000000, 500000000)
+    assert stamp_key("2023-11-14T22:13:20.4Z") > stamp_key("2023-11-14T22:13:20.39Z")  # not so as text
+    assert stamp_key("hello") is None and stamp_key("2023-11-14T22:13:20.1234567891Z") is None
+
+
+def lines_at(*stamps: str) -> list[tuple[str, str]]:
+    return [("stdout", f"{stamp} line {i}") for i, stamp in enumerate(stamps)]
+
+
+def test_cursor_counts_the_lines_that_share_the_last_stamp():
+    cursor = LogCursor()
+    assert cursor.since is None
+    cursor.passed([])
+    assert (cursor.stamp, cursor.same) == (None, 0)
+    cursor.passed(lines_at(STAMP, LATER, LATER))
+    assert (cursor.stamp, cursor.same) == (LATER, 2)
+    cursor.passed(lines_at(LATER))  # the run goes on across reads
+    assert (cursor.stamp, cursor.same) == (LATER, 3)
+    cursor.passed(lines_at(LATER, STAMP))  # a new last stamp starts a new run
+    assert (cursor.stamp, cursor.same) == (STAMP, 1)
+    assert cursor.since == "1700000000.123456789"
+
+
+def test_catch_up_hands_out_only_what_was_not_handed_out():
+    handed_out = lines_at(STAMP, LATER, LATER)
+    cursor = LogCursor()
+    cursor.passed(handed_out)
+    # a read from ``since`` gives the lines at the cursor's stamp again, then the missed ones (one shares it)
+    catch_up = handed_out[1:] + [("stdout", f"{LATER} missed 1"), ("stderr", f"{LATER} missed 2"),
+                                 ("stdout", f"{STAMP} stamped earlier, stored later")]
+    fresh = cursor.fresh_filter()
+    assert [pair for pair in catch_up if fresh(pair)] == catch_up[2:]
+    # nothing handed out yet: everything is fresh
+    fresh = LogCursor().fresh_filter()
+    assert all(fresh(pair) for pair in catch_up)
+    # a read holding nothing new
+    fresh = cursor.fresh_filter()
+    assert not any(fresh(pair) for pair in handed_out)
