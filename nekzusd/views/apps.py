@@ -10,7 +10,7 @@ from ..errors import invalid_body
 from ..keys import APPS, HEALTH
 from ..runtimes import Container
 from ..validation import Field, read_json
-from .common import json_response, runtime_of
+from .common import json_response, listed
 
 _APP_FIELDS = {
     "id": Field(str, required=True),
@@ -54,6 +54,6 @@ def _discovered(container: Container) -> dict:
 
 
 async def discovery(request: web.Request) -> web.Response:
-    containers = await runtime_of(request).list(request.query.get("namespace") or None)
+    _runtime, containers = await listed(request)
     found = sorted(request.app[APPS].unlinked_candidates(containers), key=lambda c: c.name)
     return json_response([_discovered(c) for c in found])

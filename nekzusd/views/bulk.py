@@ -6,11 +6,11 @@ from aiohttp import web
 
 from ..auth import WRITE, requires
 from ..bulk import all_targets
-from ..errors import ApiError, EngineError, bad_request, invalid_body
+from ..errors import bad_request, invalid_body
 from ..keys import APPS, BULK
 from ..runtimes import Ref, Runtime
 from ..validation import MAX_IDS, Field, read_json, timeout_param
-from .common import json_response, runtime_of
+from .common import json_response, listed, runtime_of
 
 _BATCH_FIELDS = {
     "action": Field(str),
@@ -22,11 +22,7 @@ _ACTIONS = ("start", "stop", "restart")
 
 async def _all(request: web.Request, op: str) -> web.Response:
     timeout = timeout_param(request.query.get("timeout"))
-    runtime = runtime_of(request)
-    try:
-        containers = await runtime.list(request.query.get("namespace") or None)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
+    runtime, containers = await listed(request)
     targets = all_targets(op, containers, request.app[APPS], runtime)
     return json_response(await request.app[BULK].run_all(runtime, targets, op, timeout))
 

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..errors import ApiError, EngineError
 from ..keys import RUNTIMES
-from ..runtimes import Ref, Runtime
+from ..runtimes import Container, Ref, Runtime
 
 
 def runtime_of(request: web.Request) -> Runtime:
@@ -17,6 +18,15 @@ def runtime_of(request: web.Request) -> Runtime:
     if name is None and "namespace" in request.match_info:
         name = "kubernetes"
     return request.app[RUNTIMES].pick(name)
+
+
+async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
+    """The runtime a request names and all its containers (of ``?namespace=`` if given)."""
+    runtime = runtime_of(request)
+    try:
+        return runtime, await runtime.list(request.query.get("namespace") or None)
+    except EngineError as exc:
+        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
 
 
 def target(request: web.Request) -> tuple[Runtime, Ref]:

@@ -9,17 +9,12 @@ from ..errors import ApiError, EngineError
 from ..keys import APPS, OPERATIONS
 from ..operations import KINDS, accepted_body
 from ..validation import bool_param, timeout_param
-from .common import json_response, runtime_of, target
+from .common import json_response, listed, target
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    runtime = runtime_of(request)
     show_all = bool_param(request, "all")
-    namespace = request.query.get("namespace") or None
-    try:
-        containers = await runtime.list(namespace)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
+    _runtime, containers = await listed(request)
     if not show_all:
         containers = request.app[APPS].linked(containers)
     containers.sort(key=lambda c: (c.namespace, c.name))

@@ -9,7 +9,7 @@ from aiohttp import web
 from .. import stats
 from ..errors import ApiError, EngineError
 from ..keys import APPS
-from .common import json_response, runtime_of, target
+from .common import json_response, listed, target
 
 
 def _stats_failed(exc: Exception) -> ApiError:
@@ -26,11 +26,7 @@ async def container_stats(request: web.Request) -> web.Response:
 
 async def all_stats(request: web.Request) -> web.Response:
     """Linked running containers only (never nekzusd's own), sampled concurrently."""
-    runtime = runtime_of(request)
-    try:
-        containers = await runtime.list(request.query.get("namespace") or None)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
+    runtime, containers = await listed(request)
     running = [c for c in request.app[APPS].linked(containers) if c.running and not runtime.is_self(c)]
     running.sort(key=lambda c: (c.namespace, c.name))
     try:
