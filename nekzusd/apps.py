@@ -93,10 +93,14 @@ class Apps:
         if app_id in self._config:
             raise ApiError(409, "APP_FROM_CONFIG",
                            f"App {app_id} comes from the config file; remove it there", {"id": app_id})
-        if app_id not in self._stored:
+        app = self._stored.pop(app_id, None)  # before the await: a concurrent delete then sees it gone
+        if app is None:
             raise ApiError(404, "APP_NOT_FOUND", f"App not found: {app_id}", {"id": app_id})
-        await self._store.delete_app(app_id)
-        del self._stored[app_id]
+        try:
+            await self._store.delete_app(app_id)
+        except BaseException:
+            self._stored.setdefault(app_id, app)
+            raise
 
 
 def app_health(containers: list[Container]) -> tuple[str, str]:
@@ -127,6 +131,7 @@ class HealthTracker:
         self.status: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
         self._watchers: list[asyncio.Task[None]] = []
 
     async def refresh(self, *, announce: bool = True) -> None:
@@ -154,13 +159,17 @@ class HealthTracker:
                         "timestamp": int(time.time())})
 
     def poke(self) -> None:
-        """Schedule a refresh soon, folding bursts of events (kill, die, stop) into one."""
+        """Schedule a refresh soon, folding bursts of events (kill, die, stop) into one. A poke that
+        arrives while a refresh runs makes it run once more: its change may postdate the listing."""
+        self._dirty = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._debounced())
 
     async def _debounced(self) -> None:
-        await asyncio.sleep(self.DEBOUNCE)
-        await self.refresh()
+        while self._dirty:
+            await asyncio.sleep(self.DEBOUNCE)
+            self._dirty = False
+            await self.refresh()
 
     def start(self) -> None:
         self._watchers = [asyncio.create_task(self._watch(r), name=f"events-{r.name}") for r in self.runtimes]

@@ -122,3 +122,14 @@ def test_app_links_by_label_or_name():
                     status="", created=0, runtime="kubernetes", namespace="default", workload="nginx")
     assert app.links(pod)
     assert not App("other", "Other", ("nginx-7d8f9b6c5d",)).links(pod)
+
+
+async def test_concurrent_deletes_of_one_app(client):
+    import asyncio
+
+    await client.post("/api/v1/apps", json={"id": "twice", "name": "Twice"})
+    responses = await asyncio.gather(*(client.delete("/api/v1/apps/twice") for _ in range(4)))
+    assert sorted(r.status for r in responses) == [204, 404, 404, 404]
+    for r in responses:
+        if r.status == 404:
+            assert (await r.json())["error"] == "APP_NOT_FOUND"
