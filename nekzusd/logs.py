@@ -331,18 +331,20 @@ def send_error(client: Client, container_id: str, code: str, message: str) -> No
     client.send(_event("container.logs.error", container_id, error=code, message=message))
 
 
-SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, container id as the client wrote it
+SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, the container's own id (Container.id)
 
 
 class Subscription:
-    """One client's stream of one container's logs: a task from ``started`` to its one ``ended``."""
+    """One client's stream of one container's logs: a task from ``started`` to its one ``ended``.
+    Its messages carry the container id as the client wrote it (a name, a short or a full id): that is
+    what the client matches them on."""
 
     def __init__(self, streams: LogStreams, client: Client, key: SubscriptionKey, runtime: Runtime, ref: Ref,
                  options: Options) -> None:
         self.streams = streams
         self.client = client
         self.key = key
-        self.container_id = key[2]
+        self.container_id = ref.id
         self.runtime = runtime
         self.ref = ref
         self.options = options
@@ -459,7 +461,8 @@ class LogStreams:
 
     async def subscribe(self, client: Client, key: SubscriptionKey, runtime: Runtime, ref: Ref,
                         options: Options) -> Subscription:
-        """Start a stream; one already running for the same container ends first (``ended: stopped``)."""
+        """Start a stream; one already running for the same container (however it was named) ends first
+        (``ended: stopped``)."""
         subs = self._by_client.get(client)
         if subs is None:
             subs = self._by_client[client] = {}
@@ -488,15 +491,20 @@ class LogStreams:
         await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)))
 
 
-def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref, SubscriptionKey]:
+def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
     container_id = data.get("containerId")
     if not isinstance(container_id, str) or not container_id:
         raise ApiError(400, "INVALID_CONTAINER_ID", "Container ID is required")
     namespace = _string_field(data, "namespace")
     runtime_name = _string_field(data, "runtime") or ("kubernetes" if namespace else None)
     runtime = request.app[RUNTIMES].pick(runtime_name)
-    ref = runtime.validate_ref(Ref(container_id, namespace))
-    return runtime, ref, (runtime.name, ref.namespace, container_id)
+    return runtime, runtime.validate_ref(Ref(container_id, namespace))
+
+
+async def _key(runtime: Runtime, ref: Ref) -> SubscriptionKey:
+    """The container's own id, so that a name and an id (short or full) of one container are one stream;
+    a container that does not exist gets CONTAINER_NOT_FOUND."""
+    return runtime.name, ref.namespace, (await runtime.get(ref)).id
 
 
 def _reply_id(data: dict[str, Any]) -> str:
@@ -506,9 +514,9 @@ def _reply_id(data: dict[str, Any]) -> str:
 
 async def handle_subscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
     try:
-        runtime, ref, key = _target(request, data)
+        runtime, ref = _target(request, data)
         options = parse_options(data)
-        await runtime.get(ref)  # a container that does not exist gets an error, not a started stream
+        key = await _key(runtime, ref)
         await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options)
     except ApiError as exc:
         send_error(client, _reply_id(data), exc.code, exc.message)
@@ -526,13 +534,27 @@ async def handle_unsubscribe(request: web.Request, client: Client, data: dict[st
         runtime_name = _string_field(data, "runtime")
     except ApiError as exc:
         return send_error(client, container_id[:200], exc.code, exc.message)
-    matching = [sub for (rt, ns, cid), sub in request.app[LOG_STREAMS].of(client).items()
-                if cid == container_id and (not namespace or ns == namespace)
+    subs = request.app[LOG_STREAMS].of(client)
+    matching = [sub for (rt, ns, cid), sub in subs.items()
+                if container_id in (cid, sub.container_id) and (not namespace or ns == namespace)
                 and (not runtime_name or rt == runtime_name)]
+    if not matching and subs:
+        matching = await _named_otherwise(request, data, subs)
     if not matching:
         return send_error(client, container_id[:200], "NOT_SUBSCRIBED",
                           f"No log subscription for {container_id[:200]} on this connection")
     await asyncio.gather(*(sub.stop() for sub in matching))
+
+
+async def _named_otherwise(request: web.Request, data: dict[str, Any],
+                           subs: dict[SubscriptionKey, Subscription]) -> list[Subscription]:
+    """The stream of a container that the subscribe named otherwise (its id, and now its name, or the
+    reverse): found through the engine."""
+    try:
+        sub = subs.get(await _key(*_target(request, data)))
+    except (ApiError, EngineError):
+        return []
+    return [] if sub is None else [sub]
 
 
 ws.MESSAGE_HANDLERS["container.logs.subscribe"] = handle_subscribe

@@ -283,6 +283,34 @@ async def test_a_repeated_subscribe_replaces_the_stream(engine, client):
     assert client.server.app[LOG_STREAMS].active == 1
 
 
+async def test_a_name_and_an_id_of_one_container_are_one_stream(engine, client):
+    """Subscribing by full id, then by name, then by short id: each replaces the last (which ends with the
+    id the client gave it); every message carries the id of its own subscribe; unsubscribe by any name."""
+    name = unique()
+    cid = await run_container(engine, name, "i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done")
+    full_id = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["Id"]
+    ws = await ws_connect(client)
+    streams = client.server.app[LOG_STREAMS]
+    forms = [full_id, name, cid]
+    await subscribe(ws, full_id, tail=0)
+    for previous, current in zip(forms, forms[1:]):
+        await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": current, "tail": 0}})
+        seen = []  # (type, containerId) until the new stream has sent a few lines
+        async with asyncio.timeout(15):
+            while seen.count(("container.logs", current)) < 5:
+                message = await ws.receive_json()
+                seen.append((message["type"], message["data"]["containerId"]))
+        ended = seen.index(("container.logs.ended", previous))
+        assert seen.index(("container.logs.started", current)) > ended
+        assert {kind for kind, form in seen[ended + 1:]} <= {"container.logs.started", "container.logs"}
+        assert {form for kind, form in seen[ended + 1:]} == {current}
+        assert streams.active == 1
+    await ws.send_json({"type": "container.logs.unsubscribe", "data": {"containerId": name}})
+    ended = await next_message(ws, "container.logs.ended")
+    assert ended["data"]["containerId"] == cid and ended["data"]["reason"] == "stopped"
+    assert streams.active == 0
+
+
 async def test_stopping_the_container_ends_the_stream(engine, client):
     cid = await run_container(engine, unique(), "i=0; while true; do i=$((i+1)); echo $i; sleep 0.01; done")
     ws = await ws_connect(client)
