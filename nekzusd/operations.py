@@ -8,8 +8,9 @@ import logging
 import time
 import uuid
 from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from .errors import ApiError, EngineError
 from .hub import Hub
@@ -23,17 +24,15 @@ RECENT = 20
 
 @dataclass(frozen=True)
 class Kind:
-    op: str
+    op: str            # "start"
     done_status: str   # "started"
-    verb: str          # "start"
 
     @property
     def error_code(self) -> str:
         return f"CONTAINER_{self.op.upper()}_FAILED"
 
 
-KINDS = {k.op: k for k in (Kind("start", "started", "start"), Kind("stop", "stopped", "stop"),
-                             Kind("restart", "restarted", "restart"))}
+KINDS = {k.op: k for k in (Kind("start", "started"), Kind("stop", "stopped"), Kind("restart", "restarted"))}
 
 
 @dataclass
@@ -56,8 +55,10 @@ class Operation:
 
 def check_state(container: Container, op: str) -> None:
     """The 409s of §8: starting a running container, stopping one that is not running."""
-    if op == "start" and container.state in ("running", "restarting"):
-        raise ApiError(409, "CONTAINER_ALREADY_STARTED", "Container is already running",
+    if op == "start" and container.state in ("running", "restarting", "paused"):
+        message = "Container is paused; unpause it instead" if container.state == "paused" \
+            else "Container is already running"
+        raise ApiError(409, "CONTAINER_ALREADY_STARTED", message,
                        {"containerId": container.id, "state": container.state})
     if op == "stop" and container.state not in ("running", "restarting", "paused"):
         raise ApiError(409, "CONTAINER_ALREADY_STOPPED", "Container is already stopped",
@@ -76,22 +77,54 @@ async def call(runtime: Runtime, ref: Ref, op: str, timeout: int) -> None:
             await runtime.restart(ref, timeout)
 
 
+class KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it (memory stays bounded)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Operations:
     def __init__(self, hub: Hub, on_done: Callable[[], Any] | None = None) -> None:
         self.hub = hub
         self.on_done = on_done
         self.recent: deque[Operation] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._per_container = KeyedLocks()
         self.listeners: list[Callable[[Operation], Any]] = []  # metrics and the status page
 
     async def run(self, runtime: Runtime, container: Container, op: str, timeout: int,
                   operation_id: str | None = None) -> Operation:
-        """Run an operation now, announce and record its result. Never raises for engine failures."""
+        """Run an operation now, announce and record its result. Never raises for engine failures.
+
+        Operations on one container run one after another, in the order they were asked for (a double
+        tap on "stop", or "stop" then "start", must not race in the engine). Bulk operations run here too,
+        so the task is registered for the shutdown drain whoever started it."""
         kind = KINDS[op]
         operation = Operation(operation_id or uuid.uuid4().hex, op, runtime.name, container.id, container.name,
                               timeout)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
-            await call(runtime, Ref(container.id, container.namespace), op, timeout)
+            async with self._per_container.hold((runtime.name, container.namespace, container.id)):
+                operation.started = time.time()
+                await call(runtime, Ref(container.id, container.namespace), op, timeout)
             operation.ok = True
         except (ApiError, EngineError) as exc:
             operation.ok, operation.error = False, getattr(exc, "message", None) or str(exc)
@@ -101,6 +134,12 @@ class Operations:
             operation.ok, operation.error = False, "Cancelled: nekzusd is shutting down"
             self._finish(kind, operation, container)
             raise
+        except Exception as exc:  # a bug, not an engine failure: say so, and still tell the clients
+            log.exception("%s of %s failed unexpectedly", op, container.id)
+            operation.ok, operation.error = False, f"internal error: {type(exc).__name__}"
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
         self._finish(kind, operation, container)
         return operation
 
@@ -121,7 +160,7 @@ class Operations:
             data.update(status=kind.done_status, message=f"Container {kind.done_status} successfully")
             type_ = f"container.{kind.op}.completed"
         else:
-            data.update(error=kind.error_code, message=f"Failed to {kind.verb} container: {operation.error}")
+            data.update(error=kind.error_code, message=f"Failed to {kind.op} container: {operation.error}")
             type_ = f"container.{kind.op}.failed"
         data["timestamp"] = int(operation.finished or time.time())
         self.hub.broadcast(type_, data)

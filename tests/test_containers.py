@@ -236,3 +236,46 @@ async def test_unknown_routes_and_methods_are_json(client):
     response = await client.post("/api/v1/containers/ns/pod/explode")
     assert response.status == 404
     assert (await response.json())["error"] == "NOT_FOUND"
+
+
+async def test_operations_on_one_container_run_in_the_order_asked(client, engine):
+    """restart then stop, sent back to back: the stop must not overtake the restart (which would leave the
+    container running)."""
+    cid = await run_container(engine, unique("ordered"))
+    ws = await ws_connect(client)
+    restart = await client.post(f"/api/v1/containers/{cid}/restart?timeout=2")
+    stop = await client.post(f"/api/v1/containers/{cid}/stop?timeout=2")
+    assert (restart.status, stop.status) == (202, 202)
+    first = await next_message(ws, "container.restart.completed")
+    second = await next_message(ws, "container.stop.completed")
+    assert first["data"]["operationId"] == (await restart.json())["operationId"]
+    assert second["data"]["operationId"] == (await stop.json())["operationId"]
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Running"] is False
+    await ws.close()
+
+
+async def test_starting_a_paused_container_is_refused_before_202(client, engine):
+    cid = await run_container(engine, unique("paused"))
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/pause", expect=(204,))
+    response = await client.post(f"/api/v1/containers/{cid}/start")
+    assert response.status == 409
+    body = await response.json()
+    assert body["error"] == "CONTAINER_ALREADY_STARTED" and "paused" in body["message"]
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/unpause", expect=(204,))
+
+
+async def test_keyed_locks_forget_idle_keys():
+    from nekzusd.operations import KeyedLocks
+
+    locks, order = KeyedLocks(), []
+
+    async def worker(key: str, n: int) -> None:
+        async with locks.hold(key):
+            order.append((key, n, "in"))
+            await asyncio.sleep(0.01)
+            order.append((key, n, "out"))
+    await asyncio.gather(worker("a", 1), worker("a", 2), worker("b", 1))
+    a_events = [e for e in order if e[0] == "a"]
+    assert a_events == [("a", 1, "in"), ("a", 1, "out"), ("a", 2, "in"), ("a", 2, "out")]
+    assert len(locks) == 0
