@@ -1,6 +1,6 @@
 """What access control costs per request: client address, rate limit and JWT verification.
 
-A real `nekzusd serve` with a private dockerd (20 linked containers). The same container list is asked
+A real `nekzusd serve` with the lab's dockerd (20 containers linked for it). The same container list is asked
 for by a local client (127.0.0.1: no token, exempt from the limiter) and by a remote one (127.0.0.2:
 Bearer token verified, bucket charged), over kept-alive connections; the engine's own list is measured
 in the same run. Also: how fast a refused request is answered (401 without token, 429 past the burst)
@@ -15,18 +15,14 @@ import argparse
 import http.client
 import ipaddress
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import Daemon, Lab, Row, linked, scratch, standalone
+from nekzusd.auth import Tokens, load_or_create_secret
+from nekzusd.config import RatePool
+from nekzusd.ratelimit import Pool, client_key
 
-from bench.common import LINKED, Daemon, private_dockerd, report  # noqa: E402
-from nekzusd.auth import Tokens, load_or_create_secret  # noqa: E402
-from nekzusd.config import RatePool  # noqa: E402
-from nekzusd.ratelimit import Pool, client_key  # noqa: E402
+APP = "access"
 
 GENEROUS = {"per_minute": 1_000_000, "burst": 1_000_000}  # the limiter runs but never refuses
 
@@ -61,18 +57,14 @@ def limiter_ns_per_decision(n: int = 200_000) -> float:
     return (time.perf_counter() - started) / n * 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--containers", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=300)
-    args = parser.parse_args()
-    n = args.requests
-    with private_dockerd() as engine:
-        for i in range(args.containers):
-            engine.run(f"ac-{i}", labels=LINKED)
+def run(lab: Lab, containers: int = 20, requests: int = 300) -> list[Row]:
+    n, engine = requests, lab.engine
+    with scratch(engine):
+        for i in range(containers):
+            engine.run(f"ac-{i}", labels=linked(APP))
         config = {"auth": {"local_networks": ["127.0.0.1/32"]},
                   "rate_limit": {"containers": GENEROUS, "apps": {"per_minute": 1, "burst": 5}}}
-        with Daemon(engine, **config) as daemon:
+        with Daemon(engine, APP, **config) as daemon:
             port = int(daemon.url.rsplit(":", 1)[1])
             secret = load_or_create_secret(daemon.state / "jwt.secret")
             token = Tokens(secret, "nekzus", "nekzus").create("bench", ["read:containers"], 3600)
@@ -91,22 +83,22 @@ def main() -> None:
                 anonymous("/api/v1/apps", 401)  # spend the apps pool's burst of 5
             refused_429 = median_ms(lambda: anonymous("/api/v1/apps", 429), n)
     per_decision = limiter_ns_per_decision()
-    report(f"access control: {args.containers} containers, median of {n} requests (ms unless stated)", [
-        ("engine GET /containers/json", engine_list, "", None),
-        ("engine GET /_ping", engine_ping, "", None),
-        ("daemon list, local client (no token, exempt)", local_list, "", None),
-        ("daemon list, remote client (JWT + rate limit)", remote_list, "", None),
-        ("  ratio local / engine list", local_list / engine_list, "", None),
-        ("  ratio remote / engine list", remote_list / engine_list, "", None),
-        ("  access control cost (remote - local) / engine list", (remote_list - local_list) / engine_list,
-         "", None),
-        ("401 without token", refused_401, "", None),
-        ("  ratio 401 / engine ping", refused_401 / engine_ping, "", None),
-        ("429 past the burst", refused_429, "", None),
-        ("  ratio 429 / engine ping", refused_429 / engine_ping, "", None),
-        ("limiter decision (ns, 5000 clients)", per_decision, "", None),
-        ("  ratio decision / engine ping", per_decision / 1e6 / engine_ping, "", None),
-    ])
+    return [
+        Row("container list, local client (no token, exempt), median", local_list, "ms", engine_list),
+        Row("container list, remote client (JWT + rate limit), median", remote_list, "ms", engine_list),
+        Row("access control cost per request (remote - local)", remote_list - local_list, "ms", engine_list),
+        Row("401 without token (engine: its /_ping), median", refused_401, "ms", engine_ping),
+        Row("429 past the burst (engine: its /_ping), median", refused_429, "ms", engine_ping),
+        Row("limiter decision, 5000 clients (engine: its /_ping)", per_decision, "ns", engine_ping * 1e6),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    standalone("access_control", run, 0, containers=args.containers, requests=args.requests)
 
 
 if __name__ == "__main__":

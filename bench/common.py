@@ -1,5 +1,8 @@
-"""Shared benchmark helpers: a private dockerd, a real `nekzusd serve` process on a free loopback port,
-plain timing and a results table. Every figure is printed next to the raw engine measured in the same run.
+"""What every benchmark shares: a private dockerd (the "lab"), a real `nekzusd serve` process on a free
+loopback port, timing, process figures, and the one row shape every benchmark returns.
+
+A figure means little alone on an unknown machine, so each row carries, where one exists, the raw
+engine's figure for the same thing measured in the same run, and the ratio between them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,24 +29,72 @@ if str(ROOT) not in sys.path:
 
 from tests.engines import Engine, start_dockerd  # noqa: E402
 
-BENCH_APP = "bench"
-LINKED = {"nekzus.app.id": BENCH_APP}
+BENCH_APP = "bench"  # the app that links the lab's base containers
+
+
+def linked(app: str = BENCH_APP) -> dict[str, str]:
+    """Labels that link a container to ``app``."""
+    return {"nekzus.app.id": app}
+
+
+@dataclass
+class Row:
+    """One figure. ``engine`` is the raw engine's figure for the same thing in the same run (None where
+    the engine has no counterpart); ``ok`` None means a plain measurement without a target."""
+
+    name: str
+    value: float
+    unit: str
+    engine: float | None = None
+    target: str = "-"
+    ok: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.engine if self.engine else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+@dataclass
+class Lab:
+    """A private dockerd with ``base`` containers linked to BENCH_APP, shared by the benchmarks of a run."""
+
+    engine: Engine
+    startup: float  # seconds from starting dockerd to its first answer
+    base: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
-def private_dockerd() -> Iterator[Engine]:
-    """A private dockerd with the busybox image; its containers and files are removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="nkb-"))
-    engine = start_dockerd(base / "e")
+def lab(containers: int = 0) -> Iterator[Lab]:
+    """Start the lab; everything in it is removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="nkb-"))
+    started = time.perf_counter()
+    engine = start_dockerd(tmp / "e")
+    startup = time.perf_counter() - started
     try:
         engine.ensure_busybox()
-        yield engine
+        base = [engine.run(f"base-{i:02d}", "sleep 100000", labels=linked()) for i in range(containers)]
+        yield Lab(engine, startup, base)
     finally:
         try:
             engine.remove_all()
         finally:
             engine.stop()
-            shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch(engine: Engine) -> Iterator[None]:
+    """Containers a benchmark creates inside this block are removed at its end; the lab's stay."""
+    before = {c["Id"] for c in engine.api_json("GET", "/containers/json?all=1")}
+    try:
+        yield
+    finally:
+        for c in engine.api_json("GET", "/containers/json?all=1"):
+            if c["Id"] not in before:
+                engine.api("DELETE", f"/containers/{c['Id']}?force=1&v=1", timeout=60)
 
 
 def free_port() -> int:
@@ -51,30 +103,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Daemon:
-    """A `nekzusd serve` subprocess (plain HTTP on loopback) with the app ``bench`` approved."""
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
 
-    def __init__(self, engine: Engine, **config: Any) -> None:
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Daemon:
+    """A `nekzusd serve` subprocess (plain HTTP on loopback) with ``app`` approved; ``startup`` is the time
+    from spawning it to its first 200 on the container list."""
+
+    def __init__(self, engine: Engine, app: str = BENCH_APP, **config: Any) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="nkb-state-"))
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         data = {"server": {"listen": f"127.0.0.1:{port}", "tls": {"mode": "off"}}, "state_dir": str(self.state),
-                "runtimes": {"docker": {"host": engine.url}}, "apps": [{"id": BENCH_APP, "name": "Bench"}],
+                "runtimes": {"docker": {"host": engine.url}}, "apps": [{"id": app, "name": app.title()}],
                 **config}
         (self.state / "nekzusd.yaml").write_text(json.dumps(data))
+        started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nekzusd", "--log-level", "warning", "serve", "--config",
              str(self.state / "nekzusd.yaml")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 30
         while True:
             try:
-                self.request("GET", "/api/v1/containers")
-                return
+                if self.request("GET", "/api/v1/containers", timeout=5)[0] == 200:
+                    break
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError("nekzusd did not start") from None
-                time.sleep(0.01)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("nekzusd did not start")
+            time.sleep(0.005)
+        self.startup = time.perf_counter() - started
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 120) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -113,10 +182,27 @@ def median_of(call: Callable[[], Any], n: int) -> float:
     return statistics.median(timed(call) for _ in range(n))
 
 
-def report(title: str, rows: list[tuple[str, float, str, bool | None]]) -> None:
-    """Rows of (figure, value, target, met); met None for plain measurements."""
-    print(title)
-    print(f"  {'figure':52} {'value':>10}  {'target':>9}  verdict")
-    for name, value, target, met in rows:
-        verdict = "" if met is None else ("ok" if met else "MISSED")
-        print(f"  {name:52} {value:10.3f}  {target:>9}  {verdict}")
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 10_000 else f"{value:.3f}"
+
+
+def table(sections: dict[str, list[Row]]) -> str:
+    """Every row of every benchmark as one table."""
+    lines = [f"{'figure':60} {'value':>10} {'unit':7} {'engine':>10} {'ratio':>7}  {'target':14} verdict"]
+    for section, rows in sections.items():
+        lines.append(f"[{section}]")
+        for r in rows:
+            verdict = "" if r.ok is None else ("ok" if r.ok else "MISSED")
+            ratio = "-" if r.ratio is None else f"{r.ratio:.3f}"
+            lines.append(f"  {r.name:58} {_num(r.value):>10} {r.unit:7} {_num(r.engine):>10} {ratio:>7}  "
+                         f"{r.target:14} {verdict}")
+    return "\n".join(lines)
+
+
+def standalone(name: str, run: Callable[..., list[Row]], containers: int, **options: Any) -> None:
+    """`python -m bench.<name>`: its own lab, its table."""
+    with lab(containers) as the_lab:
+        rows = run(the_lab, **options)
+    print(table({name: rows}))

@@ -6,7 +6,7 @@ N numbered lines as fast as it can (`seq`). Subscribed before the signal: a raw 
 clients, per-line and batch mode. Rate = lines / (last line time - first line time) per consumer.
 Also the daemon's RSS growth while a client that never reads is subscribed to a 200 MB flood.
 
-    python -m bench.logs [--lines 200000] [--clients 20]
+    python -m bench.logs [--lines 200000] [--clients 20] [--flood-mb 200]
 """
 
 from __future__ import annotations
@@ -15,20 +15,12 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiodocker
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.api_overhead import report, rss_mb, start_daemon  # noqa: E402
-from tests.engines import start_dockerd  # noqa: E402
+from bench.common import Daemon, Lab, Row, rss_mb, scratch, standalone
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -114,7 +106,7 @@ async def throughput(engine, url: str, lines: int, clients: int, batch: bool) ->
     return raw_rate, ws_rate
 
 
-async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float = 25.0) -> float:
+async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float) -> float:
     """Peak RSS growth of the daemon (MB) while a client that never reads is subscribed to a flood, over
     ``seconds`` (longer than hub.SEND_TIMEOUT, after which the daemon closes the stuck client)."""
     cid = await asyncio.to_thread(engine.run, None, WAIT_GO + "yes 'a line of a flood, about a hundred bytes "
@@ -138,45 +130,35 @@ async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float
     return peak - baseline
 
 
-async def measure(engine, url: str, pid: int, lines: int, clients: int) -> list[tuple[str, float, str, str]]:
+async def measure(engine, url: str, pid: int, lines: int, clients: int, flood_mb: int,
+                  stalled_seconds: float) -> list[Row]:
     rows = []
     for batch in (False, True):
         mode = "batch" if batch else "per-line"
         for count, target in ((1, 0.8), (clients, None)):
             raw, ws = await throughput(engine, url, lines if count == 1 else lines // 4, count, batch)
-            ratio = ws / raw
-            rows.append((f"{mode}, {count} client(s): raw lines/s", raw, "-", ""))
-            rows.append((f"{mode}, {count} client(s): WS lines/s (sum)", ws, "-", ""))
-            verdict = "" if target is None else ("ok" if ratio >= target else "MISSED")
-            rows.append((f"{mode}, {count} client(s): ratio WS/raw", ratio,
-                         f">= {target}" if target else "-", verdict))
-    growth = await stalled_rss(engine, url, pid, 200)
-    rows.append(("stalled client: daemon RSS growth (MB)", growth, "<= 50", "ok" if growth <= 50 else "MISSED"))
+            rows.append(Row(f"log lines/s, {mode}, {count} client(s) (sum)", ws, "lines/s", raw,
+                            f"ratio >= {target}" if target else "-", None if target is None else ws / raw >= target))
+    growth = await stalled_rss(engine, url, pid, flood_mb, stalled_seconds)
+    rows.append(Row(f"daemon RSS growth, a stalled client under a {flood_mb} MB flood", growth, "MB", None,
+                    "<= 50 MB", growth <= 50))
     return rows
+
+
+def run(lab: Lab, lines: int = 200_000, clients: int = 20, flood_mb: int = 200,
+        stalled_seconds: float = 25.0) -> list[Row]:
+    """``stalled_seconds`` should pass hub.SEND_TIMEOUT, after which the daemon closes the stuck client."""
+    with scratch(lab.engine), Daemon(lab.engine, "logs") as daemon:
+        return asyncio.run(measure(lab.engine, daemon.url, daemon.pid, lines, clients, flood_mb, stalled_seconds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--flood-mb", type=int, default=200)
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="nkl-"))
-    engine = start_dockerd(base / "engine")
-    try:
-        engine.ensure_busybox()
-        state = base / "state"
-        state.mkdir()
-        proc, url, _ = start_daemon(engine.url, state)
-        try:
-            rows = asyncio.run(measure(engine, url, proc.pid, args.lines, args.clients))
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    finally:
-        engine.remove_all()
-        engine.stop()
-        shutil.rmtree(base, ignore_errors=True)
-    report(rows)
+    standalone("logs", run, 0, lines=args.lines, clients=args.clients, flood_mb=args.flood_mb)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Soak test: many clients, mixed API load, log streams and engine faults against a real daemon.
 
 A private dockerd and a real `nekzusd serve` process (plain HTTP on loopback). For SOAK_SECONDS
-(default 600): WebSocket clients (20 of them following logs of busy containers), a paced mix of API
-requests including lifecycle, batch and bulk operations, and the engine killed and restarted twice.
-At the end it prints per-route latency and checks:
+(default 600): WebSocket clients (some following the logs of busy containers, resubscribing when a
+stream ends, as a dashboard would), a paced mix of API requests including lifecycle, batch and bulk
+operations and app approvals, and the engine killed (SIGKILL) and restarted twice. At the end it prints
+per-route latency and checks:
 
-- no 5xx outside the engine's outage windows (and only 503 RUNTIME_UNAVAILABLE inside them);
-- every lifecycle notification (by operationId) reached every WebSocket client;
-- log streams cut by the outage ended with reason "error";
-- no growth trend in RSS, open file descriptors or asyncio tasks over the second half;
-- the app approved through the API at the start is still there.
+- no 5xx, except 503 RUNTIME_UNAVAILABLE while the engine is down (and a few seconds after);
+- no WebSocket notification lost: every client got every lifecycle result the daemon counted, and
+  every operationId a 202 promised;
+- every followed log stream cut by an outage ended with reason "error", and lines flowed again after;
+- no growth trend in RSS, open file descriptors or asyncio tasks over the second half (the engine kills
+  come in the first), and descriptors and tasks back to their idle level once the load has drained;
+- every app approval that was acknowledged is still there (and every acknowledged removal gone).
 
     SOAK_SECONDS=60 python -m bench.soak        # exits non-zero when a check fails
 """
@@ -21,11 +24,10 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +35,26 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from bench.api_overhead import free_port  # noqa: E402
-from tests.engines import Engine, start_dockerd  # noqa: E402
+from bench.common import Daemon, lab, linked, open_fds, rss_mb  # noqa: E402
+from tests.engines import Engine  # noqa: E402
 
+APP = "soak"
 BUSY = 10      # containers writing logs continuously (not linked: bulk operations leave them alone)
-VICTIMS = 8    # linked containers that lifecycle and bulk operations act on
-SAMPLE_EVERY = 2.0
+VICTIMS = 12   # linked containers that lifecycle and bulk operations act on
+SAMPLE_EVERY = 1.0
+AFTER_OUTAGE = 5.0  # seconds after the engine is back during which 503s are still expected
+RESUBSCRIBE_AFTER = 1.0
+API_CONNECTIONS = 64
+SETTLE = 3.0  # seconds for the clients' streams to start before the idle figures are taken
+DRAIN = 40.0  # seconds after the load: longer than stats samplers' idle expiry and connection keep-alive
+# Request kinds and their weights: mostly reads, as a dashboard makes them, with every write kind.
+KINDS = {"list": 28, "list_all": 10, "inspect": 14, "stats": 10, "batch_stats": 4, "apps": 5, "discovery": 4,
+         "export_preview": 3, "app_write": 4, "lifecycle": 6, "batch": 1, "bulk": 1}
+# Growth over the last half (outside outages) that counts as a trend, per sampled figure.
+TOLERANCE = {"rss_mb": 10.0, "fds": 8.0, "tasks": 15.0}
 
 
 @dataclass
@@ -48,9 +62,9 @@ class Outage:
     start: float
     end: float | None = None
 
-    def covers(self, t0: float, t1: float, slack: float = 3.0) -> bool:
+    def covers(self, t0: float, t1: float) -> bool:
         end = self.end if self.end is not None else float("inf")
-        return t1 >= self.start and t0 <= end + slack
+        return t1 >= self.start and t0 <= end + AFTER_OUTAGE
 
 
 @dataclass
@@ -60,9 +74,11 @@ class Run:
     bad: list[str] = field(default_factory=list)
     operation_ids: set[str] = field(default_factory=set)
     outages: list[Outage] = field(default_factory=list)
-    samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # t, rss MB, fds, tasks
+    samples: list[dict[str, float]] = field(default_factory=list)
+    before: dict[str, float] = field(default_factory=dict)  # idle figures with every client connected
+    after: dict[str, float] = field(default_factory=dict)  # the same once the load has drained
+    apps: dict[str, bool] = field(default_factory=dict)  # app id -> should exist (acknowledged add/remove)
     log_lines: int = 0
-    log_ended: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     ws_closed_early: int = 0
 
     def in_outage(self, t0: float, t1: float) -> bool:
@@ -70,13 +86,19 @@ class Run:
 
 
 class WsClient:
-    """One WebSocket client: records every operationId it is told about; may follow logs."""
+    """One WebSocket client: counts every lifecycle result it is told; a follower keeps a log stream of
+    one container open, resubscribing when it ends, and remembers how each ended and when lines came."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, run: Run, follow: str | None) -> None:
         self.session, self.url, self.run, self.follow = session, url, run, follow
         self.seen: set[str] = set()
-        self.task: asyncio.Task | None = None
+        self.results = 0
+        self.ended: list[tuple[float, str]] = []  # (time, reason)
+        self.last_line = 0.0
         self.stopping = False
+        self.streaming = False
+        self.task: asyncio.Task | None = None
+        self._resubscribes: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         self.ws = await self.session.ws_connect(f"{self.url}/api/v1/ws", heartbeat=30)
@@ -91,6 +113,19 @@ class WsClient:
         await self.ws.send_json({"type": "container.logs.subscribe",
                                  "data": {"containerId": self.follow, "tail": 10, "follow": True}})
 
+    async def _resubscribe(self) -> None:
+        await asyncio.sleep(RESUBSCRIBE_AFTER)
+        if not self.stopping and not self.ws.closed:
+            await self.subscribe()
+
+    def _later(self, coro) -> None:
+        if self.stopping:
+            coro.close()
+            return
+        task = asyncio.create_task(coro)
+        self._resubscribes.add(task)
+        task.add_done_callback(self._resubscribes.discard)
+
     async def read(self) -> None:
         async for msg in self.ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -98,38 +133,44 @@ class WsClient:
             message = json.loads(msg.data)
             kind, data = message.get("type", ""), message.get("data") or {}
             if kind.startswith("container.") and kind.endswith((".completed", ".failed")):
+                self.results += 1
                 if "operationId" in data:
                     self.seen.add(data["operationId"])
             elif kind == "container.logs":
                 self.run.log_lines += 1
-            elif kind == "container.logs.batch":
-                self.run.log_lines += len(data.get("lines", []))
+                self.last_line = time.monotonic()
+            elif kind == "container.logs.started":
+                self.streaming = True
             elif kind == "container.logs.ended":
-                self.run.log_ended[data.get("reason", "?")] += 1
+                self.streaming = False
+                reason = data.get("reason", "?")
+                self.ended.append((time.monotonic(), reason))
+                if reason != "stopped":  # "stopped" is this client's own doing
+                    self._later(self._resubscribe())
+            elif kind == "container.logs.error" and not self.streaming:  # the subscription was refused
+                self._later(self._resubscribe())
         if not self.stopping:
             self.run.ws_closed_early += 1
 
     async def stop(self) -> None:
         self.stopping = True
+        for task in list(self._resubscribes):
+            task.cancel()
         await self.ws.close()
-        if self.task:
-            await asyncio.gather(self.task, return_exceptions=True)
+        await asyncio.gather(*([self.task] if self.task else []), *self._resubscribes, return_exceptions=True)
 
 
-def proc_sample(pid: int) -> tuple[float, int]:
-    with open(f"/proc/{pid}/status") as fh:
-        rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-async def tasks_of(session: aiohttp.ClientSession, url: str) -> int:
-    """The daemon's asyncio task count, from its Prometheus metrics."""
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The daemon's unlabelled gauges, and operations counted over all labels, from its /metrics."""
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
+    figures: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         if line.startswith("nekzusd_asyncio_tasks "):
-            return int(float(line.split()[1]))
-    return -1
+            figures["tasks"] = float(line.split()[1])
+        elif line.startswith("nekzusd_operations_total{"):
+            figures["operations"] += float(line.rsplit(" ", 1)[1])
+    return figures
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -168,10 +209,8 @@ async def request(session: aiohttp.ClientSession, run: Run, route: str, method: 
 
 
 async def api_load(session, url: str, run: Run, rate: float, deadline: float, victims: list[str]) -> None:
-    """Paced mixed load: each tick picks a request kind by weight."""
-    kinds = [("list", 30), ("list_all", 10), ("inspect", 15), ("stats", 10), ("batch_stats", 5), ("apps", 5),
-             ("lifecycle", 15), ("batch", 5), ("bulk", 1), ("logs_tail", 4)]
-    names, weights = zip(*kinds)
+    """Paced mixed load: each tick starts one request of a kind picked by weight."""
+    names, weights = zip(*KINDS.items())
     in_flight: set[asyncio.Task] = set()
     interval = 1.0 / rate
     next_at = time.monotonic()
@@ -200,6 +239,13 @@ async def one_request(session, url: str, run: Run, kind: str, victims: list[str]
         await request(session, run, "GET /containers/stats", "GET", f"{base}/stats")
     elif kind == "apps":
         await request(session, run, "GET /apps", "GET", f"{url}/api/v1/apps")
+    elif kind == "discovery":
+        await request(session, run, "GET /discovery", "GET", f"{url}/api/v1/discovery")
+    elif kind == "export_preview":
+        await request(session, run, "POST /containers/{id}/export/preview", "POST", f"{base}/{victim}/export/preview",
+                      json={})
+    elif kind == "app_write":
+        await app_write(session, url, run)
     elif kind == "lifecycle":
         op = random.choice(["restart", "restart", "stop", "start"])
         status, data = await request(session, run, f"POST /containers/{{id}}/{op}", "POST",
@@ -212,147 +258,187 @@ async def one_request(session, url: str, run: Run, kind: str, victims: list[str]
                       json={"action": "restart", "containerIds": chosen, "timeout": 2})
     elif kind == "bulk":
         await request(session, run, "POST /containers/start-all", "POST", f"{base}/start-all")
-    elif kind == "logs_tail":
-        await request(session, run, "GET /discovery", "GET", f"{url}/api/v1/discovery")
+
+
+async def app_write(session, url: str, run: Run) -> None:
+    """Approve a new app, or remove one approved earlier (keeping about ten), remembering what was
+    acknowledged: the end check compares that with what the daemon lists."""
+    present = [app_id for app_id, wanted in run.apps.items() if wanted and app_id.startswith("w-")]
+    if len(present) > 10 and random.random() < 0.5:
+        app_id = random.choice(present)
+        status, _ = await request(session, run, "DELETE /apps/{id}", "DELETE", f"{url}/api/v1/apps/{app_id}")
+        if status == 204:
+            run.apps[app_id] = False
+    else:
+        app_id = f"w-{uuid.uuid4().hex[:10]}"
+        status, _ = await request(session, run, "POST /apps", "POST", f"{url}/api/v1/apps",
+                                  json={"id": app_id, "name": app_id})
+        if status == 201:
+            run.apps[app_id] = True
+
+
+async def figures_now(session, url: str, pid: int) -> dict[str, float]:
+    try:
+        tasks = (await scrape(session, url)).get("tasks", -1)
+    except aiohttp.ClientError:
+        tasks = -1
+    return {"rss_mb": rss_mb(pid), "fds": open_fds(pid), "tasks": tasks}
 
 
 async def sampler(session, url: str, pid: int, run: Run, deadline: float, started: float) -> None:
     while time.monotonic() < deadline:
-        rss, fds = proc_sample(pid)
-        try:
-            tasks = await tasks_of(session, url)
-        except aiohttp.ClientError:
-            tasks = -1
-        run.samples.append((time.monotonic() - started, rss, fds, tasks))
+        run.samples.append({"t": time.monotonic() - started, **await figures_now(session, url, pid)})
         await asyncio.sleep(SAMPLE_EVERY)
 
 
-async def faults(engine: Engine, run: Run, started: float, duration: float, clients: list[WsClient]) -> None:
-    """Kill the engine at 1/3 and 2/3 of the run; bring it back after a few seconds; resubscribe logs."""
-    for at in (duration / 3, 2 * duration / 3):
-        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+async def faults(engine: Engine, run: Run, started: float, duration: float) -> None:
+    """Kill the engine (SIGKILL) at 1/6 and 2/6 of the run and bring it back a few seconds later: the
+    second half then shows whether the daemon settled back or keeps growing."""
+    next_at = started + duration / 6
+    for _ in range(2):
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         outage = Outage(time.monotonic())
         run.outages.append(outage)
         await asyncio.to_thread(engine.kill)
         await asyncio.sleep(min(5.0, duration / 12))
         await asyncio.to_thread(engine.restart)
         outage.end = time.monotonic()
-        await asyncio.sleep(2.0)
-        for client in clients:
-            if client.follow and not client.ws.closed:
-                await client.subscribe()
+        next_at = max(started + 2 * duration / 6, outage.end + duration / 12)
 
 
-def write_config(engine: Engine, state: Path) -> tuple[str, Path]:
-    """The daemon's config file; returns its base URL and the file."""
-    port = free_port()
-    config = state / "nekzusd.yaml"
-    config.write_text(json.dumps({
-        "server": {"listen": f"127.0.0.1:{port}", "tls": {"mode": "off"}},
-        "state_dir": str(state), "runtimes": {"docker": {"host": engine.url}},
-        "apps": [{"id": "soak", "name": "Soak"}],
-    }))
-    return f"http://127.0.0.1:{port}", config
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, proc) -> None:
-    while True:
-        try:
-            async with session.get(f"{url}/api/v1/containers") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if proc.returncode is not None:
-            raise RuntimeError("daemon exited during start-up")
-        await asyncio.sleep(0.05)
-
-
-def prepare_engine(base: Path) -> tuple[Engine, list[str], list[str]]:
-    engine = start_dockerd(base / "engine")
-    engine.ensure_busybox()
+def prepare(engine: Engine) -> tuple[list[str], list[str]]:
     busy = [engine.run(f"busy-{i}", "i=0; while true; do i=$((i+1)); echo line $i; usleep 20000; done",
                        RestartPolicy={"Name": "always"})[:12] for i in range(BUSY)]
-    victims = [engine.run(f"victim-{i}", "sleep 100000", labels={"nekzus.app.id": "soak"},
+    victims = [engine.run(f"victim-{i}", "sleep 100000", labels=linked(APP),
                           RestartPolicy={"Name": "unless-stopped"})[:12] for i in range(VICTIMS)]
-    return engine, busy, victims
+    return busy, victims
 
 
-async def soak(duration: float, rate: float, n_clients: int, followers: int) -> int:
-    base = Path(tempfile.mkdtemp(prefix="nks-"))
-    engine, busy, victims = await asyncio.to_thread(prepare_engine, base)
-    state = base / "state"
-    state.mkdir()
-    url, config = write_config(engine, state)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nekzusd", "--log-level", "warning", "serve", "--config", str(config),
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+async def soak(engine: Engine, duration: float, rate: float, n_clients: int, followers: int,
+               samples_out: Path | None) -> int:
+    busy, victims = await asyncio.to_thread(prepare, engine)
+    daemon = await asyncio.to_thread(Daemon, engine, APP)
     run = Run()
-    connector = aiohttp.TCPConnector(limit=0)
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            await wait_ready(session, url, proc)
+        # API requests share at most API_CONNECTIONS kept-alive connections (as a browser limits its own),
+        # so that the daemon's open descriptors measure the daemon, not the load generator's pool.
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=API_CONNECTIONS),
+                                      timeout=timeout) as api:
+            url = daemon.url
             status, _ = await request(session, run, "POST /apps", "POST", f"{url}/api/v1/apps",
                                       json={"id": "kept", "name": "Kept across faults"})
             assert status == 201, status
+            run.apps["kept"] = True
             clients = [WsClient(session, url, run, busy[i % len(busy)] if i < followers else None)
                        for i in range(n_clients)]
             for client in clients:
                 await client.start()
+            await asyncio.sleep(SETTLE)
+            run.before = await figures_now(session, url, daemon.pid)
             started = time.monotonic()
             deadline = started + duration
             await asyncio.gather(
-                api_load(session, url, run, rate, deadline, victims),
-                sampler(session, url, proc.pid, run, deadline, started),
-                faults(engine, run, started, duration, clients),
+                api_load(api, url, run, rate, deadline, victims),
+                sampler(session, url, daemon.pid, run, deadline, started),
+                faults(engine, run, started, duration),
             )
-            await asyncio.sleep(10)  # let the last operations finish and be announced
-            apps = await (await session.get(f"{url}/api/v1/apps")).json()
-            kept = any(a["id"] == "kept" for a in apps)
+            # The last operations finish and are announced; idle stats samplers and kept-alive connections
+            # expire: what the daemon holds now should be what it held before the load.
+            await asyncio.sleep(DRAIN)
+            run.after = await figures_now(session, url, daemon.pid)
+            operations = (await scrape(session, url))["operations"]
+            listed = {a["id"] for a in await (await session.get(f"{url}/api/v1/apps")).json()}
             for client in clients:
                 await client.stop()
-            return report(run, clients, kept, duration)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except asyncio.TimeoutError:
-                proc.kill()
-        await asyncio.to_thread(engine.stop)
-        shutil.rmtree(base, ignore_errors=True)
+        await asyncio.to_thread(daemon.close)
+    if samples_out is not None:
+        samples_out.write_text(json.dumps({"samples": run.samples, "outages": [
+            (o.start - started, (o.end or o.start) - started) for o in run.outages]}, indent=1))
+    return report(run, clients, listed, operations, duration, started)
 
 
-def report(run: Run, clients: list[WsClient], kept: bool, duration: float) -> int:
-    print(f"soak: {duration:.0f} s on {os.cpu_count()} cores, {len(clients)} WebSocket clients")
-    print(f"{'route':36} {'count':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+def trend_failures(run: Run, duration: float, started: float) -> list[str]:
+    """Growth over the second half of each sampled figure, leaving out outages and their recovery."""
+    failures = []
+    quiet = [s for s in run.samples if s["t"] >= duration / 2
+             and not run.in_outage(started + s["t"], started + s["t"])]
+    for key, tolerance in TOLERANCE.items():
+        points = [(s["t"], s[key]) for s in quiet if s[key] >= 0]
+        growth = slope(points) * (duration / 2)
+        values = [v for _, v in points] or [float("nan")]
+        print(f"{key:8} mid {values[0]:8.1f}  end {values[-1]:8.1f}  max {max(values):8.1f}  "
+              f"trend over the last half {growth:+.1f} (tolerance {tolerance:g})")
+        if key != "rss_mb":  # memory a process once took is not given back; the others must be
+            print(f"{'':8} idle before the load {run.before[key]:8.1f}  after it drained {run.after[key]:8.1f}")
+            if run.after[key] > run.before[key] + tolerance:
+                failures.append(f"{key}: {run.after[key]:.0f} held after the load drained, {run.before[key]:.0f} "
+                                f"before it (tolerance {tolerance:g})")
+        if len(points) < 3:
+            failures.append(f"{key}: too few samples in the second half to judge a trend")
+        elif growth > tolerance:
+            failures.append(f"{key} grows: {growth:+.1f} over the last half (tolerance {tolerance:g})")
+    return failures
+
+
+def log_failures(run: Run, followers: list[WsClient]) -> list[str]:
+    """Each follower's stream ended with 'error' in each outage, and lines came after the last one."""
+    failures = []
+    for outage in run.outages:
+        window_end = (outage.end or outage.start) + AFTER_OUTAGE
+        missing = [c.follow for c in followers
+                   if not any(outage.start <= t <= window_end and r == "error" for t, r in c.ended)]
+        if missing:
+            failures.append(f"{len(missing)} of {len(followers)} followed log streams did not end with 'error' "
+                            f"in the outage at {outage.start:.0f}")
+    if run.outages:
+        last = run.outages[-1].end or 0.0
+        silent = [c.follow for c in followers if c.last_line <= last + AFTER_OUTAGE]
+        if silent:
+            failures.append(f"{len(silent)} followers got no log line after the last outage")
+    return failures
+
+
+def report(run: Run, clients: list[WsClient], listed: set[str], operations: float, duration: float,
+           started: float) -> int:
+    print(f"soak: {duration:.0f} s on {os.cpu_count()} cores, {len(clients)} WebSocket clients, "
+          f"{sum(1 for c in clients if c.follow)} following logs, {len(run.outages)} engine kills")
+    print(f"{'route':40} {'count':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
     for route in sorted(run.latencies):
         lat = sorted(run.latencies[route])
         p50 = lat[len(lat) // 2] * 1000
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
         statuses = " ".join(f"{s}:{n}" for s, n in sorted(run.statuses[route].items()))
-        print(f"{route:36} {len(lat):7d} {p50:8.1f} {p99:8.1f}  {statuses}")
+        print(f"{route:40} {len(lat):7d} {p50:8.1f} {p99:8.1f}  {statuses}")
     failures = list(dict.fromkeys(run.bad))[:20]
-    missing = sum(len(run.operation_ids - c.seen) for c in clients)
-    if missing:
-        failures.append(f"{missing} lifecycle notifications were lost (of {len(run.operation_ids) * len(clients)})")
+    if len(run.bad) > 20:
+        failures.append(f"... {len(run.bad)} bad answers in all")
+    missing_ids = sum(len(run.operation_ids - c.seen) for c in clients)
+    if missing_ids:
+        failures.append(f"{missing_ids} promised lifecycle notifications were lost "
+                        f"(of {len(run.operation_ids) * len(clients)})")
+    short = [c.results for c in clients if c.results != operations]
+    if short or operations == 0:
+        failures.append(f"{len(short)} clients did not get exactly the {operations:.0f} lifecycle results the "
+                        f"daemon counted (got {sorted(set(short))[:5]})")
     if run.ws_closed_early:
         failures.append(f"{run.ws_closed_early} WebSocket clients were closed by the server")
-    if run.log_ended.get("error", 0) == 0 and run.outages:
-        failures.append("no log stream ended with reason 'error' during the engine outages")
-    if not kept:
-        failures.append("the app approved at the start is gone")
-    half = [s for s in run.samples if s[0] >= duration / 2]
-    for index, name, tolerance in ((1, "RSS MB", 10.0), (2, "open fds", 8.0), (3, "asyncio tasks", 10.0)):
-        points = [(s[0], s[index]) for s in half if s[index] >= 0]
-        growth = slope(points) * (duration / 2)
-        values = [v for _, v in points]
-        print(f"{name:14} first-half-end {values[0] if values else float('nan'):8.1f}  "
-              f"end {values[-1] if values else float('nan'):8.1f}  trend over last half {growth:+.1f}")
-        if growth > tolerance:
-            failures.append(f"{name} grows: {growth:+.1f} over the last half (tolerance {tolerance})")
-    print(f"operations announced: {len(run.operation_ids)}; log lines received: {run.log_lines}; "
-          f"log streams ended: {dict(run.log_ended)}; outages: {len(run.outages)}")
+    followers = [c for c in clients if c.follow]
+    failures += log_failures(run, followers)
+    lost = sorted(a for a, wanted in run.apps.items() if wanted and a not in listed)
+    back = sorted(a for a, wanted in run.apps.items() if not wanted and a in listed)
+    if lost or back:
+        failures.append(f"approved apps lost: {lost[:5]}; removed apps back: {back[:5]}")
+    failures += trend_failures(run, duration, started)
+    ended = defaultdict(int)
+    for c in followers:
+        for _, reason in c.ended:
+            ended[reason] += 1
+    print(f"lifecycle results counted by the daemon: {operations:.0f}; 202s: {len(run.operation_ids)}; "
+          f"log lines received: {run.log_lines}; log streams ended: {dict(ended)}; "
+          f"apps acknowledged: {sum(run.apps.values())} present, {len(run.apps) - sum(run.apps.values())} removed")
     if failures:
         print("FAILED:")
         for failure in failures:
@@ -368,8 +454,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="API requests per second")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--followers", type=int, default=20)
+    parser.add_argument("--samples", type=Path, help="write the RSS/fd/task samples here (JSON)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(soak(args.seconds, args.rate, args.clients, args.followers)))
+    with lab() as the_lab:
+        code = asyncio.run(soak(the_lab.engine, args.seconds, args.rate, args.clients, args.followers,
+                                args.samples))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

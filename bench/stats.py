@@ -13,15 +13,18 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.common import LINKED, Daemon, median_of, private_dockerd, report, timed
+from bench.common import Daemon, Lab, Row, linked, median_of, scratch, standalone, timed
+
+APP = "stats"
 
 
-def run(rounds: int, batch: int) -> None:
-    with private_dockerd() as engine:
-        linked = [engine.run(f"linked-{i:02d}", "sleep 100000", labels=LINKED) for i in range(batch)]
+def run(lab: Lab, rounds: int = 5, batch: int = 20) -> list[Row]:
+    engine = lab.engine
+    with scratch(engine):
+        members = [engine.run(f"stats-{i:02d}", "sleep 100000", labels=linked(APP)) for i in range(batch)]
         fresh = [engine.run(f"fresh-{i:02d}", "sleep 100000") for i in range(2 * rounds)]
         keeper = engine.run("keeper", "sleep 100000")
-        with Daemon(engine) as daemon:
+        with Daemon(engine, APP) as daemon:
             def stats(container_id: str) -> None:
                 status, _ = daemon.request("GET", f"/api/v1/containers/{container_id[:12]}/stats")
                 assert status == 200, status
@@ -32,7 +35,7 @@ def run(rounds: int, batch: int) -> None:
 
             def batch_stats() -> None:
                 status, body = daemon.request("GET", "/api/v1/containers/stats")
-                assert status == 200 and len(body["containers"]) == len(linked), body
+                assert status == 200 and len(body["containers"]) == len(members), body
 
             stats(keeper)  # from here on dockerd's collector runs, for every measurement alike
             batch_time = timed(batch_stats)  # all of its samplers fresh
@@ -43,15 +46,14 @@ def run(rounds: int, batch: int) -> None:
             repeat = median_of(lambda: stats(fresh[1]), 50)
     engine_ms = statistics.median(engine_first) * 1000
     first_ms = statistics.median(daemon_first) * 1000
-    report("Container stats (dockerd)", [
-        ("engine stream=false, fresh container, median (ms)", engine_ms, "-", None),
-        ("daemon first call, fresh container, median (ms)", first_ms, "-", None),
-        ("first call ÷ engine stream=false", first_ms / engine_ms, "<= 1.05", first_ms / engine_ms <= 1.05),
-        ("repeat call, median (ms)", repeat * 1000, "<= 50", repeat * 1000 <= 50),
-        (f"batch of {batch} (fresh), wall (ms)", batch_time * 1000, "-", None),
-        (f"batch of {batch} ÷ single first call", batch_time * 1000 / first_ms, "<= 1.3",
-         batch_time * 1000 / first_ms <= 1.3),
-    ])
+    batch_ms = batch_time * 1000
+    return [
+        Row("stats first call, fresh container, median", first_ms, "ms", engine_ms, "ratio <= 1.05",
+            first_ms / engine_ms <= 1.05),
+        Row("stats repeat call, median", repeat * 1000, "ms", engine_ms, "<= 50 ms", repeat * 1000 <= 50),
+        Row(f"batch stats of {batch} (fresh samplers), wall", batch_ms, "ms", engine_ms, "<= 1.3 x first",
+            batch_ms / first_ms <= 1.3),
+    ]
 
 
 def main() -> None:
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=20)
     args = parser.parse_args()
-    run(args.rounds, args.batch)
+    standalone("stats", run, 0, rounds=args.rounds, batch=args.batch)
 
 
 if __name__ == "__main__":
