@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from . import ws
-from .views import apps, containers
-from .views import export
-from .views import bulk, stats
-from .views import openapi
+from .auth import PUBLIC, requires
+from .views import apps, bulk, containers, export, openapi, stats
 from .views import status as operator
 
 API = "/api/v1"
@@ -31,13 +31,14 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"{API}/openapi.json", openapi.openapi_document)
 
     r.add_get(C, containers.list_containers)
-    r.add_get(f"{C}/stats", stats.all_stats)
-    r.add_post(f"{C}/start-all", bulk.start_all)
-    r.add_post(f"{C}/stop-all", bulk.stop_all)
-    r.add_post(f"{C}/restart-all", bulk.restart_all)
-    r.add_post(f"{C}/batch", bulk.batch)
-    r.add_post(f"{C}/batch/export", export.export_containers)
-    r.add_post(f"{C}/batch/export/preview", export.preview_containers)
+    # Literal paths answer 405 to other methods rather than falling through to /{id} or /{namespace}/{pod}.
+    literal(app, "GET", f"{C}/stats", stats.all_stats)
+    literal(app, "POST", f"{C}/start-all", bulk.start_all)
+    literal(app, "POST", f"{C}/stop-all", bulk.stop_all)
+    literal(app, "POST", f"{C}/restart-all", bulk.restart_all)
+    literal(app, "POST", f"{C}/batch", bulk.batch)
+    literal(app, "POST", f"{C}/batch/export", export.export_containers)
+    literal(app, "POST", f"{C}/batch/export/preview", export.preview_containers)
     r.add_get(f"{C}/{{id}}", containers.inspect_container)
     r.add_post(f"{C}/{{id}}/{LIFECYCLE}", containers.lifecycle)
     r.add_get(f"{C}/{{id}}/stats", stats.container_stats)
@@ -49,3 +50,15 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"{C}/{{namespace}}/{{pod}}/stats", stats.container_stats)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/export", export.export_container)
     r.add_post(f"{C}/{{namespace}}/{{pod}}/export/preview", export.preview_container)
+
+
+def literal(app: web.Application, method: str, path: str, handler: Any) -> None:
+    """A route on a fixed path that owns the path: any other method is a 405 naming the allowed one."""
+    allowed = {method, "HEAD"} if method == "GET" else {method}
+
+    @requires(PUBLIC)
+    async def not_allowed(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    app.router.add_route(method, path, handler)
+    app.router.add_route("*", path, not_allowed)

@@ -279,3 +279,23 @@ async def test_keyed_locks_forget_idle_keys():
     a_events = [e for e in order if e[0] == "a"]
     assert a_events == [("a", 1, "in"), ("a", 1, "out"), ("a", 2, "in"), ("a", 2, "out")]
     assert len(locks) == 0
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/api/v1/containers/start-all", "POST"),
+    ("GET", "/api/v1/containers/batch/export", "POST"),
+    ("DELETE", "/api/v1/containers/batch", "POST"),
+    ("POST", "/api/v1/containers/stats", "GET"),
+])
+async def test_literal_paths_answer_405_rather_than_falling_through(client, method, path, allowed):
+    response = await client.request(method, path)
+    assert response.status == 405
+    assert allowed in response.headers["Allow"]
+    assert (await response.json())["error"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_namespace_path_form_without_kubernetes_is_not_found(client):
+    response = await client.get("/api/v1/containers/default/some-pod")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "NOT_FOUND" and "Kubernetes" in body["message"]

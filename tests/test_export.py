@@ -13,11 +13,9 @@ import jsonschema
 import pytest
 import yaml
 
-from nekzusd.errors import ApiError
 from nekzusd.keys import TOKENS
-from nekzusd.runtimes import Ref, Runtime
-from nekzusd.views.export import export_batch, export_one
 from tests.conftest import run_container, unique
+from tests.k8s_fixtures import k8s_api, k8s_client  # noqa: F401  (fixtures)
 from tests.engines import BUSYBOX
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
@@ -249,33 +247,15 @@ async def test_engine_down_is_503(make_client, config_data, engine, tmp_path):
 
 
 async def test_kubernetes_path_form_without_kubernetes_is_a_clear_error(client, engine):
-    error = await error_of(await client.post(f"{C}/default/my-pod/export"), 500, "NO_RUNTIME")
+    error = await error_of(await client.post(f"{C}/default/my-pod/export"), 404, "NOT_FOUND")
+    assert "Kubernetes" in error["message"]
+
+
+@pytest.mark.kubernetes
+async def test_kubernetes_export_is_refused_with_501(k8s_client):
+    """The real Kubernetes runtime (test cluster) offers no Compose export: a clear 501, single and batch."""
+    error = await error_of(await k8s_client.post(f"{C}/default/my-pod/export"), 501, "EXPORT_NOT_SUPPORTED")
     assert "kubernetes" in error["message"]
-
-
-class NoExportRuntime(Runtime):
-    """Stand-in for a runtime without Compose export (the Kubernetes runtime is not in this tree yet).
-    Only `validate_ref` is ever called; the rest is the abstract interface that must be filled."""
-
-    name = "kubernetes"
-
-    def validate_ref(self, ref: Ref) -> Ref:
-        return ref
-
-    async def ping(self): raise AssertionError("not called")
-    async def list(self, namespace=None): raise AssertionError("not called")
-    async def get(self, ref): raise AssertionError("not called")
-    async def inspect(self, ref): raise AssertionError("not called")
-    async def start(self, ref): raise AssertionError("not called")
-    async def stop(self, ref, timeout): raise AssertionError("not called")
-    async def restart(self, ref, timeout): raise AssertionError("not called")
-
-
-async def test_runtime_without_export_is_refused_with_501():
-    runtime, options = NoExportRuntime(), {"sanitize_secrets": True}
-    for attempt in (export_one(runtime, Ref("my-pod", "default"), options),
-                    export_batch(runtime, [Ref("a", "default"), Ref("b", "default")], "s", options, 5)):
-        with pytest.raises(ApiError) as caught:
-            await attempt
-        assert caught.value.status == 501 and caught.value.code == "EXPORT_NOT_SUPPORTED"
-        assert "kubernetes" in caught.value.message
+    response = await k8s_client.post(f"{C}/batch/export?runtime=kubernetes&namespace=default",
+                                     json={"container_ids": ["a", "b"]})
+    await error_of(response, 501, "EXPORT_NOT_SUPPORTED")

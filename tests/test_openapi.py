@@ -46,10 +46,11 @@ def expand(pattern: str) -> list[str]:
 
 
 def app_routes(app) -> dict[tuple[str, str], object]:
-    """(METHOD, path shape) → handler, for every route the app registers (HEAD mirrors GET: left out)."""
+    """(METHOD, path shape) → handler, for every route the app registers (HEAD mirrors GET, and the "*"
+    routes of literal paths only answer 405: both left out)."""
     found = {}
     for route in app.router.routes():
-        if route.method == "HEAD":
+        if route.method in ("HEAD", "*"):
             continue
         info = route.resource.get_info()
         pattern = info["pattern"].pattern if "pattern" in info else re.escape(info["path"]).replace("\\", "")

@@ -14,10 +14,14 @@ from ..runtimes import Container, Ref, Runtime
 
 def runtime_of(request: web.Request) -> Runtime:
     """The runtime of ``?runtime=``; the path form /{namespace}/{pod}/… defaults to kubernetes."""
+    runtimes = request.app[RUNTIMES]
     name = request.query.get("runtime")
     if name is None and "namespace" in request.match_info:
+        if "kubernetes" not in runtimes.by_name:  # a typo in a Docker path, most likely: not a 5xx
+            raise ApiError(404, "NOT_FOUND", "No such route (the /{namespace}/{pod} form needs the Kubernetes "
+                                             "runtime, which is not enabled)")
         name = "kubernetes"
-    return request.app[RUNTIMES].pick(name)
+    return runtimes.pick(name)
 
 
 async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
