@@ -51,11 +51,16 @@ async def _auth(request: web.Request, client: Client, data: dict[str, Any]) -> N
         if principal is not None and principal.local:
             client.subject = principal.subject  # a local client's bad token is ignored, not refused
         else:
-            client.send(envelope("auth_failed", {"error": exc.code, "message": exc.message}))
-            await client.flush_and_stop()
-            await client.ws.close(code=1008, message=b"authentication failed")
+            await _refuse(client, exc.code, exc.message)
             return
     client.send(envelope("auth_success", {"deviceId": client.subject, "message": "authenticated"}))
+
+
+async def _refuse(client: Client, code: str, message: str) -> None:
+    """auth_failed, delivered, then a close with 1008 (policy violation)."""
+    client.send(envelope("auth_failed", {"error": code, "message": message}))
+    await client.flush_and_stop()
+    await client.ws.close(code=1008, message=b"authentication failed")
 
 
 async def _ping(request: web.Request, client: Client, data: dict[str, Any]) -> None:
@@ -111,8 +116,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             try:
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
-                client.send(envelope("auth_failed", {"error": "AUTH_TIMEOUT",
-                                                     "message": f"No auth message within {AUTH_TIMEOUT:g} s"}))
+                await _refuse(client, "AUTH_TIMEOUT", f"No auth message within {AUTH_TIMEOUT:g} s")
                 break
             if msg.type == WSMsgType.TEXT:
                 await _dispatch(request, client, msg.data)

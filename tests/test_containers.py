@@ -299,3 +299,15 @@ async def test_namespace_path_form_without_kubernetes_is_not_found(client):
     assert response.status == 404
     body = await response.json()
     assert body["error"] == "NOT_FOUND" and "Kubernetes" in body["message"]
+
+
+async def test_lifecycle_checks_run_in_the_documented_order(client, engine):
+    """DECISIONS §8: runtime, then timeout, then the container, then its state."""
+    cid = await run_container(engine, unique("order"))
+    cases = [("nosuch/stop?runtime=lxc&timeout=0", 400, "INVALID_RUNTIME"),
+             ("nosuch/stop?timeout=0", 400, "INVALID_TIMEOUT"),
+             ("nosuch/stop?timeout=5", 404, "CONTAINER_NOT_FOUND"),
+             (f"{cid}/start?timeout=5", 409, "CONTAINER_ALREADY_STARTED")]
+    for path, status, code in cases:
+        response = await client.post(f"/api/v1/containers/{path}")
+        assert (response.status, (await response.json())["error"]) == (status, code), path

@@ -102,3 +102,4 @@ async def test_remote_client_that_never_authenticates_is_closed(make_client, con
     assert reply["type"] == "auth_failed" and reply["data"]["error"] == "AUTH_TIMEOUT"
     closing = await ws.receive(timeout=5)
     assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    assert ws.close_code == 1008

@@ -33,8 +33,9 @@ async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
         raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
 
 
-def target(request: web.Request) -> tuple[Runtime, Ref]:
-    runtime = runtime_of(request)
+def target(request: web.Request, runtime: Runtime | None = None) -> tuple[Runtime, Ref]:
+    """The runtime and the container a request names, the id checked against the runtime's syntax."""
+    runtime = runtime or runtime_of(request)
     match = request.match_info
     if "namespace" in match:
         ref = Ref(match["pod"], match["namespace"])

@@ -9,7 +9,7 @@ from ..errors import ApiError, EngineError
 from ..keys import APPS, OPERATIONS
 from ..operations import KINDS, accepted_body
 from ..validation import bool_param, timeout_param
-from .common import json_response, listed, target
+from .common import json_response, listed, runtime_of, target
 
 
 async def list_containers(request: web.Request) -> web.Response:
@@ -33,8 +33,9 @@ async def inspect_container(request: web.Request) -> web.Response:
 @requires(WRITE)
 async def lifecycle(request: web.Request) -> web.Response:
     op = request.match_info["action"]
+    runtime = runtime_of(request)  # checked in the order of DECISIONS §8: runtime, timeout, container, state
     timeout = timeout_param(request.query.get("timeout"))
-    runtime, ref = target(request)
+    runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]
     try:
         container = await operations.prepare(runtime, ref, op)
