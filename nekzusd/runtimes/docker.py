@@ -31,6 +31,9 @@ _STATES = {
 _STATE_EVENTS = {"start", "die", "stop", "kill", "pause", "unpause", "restart", "destroy", "remove",
                  "health_status", "create"}
 CALL_TIMEOUT = 15.0  # seconds for any engine call that is not a long-running operation
+# Seconds a stop/restart may take beyond its grace period; inside the operation's own deadline
+# (operations.DEADLINE_MARGIN), so a hung engine is reported as such.
+ENGINE_MARGIN = 20.0
 # Seconds between Podman stats polls (its own stream comes every 5 s). Also the window of the first
 # answer, which needs two polls: shorter windows proved noisy (0.25 s read 0.31 cores for a 0.2 quota).
 STATS_POLL_INTERVAL = 1.0
@@ -264,11 +267,11 @@ class DockerRuntime(Runtime):
 
     async def stop(self, ref: Ref, timeout: int) -> None:
         await self._container_json(ref, "POST", "/stop", params={"t": timeout}, what="stop",
-                                   timeout=timeout + 30)
+                                   timeout=timeout + ENGINE_MARGIN)
 
     async def restart(self, ref: Ref, timeout: int) -> None:
         await self._container_json(ref, "POST", "/restart", params={"t": timeout}, what="restart",
-                                   timeout=timeout + 60)
+                                   timeout=timeout + ENGINE_MARGIN)
 
     async def events(self) -> AsyncIterator[Event]:
         params = {"filters": json.dumps({"type": ["container"]})}
