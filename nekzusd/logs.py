@@ -219,15 +219,20 @@ def stamped_lines(pairs: list[tuple[str, str]], timestamps: bool) -> list[LogLin
 
 class LogCursor:
     """How far a stream got in a container's log, told by the engine's timestamps: the stamp of the last
-    line handed out and how many lines in a row carried it (lines can share a stamp).
+    line handed out and how many lines in a row carried it (lines can share a stamp: Podman's are whole
+    seconds).
 
     dockerd can end a follow stream before the container's last line is stored, so after the stream a
     catch-up read from ``since`` gives what it missed; ``fresh_filter`` skips what was handed out already.
+    That count places the stream exactly only when the whole run of its stamp was seen: when a line with
+    another stamp came before it, or the stream began at the log's start (``from_start``). Otherwise the
+    catch-up gives only lines with a later stamp: never a line twice.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, from_start: bool = False) -> None:
         self.stamp: str | None = None
         self.same = 0
+        self.whole_run = from_start
 
     def passed(self, pairs: list[tuple[str, str]]) -> None:
         """These stamped lines (in log order) were handed out."""
@@ -237,11 +242,14 @@ class LogCursor:
         run = 0
         for _, line in reversed(pairs):
             if _stamp_of(line) != last:
+                self.whole_run = True
                 break
             run += 1
         else:
             if last == self.stamp:
                 run += self.same
+            elif self.stamp is not None:
+                self.whole_run = True
         self.stamp, self.same = last, run
 
     @property
@@ -253,7 +261,7 @@ class LogCursor:
     def fresh_filter(self) -> Callable[[tuple[str, str]], bool]:
         """For the stamped lines of a catch-up read, in log order: True from the first not handed out on."""
         key = stamp_key(self.stamp) if self.stamp else None
-        skip = self.same
+        skip = self.same if self.whole_run else None  # None: every line with the cursor's stamp
         found = key is None
 
         def fresh(pair: tuple[str, str]) -> bool:
@@ -262,8 +270,8 @@ class LogCursor:
                 line_key = stamp_key(_stamp_of(pair[1]))
                 if line_key is None or line_key < key:
                     return False
-                if line_key == key and skip:
-                    skip -= 1
+                if line_key == key and (skip is None or skip):
+                    skip = None if skip is None else skip - 1
                     return False
                 found = True
             return True

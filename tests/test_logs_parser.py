@@ -212,14 +212,26 @@ def test_cursor_counts_the_lines_that_share_the_last_stamp():
     cursor = LogCursor()
     assert cursor.since is None
     cursor.passed([])
-    assert (cursor.stamp, cursor.same) == (None, 0)
-    cursor.passed(lines_at(STAMP, LATER, LATER))
-    assert (cursor.stamp, cursor.same) == (LATER, 2)
-    cursor.passed(lines_at(LATER))  # the run goes on across reads
-    assert (cursor.stamp, cursor.same) == (LATER, 3)
-    cursor.passed(lines_at(LATER, STAMP))  # a new last stamp starts a new run
-    assert (cursor.stamp, cursor.same) == (STAMP, 1)
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (None, 0, False)
+    cursor.passed(lines_at(LATER))
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 1, False)  # the run may have begun earlier
+    cursor.passed(lines_at(LATER, LATER))  # the run goes on across reads
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 3, False)
+    cursor.passed(lines_at(LATER, STAMP))  # a new last stamp starts a new run, seen whole
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (STAMP, 1, True)
     assert cursor.since == "1700000000.123456789"
+    cursor = LogCursor()
+    cursor.passed(lines_at(STAMP))
+    cursor.passed(lines_at(LATER, LATER))  # another stamp in an earlier read
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 2, True)
+    cursor = LogCursor(from_start=True)  # the stream began at the log's start: every run is whole
+    cursor.passed(lines_at(STAMP, STAMP))
+    assert (cursor.stamp, cursor.same, cursor.whole_run) == (STAMP, 2, True)
+
+
+def catch_up(cursor: LogCursor, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    fresh = cursor.fresh_filter()
+    return [pair for pair in pairs if fresh(pair)]
 
 
 def test_catch_up_hands_out_only_what_was_not_handed_out():
@@ -227,13 +239,18 @@ def test_catch_up_hands_out_only_what_was_not_handed_out():
     cursor = LogCursor()
     cursor.passed(handed_out)
     # a read from ``since`` gives the lines at the cursor's stamp again, then the missed ones (one shares it)
-    catch_up = handed_out[1:] + [("stdout", f"{LATER} missed 1"), ("stderr", f"{LATER} missed 2"),
-                                 ("stdout", f"{STAMP} stamped earlier, stored later")]
-    fresh = cursor.fresh_filter()
-    assert [pair for pair in catch_up if fresh(pair)] == catch_up[2:]
-    # nothing handed out yet: everything is fresh
-    fresh = LogCursor().fresh_filter()
-    assert all(fresh(pair) for pair in catch_up)
-    # a read holding nothing new
-    fresh = cursor.fresh_filter()
-    assert not any(fresh(pair) for pair in handed_out)
+    read = handed_out[1:] + [("stdout", f"{LATER} missed 1"), ("stderr", f"{LATER} missed 2"),
+                             ("stdout", f"{STAMP} stamped earlier, stored later")]
+    assert catch_up(cursor, read) == read[2:]
+    assert catch_up(cursor, handed_out) == []  # a read holding nothing new
+    assert catch_up(LogCursor(), read) == read  # nothing handed out, from the log's start: all of it
+
+
+def test_catch_up_after_a_run_not_seen_whole_gives_only_later_stamps():
+    """Whole-second stamps (Podman): the stream began inside a second whose earlier lines it never saw,
+    so counting cannot place it; lines of that second are not repeated, later ones come."""
+    second, next_second = "2023-11-14T22:13:20Z", "2023-11-14T22:13:21Z"
+    cursor = LogCursor()
+    cursor.passed(lines_at(second, second))
+    read = lines_at(second, second, second, second, next_second)  # two before the stream, two handed out
+    assert catch_up(cursor, read) == read[4:]

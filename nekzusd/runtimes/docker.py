@@ -307,8 +307,10 @@ class DockerRuntime(Runtime):
             return
         cursor = LogCursor()
         if tail == 0:  # the stream starts at the log's end: where that is, for the catch-up
-            async for lines in self._log_reads(container_id, multiplexed, {"tail": "1"}):
-                cursor.passed(lines)
+            last = [pair async for lines in self._log_reads(container_id, multiplexed, {"tail": "1"})
+                    for pair in lines]
+            cursor = LogCursor(from_start=not last)
+            cursor.passed(last)
         params = {"tail": str(tail), "follow": "1"}
         async with aclosing(self._log_reads(container_id, multiplexed, params)) as reads:
             async for lines in reads:
