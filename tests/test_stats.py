@@ -215,6 +215,43 @@ async def test_batch_stats_covers_linked_running_containers_concurrently(engine:
     assert one["containerId"] == linked[0][:12]
 
 
+MANY = 110  # more than the 100 connections of an aiohttp connector's default limit
+
+
+def start_many(engine: Engine, count: int) -> list[str]:
+    """``count`` linked running containers, created a few at a time (bare ``sleep``: force-removed later)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> str:
+        return engine.run(unique("many"), ["sleep", "100000"], labels=APP)
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@pytest.mark.slow
+async def test_batch_stats_of_more_containers_than_a_connection_pool_holds(engine: Engine, client) -> None:
+    """Each live sampler holds one engine stream open; more than 100 of them must not starve the batch."""
+    ids = await asyncio.to_thread(start_many, engine, MANY)
+    runtime = client.app[RUNTIMES].pick(None)
+    started = time.monotonic()
+    async with asyncio.timeout(45):
+        response = await client.get("/api/v1/containers/stats")
+    elapsed = time.monotonic() - started
+    assert response.status == 200, await response.text()
+    # All first samples are awaited together: about one engine round (measured with dockerd collecting
+    # for all of them, as during the batch), not one round per BATCH_CONCURRENCY containers.
+    single = await asyncio.to_thread(engine_stats_latency, engine, ids[-1])
+    assert elapsed < 2 * single + 1, (elapsed, single)
+    body = await response.json()
+    assert sorted(c["containerId"] for c in body["containers"]) == sorted(i[:12] for i in ids)
+    assert runtime.samplers.active == MANY
+    # Asked again while every sampler is live: answered from them, and a single call still works.
+    again = await client.get("/api/v1/containers/stats")
+    assert again.status == 200 and len((await again.json())["containers"]) == MANY
+    single = await client.get(f"/api/v1/containers/{ids[0][:12]}/stats")
+    assert single.status == 200, await single.text()
+
+
 async def test_engine_down_is_a_503(make_client, config_data, tmp_path: Path) -> None:
     config_data["runtimes"] = {"docker": {"host": f"unix://{tmp_path}/missing.sock"}}
     client = await make_client(config_data)

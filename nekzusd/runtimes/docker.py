@@ -190,6 +190,7 @@ class DockerRuntime(Runtime):
         await self.samplers.close()
         if self._stats_docker is not None:
             await self._stats_docker.close()
+            await self._stats_docker.connector.close()  # given to aiodocker, so not closed by it
             self._stats_docker = None
         if self._docker is not None:
             await self._docker.close()
@@ -434,10 +435,8 @@ class DockerRuntime(Runtime):
                     raise
                 yield self._sample_or_stop(json.loads(body) if body.strip() else {}, container.id)
                 await asyncio.sleep(STATS_POLL_INTERVAL)
-        if self._stats_docker is None:
-            self._stats_docker = aiodocker.Docker(url=self.url)
         async with self._call("stats", timeout=None):
-            async with self._stats_docker._query(path, params={"stream": "1"}, timeout=None) as response:
+            async with self._stats_client()._query(path, params={"stream": "1"}, timeout=None) as response:
                 try:
                     async for line in response.content:
                         if line.strip():
@@ -445,6 +444,19 @@ class DockerRuntime(Runtime):
                 finally:
                     response.close()  # drop the connection: dockerd then stops collecting for it
         raise ContainerNotRunning(container.id)
+
+    def _stats_client(self) -> aiodocker.Docker:
+        """The samplers' own client, with no limit on its connections: each live sampler holds one stream
+        open, and aiohttp's default of 100 left the 101st waiting for a slot until it timed out. Samplers
+        are bounded by the running containers and stop when nobody asks (stats.IDLE_EXPIRY)."""
+        if self._stats_docker is None:
+            if self.url.startswith("unix://"):
+                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(self.url.removeprefix("unix://"), limit=0)
+                url = "unix://localhost"  # the host name aiodocker itself gives a socket
+            else:
+                connector, url = aiohttp.TCPConnector(limit=0), "http://" + self.url.removeprefix("tcp://")
+            self._stats_docker = aiodocker.Docker(url=url, connector=connector)
+        return self._stats_docker
 
     @staticmethod
     def _sample_or_stop(doc: dict[str, Any], container_id: str) -> Sample:
