@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .secrets import is_secret
+from .secrets import is_secret, replace_repeated
 
 __all__ = ["ServiceSource", "Export", "export_services", "export_zip", "sanitize_name"]
 
@@ -31,8 +31,6 @@ _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 _COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _ANON_VOLUME_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Secret values shorter than this are not hunted for in other fields: they would match by accident.
-_MIN_CROSS_FIELD_SECRET = 6
 # Fields where a secret's value may be repeated (a password on the command line, in a healthcheck),
 # and is replaced by its placeholder. Names and paths (image, volumes, …) are never rewritten.
 _SECRET_BEARING_KEYS = frozenset({"environment", "command", "entrypoint", "healthcheck", "labels", "logging"})
@@ -98,7 +96,7 @@ def _escape_tree(value: Any, secrets: dict[str, str]) -> Any:
     """Escape `$` in every string of a built structure and replace leaked secret values by placeholders.
 
     One pass at the end, rather than at each field, so that no field can be forgotten.
-    `secrets` maps a real value to its placeholder name.
+    `secrets` maps a real value to its placeholder (`${NAME}`).
     """
     if isinstance(value, _Placeholder):
         return str(value)
@@ -112,13 +110,7 @@ def _escape_tree(value: Any, secrets: dict[str, str]) -> Any:
 
 
 def _escape_string(text: str, secrets: dict[str, str]) -> str:
-    hunted = sorted((v for v in secrets if len(v) >= _MIN_CROSS_FIELD_SECRET), key=lambda v: (-len(v), v))
-    if not hunted:
-        return text.replace("$", "$$")
-    pieces = re.split("(" + "|".join(map(re.escape, hunted)) + ")", text)
-    return "".join(
-        "${%s}" % secrets[p] if i % 2 else p.replace("$", "$$") for i, p in enumerate(pieces)
-    )
+    return replace_repeated(text, secrets, lambda plain: plain.replace("$", "$$"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -754,7 +746,7 @@ def _finish_services(services: dict[str, dict], contexts: list[_Ctx], placeholde
     for ctx in contexts:
         for name, value in ctx.secrets.items():
             if _ENV_NAME_RE.match(name):
-                hunted.setdefault(value, placeholders[(ctx.service, name)])
+                hunted.setdefault(value, "${%s}" % placeholders[(ctx.service, name)])
     finished = {}
     for ctx in contexts:
         renames = {name: placeholders[(ctx.service, name)] for name in ctx.secrets

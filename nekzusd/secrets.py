@@ -3,14 +3,21 @@
 Used by the compose export (to replace secret values with placeholders) and by the inspect endpoint
 (to mask them). Names are judged by their parts, never by substrings, so that AUTHOR, PWD, PATH,
 KEYBOARD_LAYOUT or MONKEY do not trigger; values are judged by shape (private keys, JWTs, credentials in
-URLs, well-known token prefixes) because a secret can hide behind an innocent name.
+URLs, well-known token prefixes) because a secret can hide behind an innocent name. A secret value found
+in the environment is also hunted in the fields that may repeat it (command, healthcheck, labels, …).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Mapping
 
-__all__ = ["is_secret_name", "is_secret_value", "is_secret", "mask_env"]
+__all__ = ["is_secret_name", "is_secret_value", "is_secret", "mask_env", "secret_env_values",
+           "replace_repeated", "mask_inspect", "MIN_REPEATED_SECRET"]
+
+MASK = "***"
+# Secret values shorter than this are not hunted in other fields: they would match innocent text.
+MIN_REPEATED_SECRET = 6
 
 # A name part that alone makes the variable secret.
 _SECRET_PARTS = frozenset({
@@ -62,7 +69,7 @@ def is_secret(name: str, value: str) -> bool:
     return is_secret_name(name) or is_secret_value(value or "")
 
 
-def mask_env(env: list[str] | None, mask: str = "***") -> list[str] | None:
+def mask_env(env: list[str] | None, mask: str = MASK) -> list[str] | None:
     """Docker-style "K=V" entries with secret values replaced by `mask`; order and non-secrets kept."""
     if env is None:
         return None
@@ -71,3 +78,63 @@ def mask_env(env: list[str] | None, mask: str = "***") -> list[str] | None:
         name, sep, value = entry.partition("=")
         masked.append(f"{name}={mask}" if sep and is_secret(name, value) else entry)
     return masked
+
+
+def secret_env_values(env: list[str] | None) -> list[str]:
+    """The values of the secret entries of Docker-style "K=V" environment entries."""
+    values = []
+    for entry in env or []:
+        name, sep, value = entry.partition("=")
+        if sep and value and is_secret(name, value):
+            values.append(value)
+    return values
+
+
+def _keep(text: str) -> str:
+    return text
+
+
+def replace_repeated(text: str, replacements: Mapping[str, str], between: Callable[[str], str] = _keep) -> str:
+    """``text`` with each secret value of ``replacements`` (if at least MIN_REPEATED_SECRET long) replaced by
+    its replacement, longest first so that a secret containing another is replaced whole; the text between
+    them goes through ``between`` (the export escapes `$` there)."""
+    hunted = sorted((v for v in replacements if len(v) >= MIN_REPEATED_SECRET), key=lambda v: (-len(v), v))
+    if not hunted:
+        return between(text)
+    pieces = re.split("(" + "|".join(map(re.escape, hunted)) + ")", text)
+    return "".join(replacements[p] if i % 2 else between(p) for i, p in enumerate(pieces))
+
+
+def _mask_tree(value: Any, replacements: Mapping[str, str]) -> Any:
+    """Every string in a JSON value masked (dict keys are names, kept)."""
+    if isinstance(value, str):
+        return replace_repeated(value, replacements)
+    if isinstance(value, dict):
+        return {k: _mask_tree(v, replacements) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_tree(v, replacements) for v in value]
+    return value
+
+
+# Where an inspect document's Config may repeat a secret of its Env (a password on the command line, in
+# a healthcheck, in a label); the engine's top-level Args repeats Entrypoint and Cmd.
+_REPEATING_CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "Healthcheck", "Labels")
+
+
+def mask_inspect(doc: dict[str, Any], mask: str = MASK) -> dict[str, Any]:
+    """A Docker inspect document with its secret Env values masked, and those values masked wherever
+    Config or Args repeat them (the same rules as the export's placeholders). Returns a new document."""
+    config = doc.get("Config") or {}
+    if not config.get("Env"):
+        return doc
+    replacements = dict.fromkeys(secret_env_values(config["Env"]), mask)
+    masked = {**config, "Env": mask_env(config["Env"], mask)}
+    if not replacements:
+        return {**doc, "Config": masked}
+    for key in _REPEATING_CONFIG_KEYS:
+        if masked.get(key) is not None:
+            masked[key] = _mask_tree(masked[key], replacements)
+    out = {**doc, "Config": masked}
+    if doc.get("Args"):
+        out["Args"] = _mask_tree(doc["Args"], replacements)
+    return out

@@ -2,7 +2,8 @@
 
 import pytest
 
-from nekzusd.secrets import is_secret, is_secret_name, is_secret_value, mask_env
+from nekzusd.secrets import (MIN_REPEATED_SECRET, is_secret, is_secret_name, is_secret_value, mask_env,
+                             mask_inspect, replace_repeated, secret_env_values)
 
 PEM_RSA = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----"
 PEM_PKCS8 = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
@@ -80,3 +81,54 @@ def test_mask_env_keeps_value_with_equals_signs_whole():
 def test_mask_env_none_and_empty():
     assert mask_env(None) is None
     assert mask_env([]) == []
+
+
+def test_secret_env_values_are_the_values_of_secret_entries():
+    env = ["PATH=/bin", "DB_PASSWORD=hunter2hunter2", "EMPTY_TOKEN=", "NOVALUE", "SESSION=" + JWT, "A=b"]
+    assert secret_env_values(env) == ["hunter2hunter2", JWT]
+    assert secret_env_values(None) == []
+
+
+def test_replace_repeated_longest_first_and_short_values_left():
+    short = "x" * (MIN_REPEATED_SECRET - 1)
+    replacements = {"hunter2": "<A>", "hunter2hunter2": "<B>", short: "<C>"}
+    assert replace_repeated(f"-p hunter2hunter2 -q hunter2 {short}", replacements) == f"-p <B> -q <A> {short}"
+    assert replace_repeated("$x hunter2 $y", replacements, lambda t: t.replace("$", "$$")) == "$$x <A> $$y"
+    assert replace_repeated("a.b*cd axbbbcd", {"a.b*cd": "<D>"}) == "<D> axbbbcd"  # not a pattern
+    assert replace_repeated("plain", {}) == "plain"
+
+
+def test_mask_inspect_masks_a_repeated_secret_in_every_field_that_may_hold_it():
+    doc = {
+        "Id": "abc", "Path": "sh", "Args": ["-c", "run --password=hunter2hunter2"],
+        "Config": {
+            "Env": ["DB_PASSWORD=hunter2hunter2", "DB_URL=postgres://db/app?pw=hunter2hunter2", "PIN=12345",
+                    "GREETING=hello"],
+            "Cmd": ["sh", "-c", "run --password=hunter2hunter2 --pin 12345"],
+            "Entrypoint": "hunter2hunter2",
+            "Healthcheck": {"Test": ["CMD", "check", "hunter2hunter2"], "Retries": 3},
+            "Labels": {"hunter2hunter2": "key kept", "dsn": "u:hunter2hunter2@db"},
+            "Image": "hunter2hunter2",  # not a field that repeats secrets: names are never rewritten
+        },
+    }
+    masked = mask_inspect(doc)
+    assert masked["Config"] == {
+        "Env": ["DB_PASSWORD=***", "DB_URL=postgres://db/app?pw=***", "PIN=12345", "GREETING=hello"],
+        "Cmd": ["sh", "-c", "run --password=*** --pin 12345"],
+        "Entrypoint": "***",
+        "Healthcheck": {"Test": ["CMD", "check", "***"], "Retries": 3},
+        "Labels": {"hunter2hunter2": "key kept", "dsn": "u:***@db"},
+        "Image": "hunter2hunter2",
+    }
+    assert masked["Args"] == ["-c", "run --password=***"]
+    assert masked["Path"] == "sh" and masked["Id"] == "abc"
+    assert doc["Config"]["Env"][0] == "DB_PASSWORD=hunter2hunter2"  # the engine's document is not changed
+
+
+def test_mask_inspect_without_secrets_or_env():
+    plain = {"Config": {"Env": ["A=b"], "Cmd": ["a"]}, "Args": ["a"]}
+    assert mask_inspect(plain) == plain
+    assert mask_inspect({"Config": {"Env": None}}) == {"Config": {"Env": None}}
+    assert mask_inspect({"Id": "x"}) == {"Id": "x"}
+    assert mask_inspect({"Config": {"Env": ["TOKEN=abc"], "Cmd": ["abc"]}})["Config"] == {
+        "Env": ["TOKEN=***"], "Cmd": ["abc"]}  # too short to hunt: masked in Env only

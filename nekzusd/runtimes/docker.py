@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
-from ..secrets import mask_env
+from ..secrets import mask_inspect
 from ..stats import ContainerNotRunning, Sample, Samplers
 from .base import Container, Event, LogLine, Port, Ref, Runtime
 
@@ -257,11 +257,7 @@ class DockerRuntime(Runtime):
         return container_from_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))
 
     async def inspect(self, ref: Ref) -> dict[str, Any]:
-        doc = await self._container_json(ref, "GET", "/json", what="inspect")
-        config = doc.get("Config") or {}
-        if config.get("Env"):
-            doc["Config"] = {**config, "Env": mask_env(config["Env"])}
-        return doc
+        return mask_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))
 
     async def start(self, ref: Ref) -> None:
         await self._container_json(ref, "POST", "/start", what="start", timeout=60)
