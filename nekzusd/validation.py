@@ -69,6 +69,8 @@ def parse_json(raw: bytes) -> Any:
 
 def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
     expected = expected if isinstance(expected, tuple) else (expected,)
+    if object in expected:
+        return True  # any JSON value: the handler checks it and answers with its own error code
     if isinstance(value, bool) and bool not in expected:
         return False  # JSON true is not a number
     if int in expected and isinstance(value, float) and value.is_integer():
@@ -126,14 +128,29 @@ def _check_length(name: str, value: Any, max_length: int | None) -> None:
                            maxLength=max_length)
 
 
-def timeout_param(value: Any, default: int = 10) -> int:
-    """The grace period: an integer of seconds in 1..300 (query string or JSON number)."""
+def _invalid_timeout() -> ApiError:
+    return bad_request("INVALID_TIMEOUT", "Timeout must be between 1 and 300 seconds", parameter="timeout")
+
+
+def timeout_param(value: str | None, default: int = 10) -> int:
+    """The grace period from the query string: plain ASCII digits (int() would also take "+1_0" and
+    non-ASCII digits), in 1..300."""
     if value is None:
         return default
-    if isinstance(value, str):  # digits only: int() would also take "+1_0" and non-ASCII digits
-        value = int(value) if value.isascii() and value.isdigit() and len(value) <= 3 else None
+    if not (value.isascii() and value.isdigit() and len(value) <= 3):
+        raise _invalid_timeout()
+    return timeout_value(int(value))
+
+
+def timeout_value(value: Any, default: int = 10) -> int:
+    """The grace period from a JSON body, where the reference types it "number": a whole number of
+    seconds in 1..300 (15.0 is 15). Any other value, of any JSON type, is INVALID_TIMEOUT (DECISIONS §4)."""
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 300:
-        raise bad_request("INVALID_TIMEOUT", "Timeout must be between 1 and 300 seconds", parameter="timeout")
+        raise _invalid_timeout()
     return value
 
 

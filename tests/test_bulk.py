@@ -119,7 +119,17 @@ BAD_BODIES = [
     ({"action": "stop", "containerIds": ["bad id!"]}, "INVALID_CONTAINER_ID"),
     ({"action": "stop", "containerIds": ["x"], "timeout": 0}, "INVALID_TIMEOUT"),
     ({"action": "stop", "containerIds": ["x"], "timeout": 301}, "INVALID_TIMEOUT"),
-    ({"action": "stop", "containerIds": ["x"], "timeout": "abc"}, "INVALID_REQUEST_BODY"),
+    # The reference types timeout "number"; §10 validates it as §4 does: anything but a whole number of
+    # seconds in 1..300 is INVALID_TIMEOUT, whatever its JSON type.
+    ({"action": "stop", "containerIds": ["x"], "timeout": "abc"}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": "15"}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": 15.5}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": True}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": [15]}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": {"s": 15}}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": 0.0}, "INVALID_TIMEOUT"),
+    ({"action": "stop", "containerIds": ["x"], "timeout": 300.5}, "INVALID_TIMEOUT"),
+    (b'{"action": "stop", "containerIds": ["x"], "timeout": 1e400}', "INVALID_TIMEOUT"),
     ({"action": "stop", "containerIds": ["x"], "force": True}, "INVALID_REQUEST_BODY"),
 ]
 
@@ -130,6 +140,23 @@ async def test_batch_body_is_validated_before_anything_runs(engine: Engine, clie
     response = await client.post("/api/v1/containers/batch", **kwargs)
     assert response.status == 400
     assert (await response.json())["error"] == code
+
+
+async def test_a_whole_float_timeout_is_that_many_seconds(engine: Engine, client) -> None:
+    """15.0 is 15: the engine is given an integer grace period (it refuses `t=1.0`), and applies it."""
+    stubborn = await run_container(engine, unique("stubborn"), ["sleep", "100000"], labels=APP)  # ignores TERM
+    since = time.time()
+    response = await client.post("/api/v1/containers/batch",
+                                 json={"action": "stop", "containerIds": [stubborn], "timeout": 1.0})
+    body = await response.json()
+    assert response.status == 200 and body["results"][0]["success"] is True, body
+    query = (f"/events?since={since:.3f}&until={time.time():.3f}&filters="
+             + json.dumps({"type": ["container"], "event": ["kill"]}).replace(" ", ""))
+    _, raw = await asyncio.to_thread(engine.api, "GET", query)
+    kills = {json.loads(line)["Actor"]["Attributes"]["signal"]: json.loads(line)["timeNano"]
+             for line in raw.splitlines() if json.loads(line)["id"].startswith(stubborn)}
+    grace = (kills["9"] - kills["15"]) / 1e9  # the engine's own clock: TERM, then KILL when grace ran out
+    assert 1 <= grace < 5, grace  # one second, not the default ten
 
 
 async def test_a_name_and_its_id_are_duplicates(engine: Engine, client) -> None:

@@ -220,9 +220,9 @@ async def test_too_many_ids_in_a_batch(client):
 
 
 @pytest.mark.parametrize("body, code", [
-    ({"action": "start", "containerIds": ["a"], "timeout": "10"}, "INVALID_REQUEST_BODY"),
-    ({"action": "start", "containerIds": ["a"], "timeout": 1.5}, "INVALID_REQUEST_BODY"),
-    ({"action": "start", "containerIds": ["a"], "timeout": True}, "INVALID_REQUEST_BODY"),
+    ({"action": "start", "containerIds": ["a"], "timeout": "10"}, "INVALID_TIMEOUT"),
+    ({"action": "start", "containerIds": ["a"], "timeout": 1.5}, "INVALID_TIMEOUT"),
+    ({"action": "start", "containerIds": ["a"], "timeout": True}, "INVALID_TIMEOUT"),
     ({"action": "start", "containerIds": ["a"], "timeout": 301}, "INVALID_TIMEOUT"),
     ({"action": "start", "containerIds": ["a"], "timeout": 10 ** 30}, "INVALID_TIMEOUT"),
     ({"action": ["start"], "containerIds": ["a"]}, "INVALID_REQUEST_BODY"),

@@ -9,13 +9,13 @@ from ..bulk import all_targets
 from ..errors import bad_request, invalid_body
 from ..keys import APPS, BULK
 from ..runtimes import Ref, Runtime
-from ..validation import MAX_IDS, Field, read_json, timeout_param
+from ..validation import MAX_IDS, Field, read_json, timeout_param, timeout_value
 from .common import json_response, listed, runtime_of
 
 _BATCH_FIELDS = {
     "action": Field(str),
     "containerIds": Field(list, item_type=str, max_items=MAX_IDS),
-    "timeout": Field(int),
+    "timeout": Field(object),  # any JSON value: timeout_value answers INVALID_TIMEOUT, as for the query
 }
 _ACTIONS = ("start", "stop", "restart")
 
@@ -64,7 +64,7 @@ async def batch(request: web.Request) -> web.Response:
         raise bad_request("INVALID_ACTION", "Action must be start, stop, or restart", **details)
     if not body["containerIds"]:
         raise bad_request("EMPTY_CONTAINER_LIST", "At least one container ID is required")
-    timeout = timeout_param(body["timeout"])
+    timeout = timeout_value(body["timeout"])
     runtime = runtime_of(request)
     refs = batch_refs(body["containerIds"], request.query.get("namespace", ""), runtime)
     return json_response(await request.app[BULK].batch(runtime, refs, op, timeout))
