@@ -9,9 +9,10 @@ recorded exactly like a single one.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, Iterable
 
 from .apps import Apps
+from .concurrency import gather_all
 from .errors import ApiError, EngineError, invalid_body
 from .operations import Operations, check_state
 from .runtimes.base import Container, Ref, Runtime
@@ -26,7 +27,6 @@ BATCH_MESSAGE = "Batch operation completed"
 STATE_ERRORS = {"CONTAINER_ALREADY_STARTED": "container already running",
                 "CONTAINER_ALREADY_STOPPED": "container already stopped"}
 NOT_FOUND = "container not found"
-T = TypeVar("T")
 SELF = "nekzusd does not act on the container it runs in"
 
 
@@ -39,17 +39,6 @@ def all_targets(op: str, containers: Iterable[Container], apps: Apps, runtime: R
         wanted = [c for c in containers if c.running]
     targets = [c for c in apps.linked(wanted) if not runtime.is_self(c)]
     return sorted(targets, key=lambda c: (c.namespace, c.name))
-
-
-async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """All results in order; the first failure cancels the rest (nothing left running unowned) and is
-    raised as itself, so that an ApiError still reaches the error middleware."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(a) for a in awaitables]
-    except BaseExceptionGroup as failures:
-        raise failures.exceptions[0] from None
-    return [t.result() for t in tasks]
 
 
 def result(container_id: str, name: str, error: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
-from .bulk import gather_all
+from .concurrency import gather_all
 from .errors import ApiError, EngineError, RuntimeUnavailable
 from .runtimes.base import Ref
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from nekzusd.concurrency import gather_all
+from nekzusd.errors import ApiError
 from tests.conftest import next_message, run_container, unique, ws_connect
 from tests.engines import Engine
 
@@ -221,3 +223,25 @@ async def test_one_bound_for_all_bulk_requests_seen_from_the_engine(engine: Engi
     # Seven one-second restarts from two requests: never more than two in the engine at once, and the
     # two requests did share the engine (some restarts overlapped).
     assert most_at_once(windows) == 2
+
+
+async def test_gather_all_keeps_order_and_a_failure_cancels_the_rest() -> None:
+    async def after(delay: float, value: int) -> int:
+        await asyncio.sleep(delay)
+        return value
+    assert await gather_all([after(0.02, 1), after(0, 2), after(0.01, 3)]) == [1, 2, 3]
+
+    cancelled = asyncio.Event()
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def fails() -> None:
+        raise ApiError(409, "CONTAINER_ALREADY_STOPPED", "already stopped")
+    with pytest.raises(ApiError) as raised:  # itself, not an exception group
+        await gather_all([waits(), fails()])
+    assert raised.value.code == "CONTAINER_ALREADY_STOPPED" and cancelled.is_set()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -259,6 +261,15 @@ async def test_engine_down_is_a_503(make_client, config_data, tmp_path: Path) ->
         response = await client.get(path)
         assert response.status == 503, path
         assert (await response.json())["error"] == "RUNTIME_UNAVAILABLE"
+
+
+def test_stats_does_not_depend_on_lifecycle_modules() -> None:
+    """stats is read-only and runtime-neutral: importing it must not pull in bulk operations."""
+    code = "import sys, nekzusd.stats; print(sorted(m for m in sys.modules if m.startswith('nekzusd.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "nekzusd.stats" in loaded
+    for module in ("nekzusd.bulk", "nekzusd.operations", "nekzusd.apps"):
+        assert f"'{module}'" not in loaded, loaded
 
 
 @pytest.mark.podman
