@@ -4,10 +4,14 @@ Pools: ``containers`` (every ``/api/v1/containers*`` route), ``apps`` (the apps 
 ``websocket`` (the ``/api/v1/ws`` upgrade). Local clients are exempt while ``exempt_local`` is true.
 
 A bucket is kept as one float, the moment it will be full again (GCRA, equivalent to a token bucket):
-a full bucket holds no information, so it is dropped. Buckets are ordered by last use, so the idle ones
-are always at the front and are dropped in O(1) each as requests arrive; no background task is needed.
-Memory is thus bounded by the clients seen within one refill period (``burst`` tokens' worth), and by
-``max_buckets`` on top (the least recently used bucket goes first).
+a full bucket holds no information, so it is dropped. Buckets are ordered by the last token spent, and
+full ones are dropped from the front, O(1) each, as requests arrive; no background task is needed. A
+full bucket behind one that is still refilling waits for it, but no bucket refills for longer than one
+refill period (``burst`` tokens' worth) after its last token, so every bucket idle for that long is gone.
+Memory is thus bounded by the clients seen within one refill period, and by ``max_buckets`` on top (the
+least recently used bucket goes first).
+
+Exempt local clients get no ``RateLimit-*`` headers: they are not limited, and the headers cannot say so.
 
 IPv6 clients are limited per /64: one subscriber usually holds a whole /64 and could otherwise get a
 fresh bucket for every request by rotating addresses.

@@ -98,6 +98,24 @@ def test_idle_buckets_are_dropped():
     assert len(p) == 1  # every full bucket gone; the newcomer's is the only one left
 
 
+def test_a_full_bucket_waits_behind_a_refilling_one_for_at_most_one_refill_period():
+    """Buckets are ordered by last use, not by when they are full: the module docstring's promise."""
+    p, clock = pool(per_minute=60, burst=10)  # one token a second, full 10 s after the last token at most
+    for _ in range(10):
+        p.take("debtor")  # empty: full again in 10 s
+    clock.now += 1
+    p.take("light")  # one token: full again in 1 s, but behind the debtor
+    clock.now += 2
+    p.take("third")
+    assert len(p) == 3  # "light" is full, yet kept behind the debtor
+    clock.now += 6
+    p.take("fourth")
+    assert len(p) == 4  # light and third full, still kept: the debtor refills for 1 s more
+    clock.now += 1  # one refill period after the debtor's last token: everything idle is gone
+    p.take("fifth")
+    assert len(p) == 1
+
+
 def test_a_million_addresses_stay_bounded():
     """One request from each of a million distinct addresses within one refill period: the pool never
     holds more than max_buckets, all of them idle are dropped after one refill period, and a full pool
