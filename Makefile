@@ -45,6 +45,15 @@ run: debs-run venv
 test: debs-test venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
+# Every benchmark against one private dockerd with 30 containers: one table, and bench/results.json.
+bench: debs-test venv
+	$(PY) -m bench
+
+# Load, 200 WebSocket clients and engine kills against a real daemon; SOAK_SECONDS sizes it (default 600).
+SOAK_SECONDS ?= 600
+soak: debs-test venv
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+
 # make install [PREFIX=/opt/nekzusd] [DESTDIR=/staging]: the daemon in its own venv under PREFIX, the
 # config under /etc/nekzusd (an existing one is never overwritten), the unit under /etc/systemd/system.
 # PIP_INSTALL_ARGS passes options to pip (e.g. --no-index --find-links=wheels/ on an offline machine).

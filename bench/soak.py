@@ -10,8 +10,9 @@ per-route latency and checks:
 - no WebSocket notification lost: every client got every lifecycle result the daemon counted, and
   every operationId a 202 promised;
 - every followed log stream cut by an outage ended with reason "error", and lines flowed again after;
-- no growth trend in RSS, open file descriptors or asyncio tasks over the second half (the engine kills
-  come in the first), and descriptors and tasks back to their idle level once the load has drained;
+- no growth trend in RSS, open file descriptors or asyncio tasks (less those of work in flight) over the
+  second half (the engine kills come in the first), and descriptors and tasks back to their idle level
+  once the load has drained;
 - every app approval that was acknowledged is still there (and every acknowledged removal gone).
 
     SOAK_SECONDS=60 python -m bench.soak        # exits non-zero when a check fails
@@ -54,7 +55,7 @@ DRAIN = 40.0  # seconds after the load: longer than stats samplers' idle expiry 
 KINDS = {"list": 28, "list_all": 10, "inspect": 14, "stats": 10, "batch_stats": 4, "apps": 5, "discovery": 4,
          "export_preview": 3, "app_write": 4, "lifecycle": 6, "batch": 1, "bulk": 1}
 # Growth over the last half (outside outages) that counts as a trend, per sampled figure.
-TOLERANCE = {"rss_mb": 10.0, "fds": 8.0, "tasks": 15.0}
+TOLERANCE = {"rss_mb": 10.0, "fds": 8.0, "idle_tasks": 15.0}
 
 
 @dataclass
@@ -78,7 +79,9 @@ class Run:
     before: dict[str, float] = field(default_factory=dict)  # idle figures with every client connected
     after: dict[str, float] = field(default_factory=dict)  # the same once the load has drained
     apps: dict[str, bool] = field(default_factory=dict)  # app id -> should exist (acknowledged add/remove)
+    removing: set[str] = field(default_factory=set)  # removals on their way
     log_lines: int = 0
+    in_flight: int = 0  # API requests sent and not answered yet
     ws_closed_early: int = 0
 
     def in_outage(self, t0: float, t1: float) -> bool:
@@ -166,8 +169,9 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
         text = await response.text()
     figures: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
-        if line.startswith("nekzusd_asyncio_tasks "):
-            figures["tasks"] = float(line.split()[1])
+        if line.startswith(("nekzusd_asyncio_tasks ", "nekzusd_operations_in_flight ")):
+            name, number = line.split()
+            figures[name.removeprefix("nekzusd_")] = float(number)
         elif line.startswith("nekzusd_operations_total{"):
             figures["operations"] += float(line.rsplit(" ", 1)[1])
     return figures
@@ -186,6 +190,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 async def request(session: aiohttp.ClientSession, run: Run, route: str, method: str, url: str,
                   **kwargs) -> tuple[int, dict | list | None]:
     t0 = time.monotonic()
+    run.in_flight += 1
     try:
         async with session.request(method, url, **kwargs) as response:
             body = await response.read()
@@ -193,6 +198,8 @@ async def request(session: aiohttp.ClientSession, run: Run, route: str, method: 
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         run.bad.append(f"{route}: connection failed: {exc!r}")
         return 0, None
+    finally:
+        run.in_flight -= 1
     t1 = time.monotonic()
     run.latencies[route].append(t1 - t0)
     run.statuses[route][status] += 1
@@ -263,10 +270,13 @@ async def one_request(session, url: str, run: Run, kind: str, victims: list[str]
 async def app_write(session, url: str, run: Run) -> None:
     """Approve a new app, or remove one approved earlier (keeping about ten), remembering what was
     acknowledged: the end check compares that with what the daemon lists."""
-    present = [app_id for app_id, wanted in run.apps.items() if wanted and app_id.startswith("w-")]
+    present = [app_id for app_id, wanted in run.apps.items()
+               if wanted and app_id.startswith("w-") and app_id not in run.removing]
     if len(present) > 10 and random.random() < 0.5:
         app_id = random.choice(present)
+        run.removing.add(app_id)
         status, _ = await request(session, run, "DELETE /apps/{id}", "DELETE", f"{url}/api/v1/apps/{app_id}")
+        run.removing.discard(app_id)
         if status == 204:
             run.apps[app_id] = False
     else:
@@ -277,17 +287,23 @@ async def app_write(session, url: str, run: Run) -> None:
             run.apps[app_id] = True
 
 
-async def figures_now(session, url: str, pid: int) -> dict[str, float]:
+async def figures_now(session, url: str, pid: int, run: Run) -> dict[str, float]:
+    """RSS, descriptors and tasks of the daemon; ``idle_tasks`` leaves out the tasks of work in flight
+    (operations running, this load's requests awaiting their answer), which a busy engine makes pile
+    up and drain again: a trend in what remains is a leak, not a queue."""
+    in_flight = run.in_flight
     try:
-        tasks = (await scrape(session, url)).get("tasks", -1)
+        scraped = await scrape(session, url)
     except aiohttp.ClientError:
-        tasks = -1
-    return {"rss_mb": rss_mb(pid), "fds": open_fds(pid), "tasks": tasks}
+        scraped = {}
+    tasks = scraped.get("asyncio_tasks", -1)
+    idle_tasks = tasks - scraped.get("operations_in_flight", 0) - in_flight if tasks >= 0 else -1
+    return {"rss_mb": rss_mb(pid), "fds": open_fds(pid), "tasks": tasks, "idle_tasks": idle_tasks}
 
 
 async def sampler(session, url: str, pid: int, run: Run, deadline: float, started: float) -> None:
     while time.monotonic() < deadline:
-        run.samples.append({"t": time.monotonic() - started, **await figures_now(session, url, pid)})
+        run.samples.append({"t": time.monotonic() - started, **await figures_now(session, url, pid, run)})
         await asyncio.sleep(SAMPLE_EVERY)
 
 
@@ -336,7 +352,7 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
             for client in clients:
                 await client.start()
             await asyncio.sleep(SETTLE)
-            run.before = await figures_now(session, url, daemon.pid)
+            run.before = await figures_now(session, url, daemon.pid, run)
             started = time.monotonic()
             deadline = started + duration
             await asyncio.gather(
@@ -347,7 +363,7 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
             # The last operations finish and are announced; idle stats samplers and kept-alive connections
             # expire: what the daemon holds now should be what it held before the load.
             await asyncio.sleep(DRAIN)
-            run.after = await figures_now(session, url, daemon.pid)
+            run.after = await figures_now(session, url, daemon.pid, run)
             operations = (await scrape(session, url))["operations"]
             listed = {a["id"] for a in await (await session.get(f"{url}/api/v1/apps")).json()}
             for client in clients:
@@ -369,10 +385,10 @@ def trend_failures(run: Run, duration: float, started: float) -> list[str]:
         points = [(s["t"], s[key]) for s in quiet if s[key] >= 0]
         growth = slope(points) * (duration / 2)
         values = [v for _, v in points] or [float("nan")]
-        print(f"{key:8} mid {values[0]:8.1f}  end {values[-1]:8.1f}  max {max(values):8.1f}  "
+        print(f"{key:10} mid {values[0]:8.1f}  end {values[-1]:8.1f}  max {max(values):8.1f}  "
               f"trend over the last half {growth:+.1f} (tolerance {tolerance:g})")
         if key != "rss_mb":  # memory a process once took is not given back; the others must be
-            print(f"{'':8} idle before the load {run.before[key]:8.1f}  after it drained {run.after[key]:8.1f}")
+            print(f"{'':10} idle before the load {run.before[key]:8.1f}  after it drained {run.after[key]:8.1f}")
             if run.after[key] > run.before[key] + tolerance:
                 failures.append(f"{key}: {run.after[key]:.0f} held after the load drained, {run.before[key]:.0f} "
                                 f"before it (tolerance {tolerance:g})")

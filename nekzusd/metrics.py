@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .keys import OPERATIONS
 from .operations import Operation
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -96,6 +97,10 @@ class _LiveCollector(Collector):
                 latency.add_metric([state.name], state.latency)
         yield up
         yield latency
+        operations = self.app.get(OPERATIONS)
+        if operations is not None:
+            yield GaugeMetricFamily("nekzusd_operations_in_flight", "Lifecycle operations accepted and not finished",
+                                    value=operations.in_flight)
         yield from _asyncio_tasks()
 
 

@@ -161,3 +161,15 @@ async def test_asyncio_tasks_gauge_follows_open_websockets(client) -> None:
 
 async def _at_most(read, limit: float) -> bool:
     return await read() <= limit
+
+
+async def test_operations_in_flight_gauge(client, engine) -> None:
+    """Counted from the 202 until the result is announced (a shell without a TERM trap takes the grace)."""
+    cid = (await asyncio.to_thread(engine.run, unique("m"), ["sleep", "100000"]))[:12]
+    ws = await ws_connect(client)
+    assert value(await scrape(client), "nekzusd_operations_in_flight") == 0
+    assert (await client.post(f"/api/v1/containers/{cid}/stop?timeout=3")).status == 202
+    assert value(await scrape(client), "nekzusd_operations_in_flight") == 1
+    await next_message(ws, "container.stop.completed")
+    assert value(await scrape(client), "nekzusd_operations_in_flight") == 0
+    await ws.close()
