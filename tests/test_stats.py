@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from nekzusd.keys import RUNTIMES
+from nekzusd.runtimes.docker import podman_sample, sample_from_stats
+from nekzusd.stats import cpu_cores
 from tests.conftest import base_config, run_container, unique, wait_for
 from tests.engines import Engine
 
@@ -270,6 +272,25 @@ def test_stats_does_not_depend_on_lifecycle_modules() -> None:
     assert "nekzusd.stats" in loaded
     for module in ("nekzusd.bulk", "nekzusd.operations", "nekzusd.apps"):
         assert f"'{module}'" not in loaded, loaded
+
+
+def podman_document(read: str, cpu_ns: int, busy_ns: int) -> dict:
+    """A Podman 4.3 `stream=false` stats document (fields as the real engine gives them): precpu zero,
+    and system_cpu_usage the host's busy CPU time, read from the root cgroup's cpuacct.usage."""
+    return {"Id": "c0ffee" * 10 + "abcd", "read": read, "memory_stats": {"usage": 1 << 20, "limit": 1 << 30},
+            "cpu_stats": {"cpu_usage": {"total_usage": cpu_ns}, "system_cpu_usage": busy_ns, "online_cpus": 2},
+            "precpu_stats": {"cpu_usage": {"total_usage": 0}, "system_cpu_usage": 0}}
+
+
+def test_podman_cpu_is_measured_against_elapsed_time_not_the_hosts_busy_time() -> None:
+    """The cause of a flaky test_podman_stats (1.86 cores for a 0.2-core quota): over one second of a
+    quiet 2-core host, the container used 0.2 s and everything else 0.01 s. Dividing by Podman's busy
+    time says the container used nearly both cores; §9 divides by elapsed CPU time, as dockerd's is."""
+    first = podman_document("2026-01-01T00:00:00.000000000Z", 50_000_000_000, 7_000_000_000_000)
+    second = podman_document("2026-01-01T00:00:01.000000000Z", 50_200_000_000, 7_000_210_000_000)
+    raw = cpu_cores(sample_from_stats(second), sample_from_stats(first))
+    assert raw == pytest.approx(1.905, abs=0.001)  # the engine's figure taken as dockerd's: wrong
+    assert cpu_cores(podman_sample(second), podman_sample(first)) == pytest.approx(0.2, abs=1e-6)
 
 
 @pytest.mark.podman
