@@ -38,6 +38,9 @@ TAIL_DEFAULT = 100
 TAIL_MAX = 1000
 BATCH_WINDOW = 0.005  # seconds during which lines are grouped in batch mode
 BATCH_MAX_LINES = 1000
+# Each subscription holds an engine stream open: bounded per connection and for the whole daemon.
+MAX_SUBSCRIPTIONS_PER_CLIENT = 32
+MAX_SUBSCRIPTIONS = 1024
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
 
 _HEADER = struct.Struct(">BxxxL")
@@ -476,7 +479,14 @@ class LogStreams:
             subs = self._by_client[client] = {}
             client.on_close.append(lambda: self.end_client(client))
         old = subs.get(key)
-        if old is not None:
+        if old is None:
+            if len(subs) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
+                raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
+                               f"At most {MAX_SUBSCRIPTIONS_PER_CLIENT} log subscriptions per connection")
+            if self.active >= MAX_SUBSCRIPTIONS:
+                raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
+                               f"The daemon follows {MAX_SUBSCRIPTIONS} log streams already; try again later")
+        else:
             await old.stop()
         if client.closed:
             raise ApiError(410, "CLIENT_GONE", "The connection closed")

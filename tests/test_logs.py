@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
@@ -432,3 +433,39 @@ async def test_a_stalled_client_keeps_memory_bounded_and_is_closed(engine, clien
         while (await ws.receive()).type == WSMsgType.TEXT:
             pass
     assert ws.closed
+
+
+async def test_subscriptions_per_connection_are_capped(engine, client, monkeypatch):
+    from nekzusd import logs
+
+    monkeypatch.setattr(logs, "MAX_SUBSCRIPTIONS_PER_CLIENT", 2)  # a limit, not a replaced component
+    ids = [await run_container(engine, unique(f"cap{i}")) for i in range(3)]
+    ws = await ws_connect(client)
+    for cid in ids[:2]:
+        await subscribe(ws, cid, tail=0)
+    await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": ids[2], "tail": 0}})
+    error = await next_message(ws, "container.logs.error")
+    assert error["data"]["error"] == "TOO_MANY_SUBSCRIPTIONS" and error["data"]["containerId"] == ids[2]
+    await subscribe(ws, ids[0], tail=0)  # replacing one of its own streams is still fine
+    assert client.server.app[LOG_STREAMS].active == 2
+    await ws.close()
+
+
+async def test_open_log_streams_do_not_starve_other_engine_calls(engine, client):
+    """110 followed streams (more than aiohttp's default pool of 100 connections) while the API still
+    lists, inspects and answers quickly: streams have their own connection pool."""
+    cid = await run_container(engine, unique("watched"), "while true; do echo tick; sleep 1; done")
+    sockets = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:  # >100 sockets
+        for _ in range(110):
+            ws = await session.ws_connect(client.make_url("/api/v1/ws"))
+            await ws.send_json({"type": "auth", "data": {"token": ""}})
+            await next_message(ws, "auth_success")
+            await subscribe(ws, cid, tail=0)
+            sockets.append(ws)
+        assert client.server.app[LOG_STREAMS].active == 110
+        async with asyncio.timeout(10):
+            assert (await client.get("/api/v1/containers?all=true")).status == 200
+            assert (await client.get(f"/api/v1/containers/{cid}")).status == 200
+        for ws in sockets:
+            await ws.close()

@@ -192,7 +192,7 @@ class DockerRuntime(Runtime):
         self._docker: aiodocker.Docker | None = None
         self._self_id = _own_container_id()
         self.samplers = Samplers(self.name)
-        self._stats_docker: aiodocker.Docker | None = None  # own pool: sampler streams stay open
+        self._streams_docker: aiodocker.Docker | None = None  # own pool: long-lived streams stay open
         self._podman: bool | None = None
 
     async def open(self) -> None:
@@ -201,10 +201,10 @@ class DockerRuntime(Runtime):
 
     async def close(self) -> None:
         await self.samplers.close()
-        if self._stats_docker is not None:
-            await self._stats_docker.close()
-            await self._stats_docker.connector.close()  # given to aiodocker, so not closed by it
-            self._stats_docker = None
+        if self._streams_docker is not None:
+            await self._streams_docker.close()
+            await self._streams_docker.connector.close()  # given to aiodocker, so not closed by it
+            self._streams_docker = None
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
@@ -286,7 +286,7 @@ class DockerRuntime(Runtime):
     async def events(self) -> AsyncIterator[Event]:
         params = {"filters": json.dumps({"type": ["container"]})}
         async with self._call("events", timeout=None):
-            async with self.client._query("events", params=params, timeout=None) as response:
+            async with self._stream_client()._query("events", params=params, timeout=None) as response:
                 async for line in response.content:
                     if not line.strip():
                         continue
@@ -353,7 +353,7 @@ class DockerRuntime(Runtime):
         async with self._call("logs", timeout=None), AsyncExitStack() as stack:
             async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers
                 response = await stack.enter_async_context(
-                    self.client._query(f"containers/{container_id}/logs", params=query, timeout=None))
+                    self._stream_client()._query(f"containers/{container_id}/logs", params=query, timeout=None))
             stack.callback(response.close)  # an unfinished stream must not go back to the pool
             read = response.content.read
             while True:
@@ -445,7 +445,7 @@ class DockerRuntime(Runtime):
                 yield self._sample_or_stop(json.loads(body) if body.strip() else {}, container.id, podman_sample)
                 await asyncio.sleep(STATS_POLL_INTERVAL)
         async with self._call("stats", timeout=None):
-            async with self._stats_client()._query(path, params={"stream": "1"}, timeout=None) as response:
+            async with self._stream_client()._query(path, params={"stream": "1"}, timeout=None) as response:
                 try:
                     async for line in response.content:
                         if line.strip():
@@ -454,18 +454,20 @@ class DockerRuntime(Runtime):
                     response.close()  # drop the connection: dockerd then stops collecting for it
         raise ContainerNotRunning(container.id)
 
-    def _stats_client(self) -> aiodocker.Docker:
-        """The samplers' own client, with no limit on its connections: each live sampler holds one stream
-        open, and aiohttp's default of 100 left the 101st waiting for a slot until it timed out. Samplers
-        are bounded by the running containers and stop when nobody asks (stats.IDLE_EXPIRY)."""
-        if self._stats_docker is None:
+    def _stream_client(self) -> aiodocker.Docker:
+        """The client of long-lived streams (stats samplers, log subscriptions, the event stream), with its
+        own pool and no limit on its connections. On the main client's pool (aiohttp's default of 100)
+        open streams would leave list, inspect and lifecycle calls waiting for a slot until they time out.
+        Streams are bounded elsewhere: samplers by the running containers and their idle expiry, log
+        subscriptions by logs.MAX_SUBSCRIPTIONS."""
+        if self._streams_docker is None:
             if self.url.startswith("unix://"):
                 connector: aiohttp.BaseConnector = aiohttp.UnixConnector(self.url.removeprefix("unix://"), limit=0)
                 url = "unix://localhost"  # the host name aiodocker itself gives a socket
             else:
                 connector, url = aiohttp.TCPConnector(limit=0), "http://" + self.url.removeprefix("tcp://")
-            self._stats_docker = aiodocker.Docker(url=url, connector=connector)
-        return self._stats_docker
+            self._streams_docker = aiodocker.Docker(url=url, connector=connector)
+        return self._streams_docker
 
     @staticmethod
     def _sample_or_stop(doc: dict[str, Any], container_id: str,
