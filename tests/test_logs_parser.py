@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from nekzusd.errors import ApiError
-from nekzusd.logs import (MAX_FRAME, MAX_LINE, LineEncoder, LogCursor, LogParser, Options, line_time, parse_options,
-                          stamp_key, stamped_lines)
+from nekzusd.logs import LineEncoder, Options, parse_options
+from nekzusd.runtimes.logparse import (MAX_FRAME, MAX_LINE, LogCursor, LogParser, line_time, stamp_key,
+                                       stamped_lines)
 from nekzusd.runtimes import LogLine
 
 

@@ -19,6 +19,7 @@ from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_fo
 from ..secrets import mask_inspect
 from ..stats import ContainerNotRunning, Sample, Samplers
 from .base import Container, Event, LogLine, Port, Ref, Runtime
+from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
@@ -305,7 +306,6 @@ class DockerRuntime(Runtime):
         The engine is always asked for timestamps (cut off again unless wanted): dockerd stores a last line
         without newline only at exit and can end the follow stream before it, so after the stream a
         catch-up read from the last line's stamp hands out what the stream missed, and nothing twice."""
-        from ..logs import LogCursor, stamped_lines  # the parser lives with the streaming feature
 
         doc = await self._container_json(ref, "GET", "/json", what="inspect")
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
@@ -345,7 +345,6 @@ class DockerRuntime(Runtime):
         """The stamped lines of one logs request, per read. A follow stream may idle, and a line it ends
         in is left to the catch-up read, which has it whole; other reads may not idle and end with the
         unfinished lines."""
-        from ..logs import READ_SIZE, LogParser
 
         parser = LogParser(multiplexed, stamped=True)
         query = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "0", **params}

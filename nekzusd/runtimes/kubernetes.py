@@ -27,6 +27,7 @@ from ..config import KubernetesConfig
 from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
+from .logparse import READ_SIZE, LogParser, line_time
 
 CALL_TIMEOUT = 15.0   # seconds for any single API call
 POLL = 0.25           # seconds between looks while waiting for pods to come or go
@@ -440,7 +441,6 @@ class KubernetesRuntime(Runtime):
         """The log of the pod's first container (the API insists on one when a pod has several), raw text
         split into lines, all as "stdout" (the API does not tell the streams apart). A follow stream ends
         when the container stops."""
-        from ..logs import READ_SIZE, LogParser, line_time  # the parser lives with the streaming feature
 
         pod = await self._pod(ref)
         if pod is None:
