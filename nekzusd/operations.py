@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEADLINE_MARGIN = 30.0  # seconds beyond the grace period before an operation counts as failed
 RECENT = 20
+MAX_IN_FLIGHT = 256  # background operations at once; beyond, a 503 rather than an unbounded pile-up
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,12 @@ class Operations:
         return container
 
     def submit(self, runtime: Runtime, container: Container, op: str, timeout: int) -> str:
-        """Start the operation in the background; returns its operationId."""
+        """Start the operation in the background; returns its operationId. A slow engine must not let
+        local callers (who are not rate limited) queue unbounded work: past MAX_IN_FLIGHT it is a 503."""
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            raise ApiError(503, "TOO_MANY_OPERATIONS",
+                           f"{MAX_IN_FLIGHT} operations are already running; try again shortly",
+                           headers={"Retry-After": "5"})
         operation_id = uuid.uuid4().hex
         task = asyncio.create_task(self.run(runtime, container, op, timeout, operation_id),
                                    name=f"{op}-{container.id}")

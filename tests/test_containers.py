@@ -311,3 +311,17 @@ async def test_lifecycle_checks_run_in_the_documented_order(client, engine):
     for path, status, code in cases:
         response = await client.post(f"/api/v1/containers/{path}")
         assert (response.status, (await response.json())["error"]) == (status, code), path
+
+
+async def test_background_operations_are_bounded(client, engine, monkeypatch):
+    """A slow engine must not let callers queue unbounded work: past the bound, a 503 before any 202."""
+    from nekzusd import operations
+
+    monkeypatch.setattr(operations, "MAX_IN_FLIGHT", 1)  # a limit, not a replaced component
+    slow = await run_container(engine, unique("slow"), ["sh", "-c", "trap 'sleep 3; exit 0' TERM; "
+                                                        "while :; do sleep 0.2; done"])
+    other = await run_container(engine, unique("other"))
+    assert (await client.post(f"/api/v1/containers/{slow}/stop?timeout=10")).status == 202
+    response = await client.post(f"/api/v1/containers/{other}/stop")
+    assert response.status == 503
+    assert (await response.json())["error"] == "TOO_MANY_OPERATIONS" and response.headers["Retry-After"] == "5"
