@@ -10,26 +10,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
 
 from nekzusd.validation import MAX_BODY, MAX_IDS
 from tests.conftest import run_container, unique
+from tests.engine_proxy import EngineProxy
 
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-class RecordingProxy:
-    """HTTP over unix socket → the engine's socket; keeps the method and raw path of every request."""
+class RecordingProxy(EngineProxy):
+    """Keeps the method and raw path of every request the daemon sends to the engine."""
 
     def __init__(self, engine_socket: str, listen: Path) -> None:
-        self.engine_socket = engine_socket
-        self.listen = listen
+        super().__init__(engine_socket, listen)
         self.seen: list[tuple[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     def container_calls(self, since: int) -> list[str]:
         """Paths recorded after ``since``, without the daemon's background calls (event stream, version
@@ -37,33 +31,9 @@ class RecordingProxy:
         return [path for _, path in self.seen[since:]
                 if not re.search(r"/(events|version|_ping|containers/json)\b", path)]
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.method, request.raw_path))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        upstream = await self._session.request(request.method, URL(f"http://engine{request.raw_path}",
-                                                                    encoded=True),
-                                               data=await request.read(), headers=headers,
-                                               timeout=aiohttp.ClientTimeout(total=None))
-        async with upstream:
-            response = web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.engine_socket))
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, str(self.listen)).start()
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-        await self._session.close()
+        return await super().forward(request)
 
 
 @pytest.fixture

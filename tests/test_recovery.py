@@ -6,12 +6,11 @@ import asyncio
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
-from yarl import URL
 
 from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+from tests.engine_proxy import EngineProxy, end_to_end
 
 
 async def _status(client, path: str = "/api/v1/containers?all=true") -> int:
@@ -69,28 +68,21 @@ async def test_event_watch_resumes_after_engine_restart(client, engine):
     await ws.close()
 
 
-class CuttingProxy:
-    """A unix-socket hop to the real dockerd that cuts the engine's answer in the middle of its body for
-    paths matching ``cut``, as when the engine dies mid-answer (the soak test met it at each engine kill;
-    a real kill cannot be timed to land inside one response, so the cut is made here). Other paths pass."""
+class CuttingProxy(EngineProxy):
+    """Cuts the engine's answer in the middle of its body for paths matching ``cut``, as when the engine
+    dies mid-answer (the soak test met it at each engine kill; a real kill cannot be timed to land inside
+    one response, so the cut is made here). Other paths pass."""
 
     def __init__(self, engine_socket: str, listen: Path, cut: str) -> None:
-        self.engine_socket, self.listen, self.cut = engine_socket, listen, re.compile(cut)
+        super().__init__(engine_socket, listen)
+        self.cut = re.compile(cut)
         self.cuts = 0
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        upstream = await self._session.request(request.method, URL(f"http://engine{request.raw_path}", encoded=True),
-                                               data=await request.read(), headers=headers)
-        async with upstream:
-            response = web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP})
-            if not self.cut.search(request.path):
-                body = await upstream.read()
-                response.content_length = len(body)
-                await response.prepare(request)
-                await response.write(body)
-                return response
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if not self.cut.search(request.path):
+            return await super().forward(request)
+        async with await self.upstream(request) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers=end_to_end(upstream.headers))
             first = await upstream.content.readany()
             response.content_length = len(first) + 1000  # promises more than it will ever send
             await response.prepare(request)
@@ -98,22 +90,6 @@ class CuttingProxy:
             self.cuts += 1
             request.transport.abort()
             return response
-
-    async def __aenter__(self) -> "CuttingProxy":
-        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.engine_socket))
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, str(self.listen)).start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()
-        await self._session.close()
-
-
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
 @pytest.mark.parametrize("cut, path", [
