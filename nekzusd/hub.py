@@ -14,11 +14,13 @@ Producers that prefer waiting to dropping (a fast client that is briefly behind)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections import Counter, deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -31,6 +33,8 @@ SEND_TIMEOUT = 10.0  # a client that cannot take one batch (below) in this long 
 SEND_BATCH = 64  # messages, or SEND_BATCH_BYTES, written under one timeout
 SEND_BATCH_BYTES = 256 << 10
 CLOSE_TIMEOUT = 2.0  # a polite close that takes longer is cut short (transport aborted)
+_CORK = getattr(socket, "TCP_CORK", None)  # Linux
+CORK_FROM = 4  # queued messages from which corking pays for its two setsockopt calls
 
 
 def envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -166,21 +170,37 @@ class Client:
                     await self._wakeup.wait()
                     continue
                 async with asyncio.timeout(SEND_TIMEOUT):
-                    count = chars = 0
-                    while queue and count < SEND_BATCH and chars < SEND_BATCH_BYTES:
-                        text = queue.popleft()
-                        if text is None:
-                            return
-                        self._popped(text)
-                        await self.ws.send_str(text)
-                        count += 1
-                        chars += len(text)
+                    with self._corked(len(queue) >= CORK_FROM):
+                        count = chars = 0
+                        while queue and count < SEND_BATCH and chars < SEND_BATCH_BYTES:
+                            text = queue.popleft()
+                            if text is None:
+                                return
+                            self._popped(text)
+                            await self.ws.send_str(text)
+                            count += 1
+                            chars += len(text)
         except TimeoutError:
             log.warning("closing stuck WebSocket client %s: nothing accepted for %g s", self.address, SEND_TIMEOUT)
             self._abort()
         except (ConnectionError, RuntimeError) as exc:
             log.info("WebSocket client %s gone: %s", self.address, exc or type(exc).__name__)
             self._abort()
+
+    @contextlib.contextmanager
+    def _corked(self, batch: bool) -> Iterator[None]:
+        """While a batch of frames is written, let the kernel pack them into full TCP segments (TCP_CORK):
+        one segment per small log frame costs the daemon, the network and the client more than the frames."""
+        sock = self._transport.get_extra_info("socket") if batch and self._transport is not None else None
+        if sock is None or not _CORK or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            yield
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
     def _stuck(self, reason: str) -> None:
         log.warning("closing stuck WebSocket client %s: %s", self.address, reason)
