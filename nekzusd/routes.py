@@ -39,17 +39,14 @@ def setup_routes(app: web.Application) -> None:
     literal(app, "POST", f"{C}/batch", bulk.batch)
     literal(app, "POST", f"{C}/batch/export", export.export_containers)
     literal(app, "POST", f"{C}/batch/export/preview", export.preview_containers)
-    r.add_get(f"{C}/{{id}}", containers.inspect_container)
-    r.add_post(f"{C}/{{id}}/{LIFECYCLE}", containers.lifecycle)
-    r.add_get(f"{C}/{{id}}/stats", stats.container_stats)
-    r.add_post(f"{C}/{{id}}/export", export.export_container)
-    r.add_post(f"{C}/{{id}}/export/preview", export.preview_container)
-
-    r.add_get(f"{C}/{{namespace}}/{{pod}}", containers.inspect_container)
-    r.add_post(f"{C}/{{namespace}}/{{pod}}/{LIFECYCLE}", containers.lifecycle)
-    r.add_get(f"{C}/{{namespace}}/{{pod}}/stats", stats.container_stats)
-    r.add_post(f"{C}/{{namespace}}/{{pod}}/export", export.export_container)
-    r.add_post(f"{C}/{{namespace}}/{{pod}}/export/preview", export.preview_container)
+    # One container: the Docker form first, then the Kubernetes path form (which only applies where the
+    # Docker form does not match).
+    for one in (f"{C}/{{id}}", f"{C}/{{namespace}}/{{pod}}"):
+        r.add_get(one, containers.inspect_container)
+        r.add_post(f"{one}/{LIFECYCLE}", containers.lifecycle)
+        r.add_get(f"{one}/stats", stats.container_stats)
+        r.add_post(f"{one}/export", export.export_container)
+        r.add_post(f"{one}/export/preview", export.preview_container)
 
 
 def literal(app: web.Application, method: str, path: str, handler: Any) -> None:
