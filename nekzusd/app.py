@@ -73,7 +73,7 @@ def create_app(config: Config) -> web.Application:
     limiter = app[RATE_LIMITER] = ratelimit.RateLimiter(config.rate_limit, config.auth.local_networks)
     ratelimit.setup(app, limiter)
     validation.setup(app)  # bodies over the limit refused before anyone reads them
-    auth.setup(app, config.auth)
+    auth.setup(app, config.auth, config.server.allowed_hosts)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(_on_shutdown)
     setup_routes(app)

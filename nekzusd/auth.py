@@ -1,6 +1,7 @@
 """Who may do what (DECISIONS §5): local trust, JWT verification and scopes.
 
-Local clients (by the address ``realip`` resolved) need no token. Everyone else sends
+Local clients (by the address ``realip`` resolved, with a ``Host`` that names this server, see
+``hostnames``, and not sent by a page of another site) need no token. Everyone else sends
 ``Authorization: Bearer <JWT>``: HS256 with the daemon's secret, ``iss``/``aud``/``exp`` checked. Handlers
 declare the scope they need with ``@requires(WRITE)``; routes under /api/ need READ unless they say
 otherwise. Neither the secret nor a token is ever written to a log or echoed in a response.
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from .config import AuthConfig
 from .errors import ApiError
+from .hostnames import ServerNames, learn
 from .realip import CLIENT, in_networks
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ _TOKEN_ERRORS = [  # most specific first; fixed texts, so nothing of the token i
 ]
 
 __all__ = ["CLIENT", "PRINCIPAL", "READ", "WRITE", "PUBLIC", "Principal", "Tokens", "requires", "require",
-           "authenticate", "setup", "load_tokens", "load_or_create_secret"]
+           "authenticate", "local_trust", "setup", "load_tokens", "load_or_create_secret"]
 
 
 @dataclass(frozen=True)
@@ -181,12 +183,33 @@ def cross_site(request: web.Request) -> bool:
     return origin == "null" or origin.partition("://")[2].rstrip("/").lower() != request.host.lower()
 
 
-def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple) -> Principal | None:
+def names_this_server(request: web.Request, names: ServerNames) -> bool:
+    """The request's one ``Host`` header names this server, and so does an absolute-form target if any.
+
+    The header is read as sent: ``request.host`` falls back to the socket's own address when Host is missing
+    (HTTP/1.0), which would trust exactly the requests that name nothing. HTTP lets an absolute target
+    (``GET http://name/ HTTP/1.1``) override Host, so that name must be ours too.
+    """
+    hosts = request.headers.getall("Host", ())
+    if len(hosts) != 1 or not names.match(hosts[0]):
+        return False
+    return request.raw_path.startswith("/") or names.match(request.url.raw_authority)
+
+
+def local_trust(request: web.Request, local_networks: tuple, names: ServerNames) -> bool:
+    """Whether the caller is trusted without a token: a local address, a Host that names this server (else a
+    web page could reach the daemon by DNS rebinding), and no browser acting for a page of another site."""
+    return (in_networks(request.get(CLIENT), local_networks) and names_this_server(request, names)
+            and not cross_site(request))
+
+
+def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple,
+                 names: ServerNames) -> Principal | None:
     """The caller: local (all scopes), a token's principal, or None. 401 for a bad token from a remote client;
-    a local client's bad token is ignored (only its subject would have been used). A local address is not
-    trusted for a cross-site browser request: such a caller needs a token like a remote one."""
+    a local client's bad token is ignored (only its subject would have been used). A local address alone is
+    not trust (see ``local_trust``): such a caller needs a token like a remote one."""
     token = bearer_token(request)
-    if in_networks(request.get(CLIENT), local_networks) and not cross_site(request):
+    if local_trust(request, local_networks, names):
         subject = "local"
         if token:
             try:
@@ -201,15 +224,24 @@ def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple) ->
     return tokens.verify(token)
 
 
-def setup(app: web.Application, config: AuthConfig) -> None:
-    """Install the auth middleware (after the client address and rate limit ones)."""
+def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ...] = ()) -> None:
+    """Install the auth middleware (after the client address and rate limit ones). The server's names are
+    learnt once at start (the FQDN may need the resolver, off the loop); until then no Host is ours."""
     from .keys import TOKENS
+
+    names = ServerNames(())
+
+    async def learn_names(app: web.Application) -> None:
+        nonlocal names
+        names = await learn(allowed_hosts)
+
+    app.on_startup.append(learn_names)
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler):
         api = request.path.startswith("/api/")
         try:
-            principal = authenticate(request, request.app[TOKENS], config.local_networks)
+            principal = authenticate(request, request.app[TOKENS], config.local_networks, names)
         except ApiError:
             if api:
                 raise

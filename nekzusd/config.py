@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .hostnames import check_name  # the one grammar of host names, shared with the request check
+
 DEFAULT_CONFIG_PATH = "/etc/nekzusd/nekzusd.yaml"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,6 +68,10 @@ def _networks(value: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
+def _host_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_name(item) for item in value)
+
+
 def _positive(value: float) -> float:
     if value <= 0:
         raise ValueError("must be greater than 0")
@@ -89,6 +95,9 @@ class TLSConfig:
 class ServerConfig:
     listen: str = _checked(_listen, "0.0.0.0:8443")
     tls: TLSConfig = field(default_factory=TLSConfig)
+    # Host names (besides IP literals, localhost and the machine's own names) that a local client may use
+    # and still be trusted without a token; any other Host is treated as remote (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = _checked(_host_names, default_factory=tuple)
 
     @property
     def host_port(self) -> tuple[str, int]:
