@@ -2,7 +2,11 @@
 
 The address is the TCP peer. ``X-Forwarded-For`` is believed only when the peer is a configured trusted
 proxy, and then only up to the right-most hop that is not itself a trusted proxy: everything left of
-that was written by the client and proves nothing. IPv4-mapped IPv6 peers (``::ffff:10.0.0.5`` from a
+that was written by the client and proves nothing. A request from a trusted proxy without a usable hop
+(no header, an empty or garbled one, or only proxies' addresses) comes from a client of unknown address,
+never from the proxy itself: a stock ``proxy_pass`` that forgot the header would otherwise make every
+internet client look like the (local) proxy. Only ``X-Forwarded-For`` is read; a proxy that sends only
+``Forwarded`` is thus heard as unknown clients, which fails closed. IPv4-mapped IPv6 peers (``::ffff:10.0.0.5`` from a
 dual-stack socket) are treated as the IPv4 address they carry, so that IPv4 networks in the config apply.
 """
 
@@ -44,8 +48,9 @@ def client_address(peer: str | None, forwarded_for: list[str],
                    trusted_proxies: Iterable[IPNetwork]) -> IPAddress | None:
     """The TCP peer, or, when the peer is a trusted proxy, the right-most forwarded hop that is not one.
 
-    A garbled hop yields None (an unknown, remote client): falling back to the proxy's own address would
-    make a request that went through a local proxy look local.
+    None (an unknown, remote client) when that hop is missing or garbled: falling back to the proxy's own
+    address, or to a proxy named in the header, would make a request that went through a local proxy look
+    local. The rate limiter keeps one bucket for all unknown clients.
     """
     addr = parse_ip(peer) if peer else None
     trusted = tuple(trusted_proxies)
@@ -58,8 +63,7 @@ def client_address(peer: str | None, forwarded_for: list[str],
             return None
         if not in_networks(hop_addr, trusted):
             return hop_addr
-        addr = hop_addr
-    return addr  # every hop is a trusted proxy: the request began at the left-most one
+    return None  # no header, or only proxies in it: who sent the request is unknown
 
 
 def setup(app: web.Application, trusted_proxies: tuple[IPNetwork, ...]) -> None:

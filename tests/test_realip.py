@@ -53,8 +53,10 @@ PROXIES = nets("127.0.0.1/32", "10.9.0.0/16", "fd00:9::/64")
     ("127.0.0.1", ["[2001:db8::5]:1234"], "2001:db8::5"),
     ("127.0.0.1", ["::ffff:203.0.113.5"], "203.0.113.5"),
     ("::ffff:127.0.0.1", ["203.0.113.5"], "203.0.113.5"),  # a mapped peer is the IPv4 proxy
-    ("127.0.0.1", [], "127.0.0.1"),  # no header: the proxy itself is the client
-    ("127.0.0.1", ["10.9.0.1"], "10.9.0.1"),  # every hop a proxy: the left-most one
+    ("127.0.0.1", [], None),  # no header: an unknown client, never the proxy itself
+    ("127.0.0.1", [""], None),
+    ("127.0.0.1", ["10.9.0.1"], None),  # every hop a proxy: who sent it is unknown
+    ("127.0.0.1", ["10.9.0.1, 127.0.0.1"], None),
     ("127.0.0.1", ["garbage, 203.0.113.5"], "203.0.113.5"),  # garbage left of the real hop does not matter
     ("127.0.0.1", ["203.0.113.5, garbage"], None),  # garbled where it counts: unknown, never the proxy
     (None, ["127.0.0.1"], None),
