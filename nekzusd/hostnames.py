@@ -34,9 +34,12 @@ from typing import Iterable
 log = logging.getLogger(__name__)
 
 FQDN_TIMEOUT = 5.0  # seconds the start waits for the resolver to name the machine
+CACHE_SIZE = 256  # Host values remembered with their answer; a client sends the same few again and again
 _NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # DNS labels, after lower-casing (ASCII only)
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _MAX_NAME = 253
 _MAX_PORT_DIGITS = 5
+_MAX_HOST = _MAX_NAME + 2 + _MAX_PORT_DIGITS  # a name, its trailing dot, ":" and a port
 
 
 def normalise(value: str) -> str | None:
@@ -73,6 +76,8 @@ def _is_port(text: str) -> bool:
 
 def _is_ipv4_literal(name: str) -> bool:
     """A canonical dotted quad (Python's parser refuses short, octal, hex and decimal-integer forms)."""
+    if not _DOTTED_QUAD.fullmatch(name):  # most names: no exception raised and caught
+        return False
     try:
         ipaddress.IPv4Address(name)
     except ValueError:
@@ -98,14 +103,28 @@ class ServerNames:
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = frozenset(n for n in (normalise(name) for name in names) if n)
+        self._answers: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"ServerNames({sorted(self.names)!r})"
 
     def match(self, value: str | None) -> bool:
-        """Whether a Host value (or absolute target authority) names this server."""
-        if value is None:
+        """Whether a Host value (or absolute target authority) names this server.
+
+        Answers are remembered for the few values clients repeat (a dictionary look-up on the hot path). The
+        memory stays bounded whatever a client sends: values longer than any host are refused uncached, and
+        the table is emptied when full, so a client varying its Host costs parsing time, never memory.
+        """
+        if value is None or len(value) > _MAX_HOST:
             return False
+        answer = self._answers.get(value)
+        if answer is None:
+            if len(self._answers) >= CACHE_SIZE:
+                self._answers.clear()
+            answer = self._answers[value] = self._parse_and_match(value)
+        return answer
+
+    def _parse_and_match(self, value: str) -> bool:
         host = normalise(value)
         if host is None:
             return False

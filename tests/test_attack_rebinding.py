@@ -17,7 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from nekzusd.hostnames import ServerNames, normalise, own_names
+from nekzusd import config as config_mod
+from nekzusd.config import ConfigError
+from nekzusd.hostnames import CACHE_SIZE, ServerNames, normalise, own_names
 from nekzusd.keys import TOKENS
 from tests.conftest import next_message, run_container, unique, wait_for
 
@@ -96,6 +98,40 @@ def test_normalised_forms():
     assert normalise("lоcalhost") is None  # a Cyrillic "о": not ASCII, never equal to localhost
     assert normalise("\u212aube.local") is None  # Kelvin sign lower-cases to "k" in Python: refused first
     assert NAMES.match(None) is False
+
+
+def test_remembered_answers_stay_bounded_and_right():
+    """A client that varies its Host on every request cannot grow memory, nor poison later answers."""
+    names = ServerNames(own_names("srv", ""))
+    for i in range(5 * CACHE_SIZE):
+        assert not names.match(f"rebind-{i}.attacker.example")
+        assert len(names._answers) <= CACHE_SIZE
+    assert names.match("127.0.0.1:8443") and names.match("SRV.local") and not names.match("srv.attacker.example")
+    assert not names.match("localhost" + "." * 300)  # longer than any host: refused, not remembered
+    assert "localhost" + "." * 300 not in names._answers
+
+
+@pytest.mark.parametrize("value, words", [
+    (["*.home.arpa"], "wildcards"),
+    (["nas.home.arpa:8443"], "not a host name"),
+    (["https://nas.home.arpa"], "not a host name"),
+    (["user@nas"], "not a host name"),
+    (["nås.home.arpa"], "xn--"),
+    (["[::1]"], "not a host name"),
+    ([""], "not a host name"),
+    ("nas.home.arpa", "must be a list"),
+    ([7], "must be a string"),
+])
+def test_allowed_hosts_are_validated(config_data, value, words):
+    config_data["server"]["allowed_hosts"] = value
+    with pytest.raises(ConfigError) as info:
+        config_mod.parse(config_data, env={})
+    assert any(p.startswith("server.allowed_hosts") and words in p for p in info.value.problems), info.value.problems
+
+
+def test_allowed_hosts_are_normalised(config_data):
+    config_data["server"]["allowed_hosts"] = ["NAS.Home.Arpa.", "xn--ns-xia.home.arpa"]
+    assert config_mod.parse(config_data, env={}).server.allowed_hosts == ("nas.home.arpa", "xn--ns-xia.home.arpa")
 
 
 # --- the attack against the running daemon ----------------------------------------------------------
