@@ -166,6 +166,9 @@ async def attack(client, engine, cid: str, headers: dict[str, str]) -> None:
     assert status == 401 and SECRET_VALUE not in body, (headers, status, body)
     reply = await ws_auth(client, headers)
     assert reply["type"] == "auth_failed" and reply["data"]["error"] == "UNAUTHORIZED", (headers, reply)
+    for page in ("/", "/metrics"):  # what runs on the server, for the same readers as the API
+        status, body = await status_and_body(await client.get(page, headers=headers))
+        assert status == 401 and cid not in body, (page, headers, status)
     assert await started_at(engine, cid) == before  # the restart never ran
 
 
@@ -179,6 +182,8 @@ async def allowed(client, engine, cid: str, headers: dict[str, str]) -> None:
     assert status == 200 and SECRET_VALUE in body, (headers, status)
     reply = await ws_auth(client, headers)
     assert reply == {"type": "auth_success", "data": {"deviceId": "local", "message": "authenticated"}}, headers
+    for page in ("/", "/metrics"):
+        assert (await client.get(page, headers=headers)).status == 200, (page, headers)
     response = await client.post(f"{C}/{cid}/restart?timeout=1", headers=headers)
     assert response.status == 202, (headers, response.status)
 
