@@ -6,8 +6,10 @@ that was written by the client and proves nothing. A request from a trusted prox
 (no header, an empty or garbled one, or only proxies' addresses) comes from a client of unknown address,
 never from the proxy itself: a stock ``proxy_pass`` that forgot the header would otherwise make every
 internet client look like the (local) proxy. Only ``X-Forwarded-For`` is read; a proxy that sends only
-``Forwarded`` is thus heard as unknown clients, which fails closed. IPv4-mapped IPv6 peers (``::ffff:10.0.0.5`` from a
-dual-stack socket) are treated as the IPv4 address they carry, so that IPv4 networks in the config apply.
+``Forwarded`` is thus heard as unknown clients, which fails closed.
+
+IPv4-mapped IPv6 peers (``::ffff:10.0.0.5`` from a dual-stack socket) are treated as the IPv4 address they
+carry, so that IPv4 networks in the config apply.
 """
 
 from __future__ import annotations
