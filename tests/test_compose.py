@@ -60,6 +60,11 @@ def isolated() -> ServiceSource:
 ALL = (web, db, tool, sidecar, isolated)
 
 
+def env_lines(export: Export) -> list[str]:
+    """The .env template's variable lines (comments left out)."""
+    return [line for line in export.env_content.splitlines() if line and not line.startswith("#")]
+
+
 def _edited(source: ServiceSource, edit) -> ServiceSource:
     """A copy of a recorded source with `edit(container_dict)` applied (for cases not captured live)."""
     container = copy.deepcopy(source.container)
@@ -442,7 +447,8 @@ def test_secrets_become_placeholders_with_env_lines_and_one_warning_each():
     for name in WEB_SECRETS:
         assert f"{name}=${{{name}}}" in env
     assert "AUTHOR=alice" in env and "KEYBOARD_LAYOUT=us" in env
-    assert export.env_content == "API_KEY=\nDB_PASSWORD=\nSESSION_BLOB=\nTLS_PRIVATE_KEY=\n"
+    assert env_lines(export) == ["API_KEY=", "DB_PASSWORD=", "SESSION_BLOB=", "TLS_PRIVATE_KEY="]
+    assert '# DB_PASSWORD: environment variable "DB_PASSWORD" of service web\n' in export.env_content
     secret_warnings = [w for w in export.warnings if w.startswith("Secret ")]
     assert secret_warnings == [f"Secret '{n}' was sanitized" for n in sorted(WEB_SECRETS)]
 
@@ -494,10 +500,12 @@ def test_same_secret_in_two_services_shares_one_placeholder():
     assert export.warnings.count("Secret 'DB_PASSWORD' was sanitized") == 1
 
 
-def test_secret_name_that_compose_cannot_interpolate_is_passed_through_without_value():
+def test_secret_name_that_compose_cannot_interpolate_gets_a_valid_variable_explained_in_the_env_file():
     source = _edited(db(), lambda c: c["Config"]["Env"].append("my-token=abc-not-real"))
     export = export_services([source])
-    assert "my-token" in service(export, "db")["environment"]
+    assert "my-token=${MY_TOKEN}" in service(export, "db")["environment"]
+    assert "MY_TOKEN=" in env_lines(export)
+    assert '# MY_TOKEN: environment variable "my-token" of service db\n' in export.env_content
     assert "abc-not-real" not in export.content
 
 

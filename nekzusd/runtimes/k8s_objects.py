@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..secrets import is_secret
+from ..secrets import is_secret, mask_labels
 from .base import Container, Port
 
 RUNTIME = "kubernetes"
@@ -127,6 +127,12 @@ def workload_name(meta: dict[str, Any]) -> str:
     return name
 
 
+def _env_secrets(containers: list[dict[str, Any]]) -> list[str]:
+    """Literal secret values of the containers' environment: masked where a label repeats them."""
+    return [var["value"] for c in containers for var in c.get("env") or []
+            if isinstance(var.get("value"), str) and is_secret(var.get("name", ""), var["value"])]
+
+
 def container_from_pod(pod: dict[str, Any]) -> Container:
     meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     containers = spec.get("containers") or []
@@ -146,7 +152,7 @@ def container_from_pod(pod: dict[str, Any]) -> Container:
         runtime=RUNTIME,
         namespace=meta.get("namespace", ""),
         ports=_ports(containers),
-        labels=dict(meta.get("labels") or {}),
+        labels=mask_labels(meta.get("labels") or {}, _env_secrets(containers)),
         health=health,
         workload=workload_name(meta),
     )
@@ -216,7 +222,7 @@ def container_from_workload(workload: Workload) -> Container:
         runtime=RUNTIME,
         namespace=meta.get("namespace", ""),
         ports=_ports(containers),
-        labels=dict((template.get("metadata") or {}).get("labels") or {}),
+        labels=mask_labels((template.get("metadata") or {}).get("labels") or {}, _env_secrets(containers)),
         workload=workload.name,
     )
 
