@@ -191,8 +191,8 @@ class _Placeholders:
         return self.book.add(value, replacement="${%s}" % placeholder)
 
     def _on_found(self, value: str, hint: str) -> str:
-        placeholder = self._allocate(variable_name(hint).upper(), value,
-                                     f"a secret ({hint}) found in {self.where}", True)
+        base = variable_name(f"{self.prefix}_{hint}" if self.prefix else hint).upper()
+        placeholder = self._allocate(base, value, f"a secret ({hint}) found in {self.where}", False)
         return "${%s}" % placeholder
 
     def at(self, where: str, prefix: str) -> None:
@@ -792,15 +792,18 @@ def _unique_service_names(sources: list[ServiceSource]) -> list[str]:
 
 
 def _conflicted_names(sources: list[ServiceSource], sanitize: bool) -> set[str]:
-    """Variable names that two containers hold with different secret values (they get a service prefix)."""
+    """Variable names that two containers hold with different secret values (they get a service prefix;
+    two names of one container that map to the same variable get `_2` instead)."""
     values: dict[str, set[str]] = {}
+    holders: dict[str, set[int]] = {}
     if sanitize:
-        for source in sources:
+        for index, source in enumerate(sources):
             probe = _Ctx(source, "", {}, False, False, False, [])
             for name, value in _exported_env(probe):
                 if value is not None and is_secret(name, value):
                     values.setdefault(variable_name(name), set()).add(value)
-    return {name for name, found in values.items() if len(found) > 1}
+                    holders.setdefault(variable_name(name), set()).add(index)
+    return {name for name, found in values.items() if len(found) > 1 and len(holders[name]) > 1}
 
 
 class _Dumper(yaml.SafeDumper):

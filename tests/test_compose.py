@@ -10,6 +10,7 @@ could not produce here are derived in the tests from these, by `_edited` copies 
 import copy
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from nekzusd.compose import (ENGINE_DEFAULT_PATH, Export, ServiceSource, _duration, export_services, export_zip,
+                             variable_name,
                              sanitize_name)
 
 DATA = Path(__file__).parent / "data"
@@ -568,3 +570,52 @@ def test_secret_value_of_one_service_is_hunted_in_the_others():
     other = _edited(db(), lambda c: c["Config"].update(Cmd=["-c", "login --password hunter2-not-real"]))
     export = export_services([web(), other])
     assert service(export, "db")["command"] == ["-c", "login --password ${DB_PASSWORD}"]
+
+
+# --- secrets outside the environment, and names compose cannot interpolate ------------------------------
+
+@pytest.mark.parametrize("raw, clean", [
+    ("DB_PASSWORD", "DB_PASSWORD"), ("token", "token"), ("DB-PASSWORD", "DB_PASSWORD"),
+    ("db.password", "DB_PASSWORD"), ("BAD\nNAME", "BAD_NAME"), ("1st-key", "_1ST_KEY"), ("--", "SECRET"),
+])
+def test_variable_names_are_valid_compose_variables(raw, clean):
+    assert variable_name(raw) == clean
+
+
+def test_names_that_map_to_the_same_variable_get_distinct_placeholders():
+    def edit(c):
+        c["Config"]["Env"] += ["DB-PASSWORD=dash-not-real", "db.password=dot-not-real", "BAD\nNAME_TOKEN=nl-not-real"]
+    export = export_services([_edited(web(), edit)])
+    doc = parse(export)
+    env = {e.partition("=")[0]: e.partition("=")[2] for e in doc["services"]["web"]["environment"]}
+    chosen = [env[n] for n in ("DB_PASSWORD", "DB-PASSWORD", "db.password")]
+    assert len(set(chosen)) == 3 and all(re.fullmatch(r"\$\{DB_PASSWORD(_\d)?\}", c) for c in chosen)
+    assert env["BAD\nNAME_TOKEN"] == "${BAD_NAME_TOKEN}"
+    lines = env_lines(export)
+    assert len(lines) == len(set(lines)) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=", line) for line in lines)
+    assert '"BAD\\nNAME_TOKEN"' in export.env_content   # the comment names it, escaped, on one line
+    for value in ("dash-not-real", "dot-not-real", "nl-not-real"):
+        assert value not in export.content + export.env_content
+
+
+def test_log_options_labels_and_driver_options_get_placeholders():
+    def edit(c):
+        c["HostConfig"]["LogConfig"] = {"Type": "splunk", "Config": {"splunk-token": "tok-not-real",
+                                                                    "splunk-url": "https://splunk"}}
+        c["Config"]["Labels"]["traefik.http.middlewares.a.basicauth.users"] = "admin:$apr1$not$real"
+    volume = load("volume-appdata")
+    volume["Options"] = {"type": "nfs", "o": "addr=10.0.0.1,username=bob,password=nfs-not-real"}
+    source = _edited(web(), edit)
+    source = ServiceSource(source.container, source.image, {"appdata": volume}, source.networks)
+    export = export_services([source])
+    doc = parse(export)
+    svc = doc["services"]["web"]
+    assert svc["logging"]["options"] == {"splunk-token": "${SPLUNK_TOKEN}", "splunk-url": "https://splunk"}
+    assert svc["labels"]["traefik.http.middlewares.a.basicauth.users"] == "${TRAEFIK_HTTP_MIDDLEWARES_A_BASICAUTH_USERS}"
+    assert doc["volumes"]["appdata"]["driver_opts"]["o"] == "addr=10.0.0.1,username=bob,password=${APPDATA_PASSWORD}"
+    for value in ("tok-not-real", "apr1", "nfs-not-real"):
+        assert value not in export.content + export.env_content
+    assert '# SPLUNK_TOKEN: log option "splunk-token" of service web\n' in export.env_content
+    # Without sanitising, the real values stay (escaped for compose).
+    kept = export_services([source], sanitize_secrets=False)
+    assert "tok-not-real" in kept.content and "admin:$$apr1$$not$$real" in kept.content and "nfs-not-real" in kept.content
