@@ -32,6 +32,7 @@ _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 _COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _ANON_VOLUME_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WHITESPACE_RE = re.compile(r"\s")
 # Fields that name or locate things: never hunted for repeated secrets, so that a password equal to
 # "postgres" does not turn the image "postgres:16" into a placeholder. Every other field is (command,
 # healthcheck, labels, logging, extra_hosts, sysctls, … and driver options of volumes and networks).
@@ -359,6 +360,13 @@ def _exported_env(ctx: _Ctx) -> list[tuple[str, str | None]]:
 def _map_environment(ctx: _Ctx) -> dict:
     entries = []
     for name, value in _exported_env(ctx):
+        if _WHITESPACE_RE.search(name):
+            # Compose refuses such a name; its secret value still gets a variable, for the fields repeating it.
+            ctx.warn(f"Environment variable {json.dumps(name)} of container '{ctx.name}' is not exported: "
+                     "Compose refuses names with whitespace")
+            if value and ctx.secrets is not None and is_secret(name, value):
+                ctx.secrets.env(name, value)
+            continue
         if value is None:
             entries.append(name)
         elif ctx.secrets is not None and is_secret(name, value):

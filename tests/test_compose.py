@@ -590,10 +590,11 @@ def test_names_that_map_to_the_same_variable_get_distinct_placeholders():
     env = {e.partition("=")[0]: e.partition("=")[2] for e in doc["services"]["web"]["environment"]}
     chosen = [env[n] for n in ("DB_PASSWORD", "DB-PASSWORD", "db.password")]
     assert len(set(chosen)) == 3 and all(re.fullmatch(r"\$\{DB_PASSWORD(_\d)?\}", c) for c in chosen)
-    assert env["BAD\nNAME_TOKEN"] == "${BAD_NAME_TOKEN}"
+    assert "BAD\nNAME_TOKEN" not in env  # Compose refuses whitespace in a name: left out with a warning
+    assert any(w.startswith('Environment variable "BAD\\nNAME_TOKEN"') for w in export.warnings)
     lines = env_lines(export)
     assert len(lines) == len(set(lines)) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=", line) for line in lines)
-    assert '"BAD\\nNAME_TOKEN"' in export.env_content   # the comment names it, escaped, on one line
+    assert '"BAD\\nNAME_TOKEN"' in export.env_content   # its value still has a variable (hunted elsewhere)
     for value in ("dash-not-real", "dot-not-real", "nl-not-real"):
         assert value not in export.content + export.env_content
 
