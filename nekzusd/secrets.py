@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
            "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",
-           "secret_values_of", "mask_inspect", "mask_labels", "scrub_text", "IDENTITY_KEYS"]
+           "secret_values_of", "mask_inspect", "mask_details", "mask_labels", "scrub_text", "IDENTITY_KEYS"]
 
 MASK = "***"
 # Secret values shorter than this are not hunted in other fields: they would match innocent text.
@@ -286,22 +286,41 @@ def mask_inspect(doc: dict[str, Any], mask: str = MASK) -> dict[str, Any]:
     return _mask_tree(doc, book, mask)
 
 
-def _mask_tree(value: Any, book: SecretBook, mask: str, key: Any = None) -> Any:
+def _mask_tree(value: Any, book: SecretBook, mask: str, key: Any = None,
+               identity: frozenset[str] = IDENTITY_KEYS) -> Any:
     if isinstance(value, str):
         return mask if value and _is_secret_key(key) else book.scrub(value)
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if k in IDENTITY_KEYS:
+            if k in identity:
                 out[k] = v
             elif k == "Env" and isinstance(v, list) and all(isinstance(e, str) for e in v):
                 out[k] = [book.scrub(e) for e in mask_env(v, mask) or []]
             else:
-                out[k] = _mask_tree(v, book, mask, k)
+                out[k] = _mask_tree(v, book, mask, k, identity)
         return out
     if isinstance(value, list):
-        return [_mask_tree(v, book, mask) for v in value]
+        return [_mask_tree(v, book, mask, None, identity) for v in value]
     return value
+
+
+# Keys of the Kubernetes details document that name or locate things (see IDENTITY_KEYS).
+_K8S_IDENTITY_KEYS = frozenset({"id", "name", "image", "images", "namespace", "node", "owner", "podIP", "hostIP",
+                                "runtime", "state", "status", "kind", "container"})
+
+
+def mask_details(doc: dict[str, Any], secret_values: Iterable[str] = ()) -> dict[str, Any]:
+    """A Kubernetes details document (already built with its literal secret env values masked) with those
+    values masked wherever they repeat: a container's command and args, and annotations such as
+    `kubectl.kubernetes.io/last-applied-configuration`, which hold the whole manifest, env values included.
+    Secret-named keys (annotations, labels) and secrets revealed by shape are masked too."""
+    book = SecretBook()
+    for value in secret_values:
+        book.add(value)
+    _collect_named(doc, book)
+    _collect_shapes(doc, book)
+    return _mask_tree(doc, book, MASK, identity=_K8S_IDENTITY_KEYS)
 
 
 def mask_labels(labels: Mapping[str, str], secret_values: Iterable[str] = ()) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tests.conftest import unique, wait_for
+from tests.conftest import next_message, unique, wait_for, ws_connect
 from tests.engines import Engine
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
@@ -114,7 +115,8 @@ def create_stack(engine: Engine, app_name: str, plain_name: str) -> tuple[str, s
     return volume, network, running, created
 
 
-async def test_no_response_carries_a_secret(engine: Engine, client) -> None:
+async def test_no_response_carries_a_secret(engine: Engine, client, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
     app_name, plain_name = unique("leaky"), unique("other")
     volume, network, running, created = await asyncio.to_thread(create_stack, engine, app_name, plain_name)
     try:
@@ -159,6 +161,8 @@ async def test_no_response_carries_a_secret(engine: Engine, client) -> None:
             env = next(t for n, t in members.items() if n.endswith(".env"))
             check_compose(compose, check_env_template(env))
 
+        answers["daemon log"] = caplog.text.encode()
+        assert "GET /api/v1/discovery" in caplog.text  # the access log was captured
         leaked = {where: leaks(body.decode("utf-8", "replace")) for where, body in answers.items()}
         assert not {w: s for w, s in leaked.items() if s}, leaked
 
@@ -227,3 +231,52 @@ async def test_unsanitised_export_keeps_the_real_values(engine: Engine, client) 
         await asyncio.to_thread(engine.remove_all)
         await asyncio.to_thread(engine.api, "DELETE", f"/volumes/{volume}")
         await asyncio.to_thread(engine.api, "DELETE", f"/networks/{network}")
+
+
+async def test_a_failed_operation_does_not_echo_a_secret_from_the_command(engine: Engine, client, caplog) -> None:
+    """The engine's error for a start that fails quotes the command: the notification, the status page and
+    the daemon's log must not carry the password written in it."""
+    caplog.set_level(logging.DEBUG)
+    secret = "opsecret-4Gh8Jk1"
+    name = unique("broken")
+    cid = (await asyncio.to_thread(engine.run, name, [f"/bin/--password={secret}"], start=False,
+                                   labels={"nekzus.app.id": "grafana"}))[:12]
+    raw = await asyncio.to_thread(engine.api, "POST", f"/containers/{cid}/start")
+    assert raw[0] >= 400 and secret.encode() in raw[1]  # the engine's own message repeats it
+    ws = await ws_connect(client)
+    response = await client.post(f"{C}/{cid}/start")
+    assert response.status == 202
+    failed = await next_message(ws, "container.start.failed")
+    await ws.close()
+    assert failed["data"]["message"].startswith("Failed to start container") and "--password=***" in failed["data"]["message"]
+    page = await (await client.get("/")).text()
+    metrics = await (await client.get("/metrics")).text()
+    assert "--password=***" in page
+    for where, text in (("notification", json.dumps(failed)), ("status page", page), ("metrics", metrics),
+                        ("daemon log", caplog.text)):
+        assert secret not in text, where
+
+
+def test_kubernetes_details_mask_a_secret_in_labels_annotations_and_the_last_applied_manifest() -> None:
+    """No cluster needed: the mapping of a pod (as the API server gives it) to the details document.
+    `kubectl apply` keeps the whole manifest, env values included, in an annotation."""
+    from nekzusd.runtimes.k8s_objects import container_from_pod, pod_details
+
+    secret = "k8s-secret-5Nm2Qw8"
+    manifest = {"spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": secret}]}]}}
+    pod = {"metadata": {"name": "app-1", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z",
+                        "labels": {"app": "web", "repeat": f"x-{secret}"},
+                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(manifest),
+                                        "example.com/api-token": "tok-abcdefgh"}},
+           "spec": {"containers": [{"name": "app", "image": "busybox",
+                                    "env": [{"name": "DB_PASSWORD", "value": secret}, {"name": "MODE", "value": "prod"}],
+                                    "command": ["serve"]}]},
+           "status": {"phase": "Running"}}
+    details = pod_details(pod, None)
+    text = json.dumps(details)
+    assert secret not in text and "tok-abcdefgh" not in text
+    assert details["annotations"]["example.com/api-token"] == "***"
+    assert json.loads(details["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]) == \
+        {"spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": "***"}]}]}}
+    assert {"name": "MODE", "value": "prod", "container": "app"} in details["env"]
+    assert details["labels"]["repeat"] == "x-***" and container_from_pod(pod).labels["repeat"] == "x-***"

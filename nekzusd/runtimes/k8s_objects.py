@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..secrets import is_secret, mask_labels
+from ..secrets import is_secret, mask_details, mask_labels
 from .base import Container, Port
 
 RUNTIME = "kubernetes"
@@ -287,7 +287,7 @@ def details(row: Container, pod_spec: dict[str, Any], pod_status: dict[str, Any]
     volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
     statuses = {s["name"]: s for s in (pod_status or {}).get("containerStatuses") or []}
     containers = [_container_details(c, statuses.get(c["name"]), volumes) for c in pod_spec.get("containers") or []]
-    return {
+    return mask_details({
         **row.as_json(),
         "images": [c["image"] for c in containers],
         "env": [dict(e, container=c["name"]) for c in containers for e in c["env"]],
@@ -297,7 +297,7 @@ def details(row: Container, pod_spec: dict[str, Any], pod_status: dict[str, Any]
         "restarts": sum(c["restarts"] for c in containers),
         "containers": containers,
         **extra,
-    }
+    }, _env_secrets(pod_spec.get("containers") or []))
 
 
 def pod_details(pod: dict[str, Any], owner: dict[str, str] | None) -> dict[str, Any]:
