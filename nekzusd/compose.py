@@ -358,6 +358,11 @@ def _exported_env(ctx: _Ctx) -> list[tuple[str, str | None]]:
 
 
 def _map_environment(ctx: _Ctx) -> dict:
+    if ctx.secrets is not None:  # inherited secrets are not written, but hunted where a field repeats them
+        exported = dict(_exported_env(ctx))
+        for name, value in _env_map(ctx.cfg.get("Env")).items():
+            if name not in exported and value and is_secret(name, value):
+                ctx.secrets.book.watch(value, name)
     entries = []
     for name, value in _exported_env(ctx):
         if _WHITESPACE_RE.search(name):

@@ -170,21 +170,30 @@ class SecretBook:
     def __init__(self, replacement: Callable[[str, str], str] = _mask_always) -> None:
         self._replacement = replacement
         self.replacements: dict[str, str] = {}
+        self._latent: dict[str, str] = {}  # value -> hint: hunted, but recorded only once found
         self._hunt: re.Pattern[str] | None = None
 
     def add(self, value: str, hint: str = "SECRET", replacement: str | None = None) -> str:
         """The value's replacement, recording the value first if new (with `replacement` when given)."""
         if value not in self.replacements:
+            hint = self._latent.pop(value, hint)
             self.replacements[value] = self._replacement(value, hint) if replacement is None else replacement
             self._hunt = None
         return self.replacements[value]
+
+    def watch(self, value: str, hint: str = "SECRET") -> None:
+        """Hunt `value` without recording it until it is found (the export's image-inherited secrets: they
+        need a variable only if a written field repeats them)."""
+        if value and value not in self.replacements:
+            self._latent.setdefault(value, hint)
+            self._hunt = None
 
     def __contains__(self, value: str) -> bool:
         return value in self.replacements
 
     def _hunted(self) -> re.Pattern[str] | None:
         if self._hunt is None:
-            hunted = sorted((v for v in self.replacements if len(v) >= MIN_REPEATED_SECRET),
+            hunted = sorted((v for v in {**self._latent, **self.replacements} if len(v) >= MIN_REPEATED_SECRET),
                             key=lambda v: (-len(v), v))
             self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else re.compile(r"(?!)")
         return self._hunt

@@ -620,3 +620,24 @@ def test_log_options_labels_and_driver_options_get_placeholders():
     # Without sanitising, the real values stay (escaped for compose).
     kept = export_services([source], sanitize_secrets=False)
     assert "tok-not-real" in kept.content and "admin:$$apr1$$not$$real" in kept.content and "nfs-not-real" in kept.content
+
+
+def test_a_secret_inherited_from_the_image_is_hunted_where_the_container_repeats_it():
+    def edit_image(i):
+        i["Config"]["Env"] = i["Config"]["Env"] + ["IMAGE_TOKEN=image-secret-not-real"]
+
+    def edit(c):
+        c["Config"]["Env"].append("IMAGE_TOKEN=image-secret-not-real")  # the engine merges the image's Env
+        c["Config"]["Cmd"] = ["--token", "image-secret-not-real"]
+    base = _edited(web(), edit)
+    image = copy.deepcopy(base.image)
+    edit_image(image)
+    export = export_services([ServiceSource(base.container, image, base.volumes, base.networks)])
+    svc = service(export, "web")
+    assert not any(e.startswith("IMAGE_TOKEN") for e in svc["environment"])  # inherited: not written
+    assert svc["command"] == ["--token", "${WEB_IMAGE_TOKEN}"]
+    assert "WEB_IMAGE_TOKEN=" in env_lines(export) and "image-secret-not-real" not in export.content
+    # Not repeated anywhere: no variable at all.
+    plain = export_services([ServiceSource(_edited(web(), lambda c: c["Config"]["Env"].append(
+        "IMAGE_TOKEN=image-secret-not-real")).container, image, base.volumes, base.networks)])
+    assert not any("IMAGE_TOKEN" in line for line in env_lines(plain))
