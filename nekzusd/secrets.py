@@ -27,6 +27,7 @@ Dict keys are never rewritten (they are names); a secret used as a key is not hi
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
@@ -61,14 +62,20 @@ _TOKEN_PREFIX_RE = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{20,}"
     r"|xox[abposr]-[A-Za-z0-9-]{10,}|sk_live_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16})\b"
 )
+_TOKEN_HINT_RE = re.compile(r"gh[pousr]_|github_pat_|glpat-|xox[abposr]-|sk_live_|AKIA")
 # name=value inside any text: command-line flags, mount options, URL queries, env-like strings.
 _PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z_][A-Za-z0-9_.-]*)=([^\s,;&'\"]+)")
 
 
+_SEPARATORS_RE = re.compile(r"[_\-.\s]+")
+
+
 def _name_parts(name: str) -> list[str]:
-    return [p.upper() for chunk in re.split(r"[_\-.\s]+", name) for p in _PART_RE.findall(chunk)]
+    return [p.upper() for chunk in _SEPARATORS_RE.split(name) for p in _PART_RE.findall(chunk)]
 
 
+# Names repeat (label keys, env names of every container): the verdicts are cached, bounded.
+@lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """True when a part of the name (split on _ - . and camelCase) marks it as holding a secret."""
     parts = _name_parts(name)
@@ -80,6 +87,7 @@ def is_secret_name(name: str) -> bool:
     return False
 
 
+@lru_cache(maxsize=4096)
 def is_secret_option(name: str) -> bool:
     """A driver option (log driver, volume or network driver): secret by name, or a lower-case option
     whose last part is KEY (`syslog-tls-key`, `fluentd-key`): options name their key material so."""
@@ -104,17 +112,29 @@ def is_secret(name: str, value: str) -> bool:
 def find_secrets(text: str) -> list[tuple[int, int, str]]:
     """Spans (start, end, suggested name) of the secrets that the text's own shape reveals."""
     found: list[tuple[int, int, str]] = []
+    # Cheap substring tests first: most strings (labels on the hot list path) hold none of these shapes.
+    if "-----BEGIN" in text:
+        found += _pem_spans(text)
+    if "eyJ" in text:
+        found += [(m.start(), m.end(), "JWT") for m in _JWT_RE.finditer(text)]
+    if "://" in text and "@" in text:
+        found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
+    if _TOKEN_HINT_RE.search(text):
+        found += [(m.start(), m.end(), "TOKEN") for m in _TOKEN_PREFIX_RE.finditer(text)]
+    if "=" in text:
+        for m in _PAIR_RE.finditer(text):
+            value = m.group(2)
+            if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
+                found.append((m.start(2), m.end(2), m.group(1)))
+    return found
+
+
+def _pem_spans(text: str) -> list[tuple[int, int, str]]:
+    found = []
     for m in _PEM_PRIVATE_RE.finditer(text):
         end_marker = text.find(f"-----END {m.group(1)}-----", m.end())
         end = len(text) if end_marker < 0 else end_marker + len(f"-----END {m.group(1)}-----")
         found.append((m.start(), end, "PRIVATE_KEY"))
-    found += [(m.start(), m.end(), "JWT") for m in _JWT_RE.finditer(text)]
-    found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
-    found += [(m.start(), m.end(), "TOKEN") for m in _TOKEN_PREFIX_RE.finditer(text)]
-    for m in _PAIR_RE.finditer(text):
-        value = m.group(2)
-        if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
-            found.append((m.start(2), m.end(2), m.group(1)))
     return found
 
 
@@ -152,6 +172,9 @@ def replace_repeated(text: str, replacements: Mapping[str, str], between: Callab
         return between(text)
     pieces = re.split("(" + "|".join(map(re.escape, hunted)) + ")", text)
     return "".join(replacements[p] if i % 2 else between(p) for i, p in enumerate(pieces))
+
+
+_NOTHING = re.compile(r"(?!)")
 
 
 def _mask_always(value: str, hint: str) -> str:
@@ -195,15 +218,17 @@ class SecretBook:
         if self._hunt is None:
             hunted = sorted((v for v in {**self._latent, **self.replacements} if len(v) >= MIN_REPEATED_SECRET),
                             key=lambda v: (-len(v), v))
-            self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else re.compile(r"(?!)")
-        return self._hunt
+            self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else _NOTHING
+        return None if self._hunt is _NOTHING else self._hunt
 
     def spans(self, text: str, hint_prefix: str = "") -> list[tuple[int, int, str]]:
         """Merged, ordered spans of secrets in `text` (shape and recorded values)."""
         raw = find_secrets(text)
         hunt = self._hunted()
-        if hunt is not None:
+        if hunt is not None and len(text) >= MIN_REPEATED_SECRET:
             raw += [(m.start(), m.end(), "SECRET") for m in hunt.finditer(text)]
+        if not raw:
+            return raw
         raw.sort(key=lambda s: (s[0], -s[1]))
         merged: list[tuple[int, int, str]] = []
         for start, end, hint in raw:
@@ -223,8 +248,11 @@ class SecretBook:
             self.add(text[start:end], hint)
 
     def scrub(self, text: str, between: Callable[[str], str] = _keep, hint_prefix: str = "") -> str:
+        spans = self.spans(text, hint_prefix)
+        if not spans:
+            return between(text)
         out, pos = [], 0
-        for start, end, hint in self.spans(text, hint_prefix):
+        for start, end, hint in spans:
             out.append(between(text[pos:start]))
             out.append(self.add(text[start:end], hint))
             pos = end
