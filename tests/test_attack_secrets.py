@@ -280,3 +280,25 @@ def test_kubernetes_details_mask_a_secret_in_labels_annotations_and_the_last_app
         {"spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": "***"}]}]}}
     assert {"name": "MODE", "value": "prod", "container": "app"} in details["env"]
     assert details["labels"]["repeat"] == "x-***" and container_from_pod(pod).labels["repeat"] == "x-***"
+
+
+async def test_podman_rows_and_inspect_hide_the_secret_too(podman_engine: Engine, make_client, tmp_path: Path) -> None:
+    """Podman's Docker-compatible API goes through the same runtime and the same policy."""
+    from tests.conftest import base_config
+
+    client = await make_client(base_config(podman_engine, tmp_path / "state"))
+    secret = "podpw-7Lk3Mn9"
+    try:
+        full_id = await asyncio.to_thread(
+            podman_engine.run, unique("podleak"), ["sleep", "100000"], start=False,
+            labels={"nekzus.app.id": "grafana", "repeat": f"pw={secret}", "x.basicauth.users": "u:hash-abcdef"},
+            env=[f"DB-PASSWORD={secret}"])
+        for path in (f"{C}?all=true", f"{C}/{full_id[:12]}"):
+            response = await client.get(path)
+            assert response.status == 200, await response.text()
+            text = await response.text()
+            assert secret not in text and "hash-abcdef" not in text, path
+        rows = {r["id"]: r for r in json.loads(await (await client.get(f"{C}?all=true")).text())}
+        assert rows[full_id[:12]]["labels"]["nekzus.app.id"] == "grafana"
+    finally:
+        await asyncio.to_thread(podman_engine.remove_all)
