@@ -12,6 +12,7 @@ are sorted, lists whose order matters (command, dns) are kept.
 from __future__ import annotations
 
 import io
+import json
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .secrets import is_secret, replace_repeated
+from .secrets import SecretBook, is_secret, is_secret_option, scrub_text
 
-__all__ = ["ServiceSource", "Export", "export_services", "export_zip", "sanitize_name"]
+__all__ = ["ServiceSource", "Export", "export_services", "export_zip", "sanitize_name", "variable_name"]
 
 DEFAULT_STACK_NAME = "exported-stack"
 # The PATH the engine puts in a container whose image sets none.
@@ -31,9 +32,14 @@ _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 _COMPOSE_LABEL_PREFIX = "com.docker.compose."
 _ANON_VOLUME_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Fields where a secret's value may be repeated (a password on the command line, in a healthcheck),
-# and is replaced by its placeholder. Names and paths (image, volumes, …) are never rewritten.
-_SECRET_BEARING_KEYS = frozenset({"environment", "command", "entrypoint", "healthcheck", "labels", "logging"})
+_WHITESPACE_RE = re.compile(r"\s")
+# Fields that name or locate things: never hunted for repeated secrets, so that a password equal to
+# "postgres" does not turn the image "postgres:16" into a placeholder. Every other field is (command,
+# healthcheck, labels, logging, extra_hosts, sysctls, … and driver options of volumes and networks).
+_IDENTITY_KEYS = frozenset({"image", "container_name", "hostname", "domainname", "network_mode", "networks",
+                            "volumes", "volumes_from", "pid", "ipc", "name", "driver"})
+_ENV_HEADER = ("# Secrets taken out of the compose file, one variable each: write the value after '='\n"
+               "# (in single quotes if it holds $, # or spaces). Each comment says what the variable replaces.\n")
 
 # The order keys appear in a service: identity first, then what runs, then wiring, then tuning.
 SERVICE_KEY_ORDER = (
@@ -92,25 +98,115 @@ class _Placeholder(str):
     """A string the exporter wrote itself (`${NAME}`): exempt from `$` escaping."""
 
 
-def _escape_tree(value: Any, secrets: dict[str, str]) -> Any:
-    """Escape `$` in every string of a built structure and replace leaked secret values by placeholders.
+def _escape_tree(value: Any, book: SecretBook | None) -> Any:
+    """Escape `$` in every string of a built structure and replace secrets (revealed by their shape, or
+    values recorded in `book`) by their placeholders (`${NAME}`).
 
     One pass at the end, rather than at each field, so that no field can be forgotten.
-    `secrets` maps a real value to its placeholder (`${NAME}`).
     """
     if isinstance(value, _Placeholder):
         return str(value)
     if isinstance(value, str):
-        return _escape_string(value, secrets)
+        return _escape_string(value, book)
     if isinstance(value, dict):
-        return {k: _escape_tree(v, secrets) for k, v in value.items()}
+        return {k: _escape_tree(v, book) for k, v in value.items()}
     if isinstance(value, list):
-        return [_escape_tree(v, secrets) for v in value]
+        return [_escape_tree(v, book) for v in value]
     return value
 
 
-def _escape_string(text: str, secrets: dict[str, str]) -> str:
-    return replace_repeated(text, secrets, lambda plain: plain.replace("$", "$$"))
+def _dollar(plain: str) -> str:
+    return plain.replace("$", "$$")
+
+
+def _escape_string(text: str, book: SecretBook | None) -> str:
+    return _dollar(text) if book is None else book.scrub(text, _dollar)
+
+
+def _collect_tree(value: Any, book: SecretBook) -> None:
+    """First pass: record every secret a string reveals by its shape, so that all are hunted everywhere."""
+    if isinstance(value, _Placeholder):
+        return
+    if isinstance(value, str):
+        book.collect(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect_tree(v, book)
+    elif isinstance(value, list):
+        for v in value:
+            _collect_tree(v, book)
+
+
+def variable_name(name: str) -> str:
+    """A valid Compose variable name for a secret's name: kept when it is one, else upper-cased with every
+    other character run as `_` (`DB-PASSWORD`, `db.password` → `DB_PASSWORD`)."""
+    if _ENV_NAME_RE.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_").upper() or "SECRET"
+    return f"_{cleaned}" if cleaned[0].isdigit() else cleaned
+
+
+class _Placeholders:
+    """The export's secrets: real value -> `${NAME}`, each NAME unique, with a note of what it replaces.
+
+    An environment variable keeps its own name (made valid); two services holding different values under
+    the same name both get `<SERVICE>_<NAME>`; any other clash gets `_2`, `_3`, … A secret with no name of
+    its own (a label value, a driver option, a password inside a URL) is named from where it was found.
+    """
+
+    def __init__(self, conflicted: set[str]) -> None:
+        self._conflicted = conflicted
+        self.values: dict[str, str] = {}        # placeholder name -> real value
+        self.notes: dict[str, list[str]] = {}   # placeholder name -> what it replaces
+        self.where = ""                         # the service (or declaration) being written
+        self.prefix = ""                        # its name as a variable prefix
+        self.book = SecretBook(self._on_found)
+
+    def _allocate(self, base: str, value: str, note: str, clash_prefix: bool) -> str:
+        name = base
+        if clash_prefix and name in self.values and self.values[name] != value and self.prefix:
+            name = f"{self.prefix}_{base}"
+        candidate, n = name, 1
+        while candidate in self.values and self.values[candidate] != value:
+            n += 1
+            candidate = f"{name}_{n}"
+        self.values[candidate] = value
+        if note not in self.notes.setdefault(candidate, []):
+            self.notes[candidate].append(note)
+        return candidate
+
+    def env(self, name: str, value: str) -> str:
+        base = variable_name(name)
+        if base in self._conflicted:
+            base = f"{self.prefix}_{base}"
+        placeholder = self._allocate(base, value, f"environment variable {json.dumps(name)} of {self.where}", False)
+        self.book.add(value, replacement="${%s}" % placeholder)
+        return placeholder
+
+    def named(self, kind: str, name: str, value: str) -> str:
+        """A secret with a name of its own (label, log option, driver option): its `${NAME}`."""
+        if value in self.book:
+            return self.book.add(value)
+        placeholder = self._allocate(variable_name(name).upper(), value,
+                                     f"{kind} {json.dumps(name)} of {self.where}", True)
+        return self.book.add(value, replacement="${%s}" % placeholder)
+
+    def _on_found(self, value: str, hint: str) -> str:
+        base = variable_name(f"{self.prefix}_{hint}" if self.prefix else hint).upper()
+        placeholder = self._allocate(base, value, f"a secret ({hint}) found in {self.where}", False)
+        return "${%s}" % placeholder
+
+    def at(self, where: str, prefix: str) -> None:
+        self.where, self.prefix = where, variable_name(prefix).upper()
+
+    def env_content(self) -> str:
+        """The .env template: a header, then each variable after the comments that say what it replaces."""
+        if not self.values:
+            return ""
+        lines = [_ENV_HEADER]
+        for name in sorted(self.values):
+            lines += [f"# {name}: {note}\n" for note in self.notes[name]] + [f"{name}=\n"]
+        return "".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,7 +274,7 @@ class _Ctx:
     warnings: list[str]
     volumes: dict[str, dict] = field(default_factory=dict)    # top-level volume declarations
     networks: dict[str, dict] = field(default_factory=dict)   # top-level network declarations
-    secrets: dict[str, str] = field(default_factory=dict)     # env name -> real value (sanitised ones)
+    secrets: _Placeholders | None = None                       # None when secrets are kept
 
     @property
     def cfg(self) -> dict:
@@ -248,7 +344,8 @@ def _map_command(ctx: _Ctx) -> dict:
     return out
 
 
-def _map_environment(ctx: _Ctx) -> dict:
+def _exported_env(ctx: _Ctx) -> list[tuple[str, str | None]]:
+    """The container's environment minus what it inherits unchanged (from its image, or the engine's PATH)."""
     image_env = _env_map(ctx.img.get("Env"))
     entries = []
     for name, value in sorted(_env_map(ctx.cfg.get("Env")).items()):
@@ -256,21 +353,48 @@ def _map_environment(ctx: _Ctx) -> dict:
             continue
         if name == "PATH" and "PATH" not in image_env and value == ENGINE_DEFAULT_PATH:
             continue
+        entries.append((name, value))
+    return entries
+
+
+def _map_environment(ctx: _Ctx) -> dict:
+    if ctx.secrets is not None:  # inherited secrets are not written, but hunted where a field repeats them
+        exported = dict(_exported_env(ctx))
+        for name, value in _env_map(ctx.cfg.get("Env")).items():
+            if name not in exported and value and is_secret(name, value):
+                ctx.secrets.book.watch(value, name)
+    entries = []
+    for name, value in _exported_env(ctx):
+        if _WHITESPACE_RE.search(name):
+            # Compose refuses such a name; its secret value still gets a variable, for the fields repeating it.
+            ctx.warn(f"Environment variable {json.dumps(name)} of container '{ctx.name}' is not exported: "
+                     "Compose refuses names with whitespace")
+            if value and ctx.secrets is not None and is_secret(name, value):
+                ctx.secrets.env(name, value)
+            continue
         if value is None:
             entries.append(name)
-        elif ctx.sanitize and is_secret(name, value):
-            entries.append(_sanitized_entry(ctx, name, value))
+        elif ctx.secrets is not None and is_secret(name, value):
+            # `NAME=${VARIABLE}`: the variable is a valid Compose name even when NAME is not one.
+            entries.append(_Placeholder(f"{name}=${{{ctx.secrets.env(name, value)}}}"))
         else:
             entries.append(f"{name}={value}")
     return {"environment": entries} if entries else {}
 
 
-def _sanitized_entry(ctx: _Ctx, name: str, value: str) -> str:
-    """`NAME=${NAME}`; a name compose cannot interpolate is passed through from the shell instead."""
-    ctx.secrets[name] = value
-    if not _ENV_NAME_RE.match(name):
-        return _Placeholder(name)
-    return _Placeholder(f"{name}=${{{name}}}")
+def _secret_options(ctx: _Ctx, kind: str, options: dict, owner: tuple[str, str] | None = None) -> dict:
+    """Options (labels, log or driver options) sorted, each secret-named one as a placeholder when
+    sanitising. `owner` is (where, prefix) for declarations, which belong to no service."""
+    out = {}
+    for key, value in sorted(options.items()):
+        if ctx.secrets is not None and isinstance(value, str) and value and is_secret_option(key):
+            saved = (ctx.secrets.where, ctx.secrets.prefix)
+            if owner is not None:
+                ctx.secrets.at(*owner)
+            value = _Placeholder(ctx.secrets.named(kind, key, value))
+            ctx.secrets.where, ctx.secrets.prefix = saved
+        out[key] = value
+    return out
 
 
 def _map_ports(ctx: _Ctx) -> dict:
@@ -367,7 +491,7 @@ def _volume_entry(ctx: _Ctx, mount: dict) -> str | None:
         ctx.warn(f"Anonymous volume at '{target}' of container '{ctx.name}' is recreated empty: "
                  "its data is not portable; give it a name to keep it")
         return f"{target}{suffix}"
-    ctx.volumes[name] = _volume_declaration(name, mount, ctx.source.volumes.get(name))
+    ctx.volumes[name] = _volume_declaration(ctx, name, mount, ctx.source.volumes.get(name))
     return f"{name}:{target}{suffix}"
 
 
@@ -376,14 +500,14 @@ def _is_anonymous(ctx: _Ctx, name: str) -> bool:
     return not name or "com.docker.volume.anonymous" in labels or bool(_ANON_VOLUME_RE.match(name))
 
 
-def _volume_declaration(name: str, mount: dict, inspect: dict | None) -> dict:
+def _volume_declaration(ctx: _Ctx, name: str, mount: dict, inspect: dict | None) -> dict:
     """Top-level entry with the real name, so that the stack re-attaches the same data."""
     decl: dict = {"name": name}
     driver = (inspect or {}).get("Driver") or mount.get("Driver") or "local"
     if driver != "local":
         decl["driver"] = driver
     if (inspect or {}).get("Options"):
-        decl["driver_opts"] = dict(sorted(inspect["Options"].items()))
+        decl["driver_opts"] = _secret_options(ctx, "driver option", inspect["Options"], (f"volume {name}", name))
     labels = _user_labels((inspect or {}).get("Labels"))
     if labels:
         decl["labels"] = labels
@@ -408,7 +532,7 @@ def _map_networks(ctx: _Ctx) -> dict:
     networks = {}
     for net in user_networks:
         networks[net] = _service_network(ctx, attached.get(net) or {})
-        ctx.networks[net] = _network_declaration(net, ctx.source.networks.get(net))
+        ctx.networks[net] = _network_declaration(ctx, net, ctx.source.networks.get(net))
     return {"networks": networks} if networks else {}
 
 
@@ -439,7 +563,7 @@ def _service_network(ctx: _Ctx, endpoint: dict) -> dict:
     return out
 
 
-def _network_declaration(name: str, inspect: dict | None) -> dict:
+def _network_declaration(ctx: _Ctx, name: str, inspect: dict | None) -> dict:
     """Top-level entry with the real name, and the network's settings when known (compose compares them)."""
     decl: dict = {"name": name}
     if not inspect:
@@ -447,7 +571,7 @@ def _network_declaration(name: str, inspect: dict | None) -> dict:
     if inspect.get("Driver") and inspect["Driver"] != "bridge":
         decl["driver"] = inspect["Driver"]
     if inspect.get("Options"):
-        decl["driver_opts"] = dict(sorted(inspect["Options"].items()))
+        decl["driver_opts"] = _secret_options(ctx, "driver option", inspect["Options"], (f"network {name}", name))
     for key, docker_key in (("internal", "Internal"), ("enable_ipv6", "EnableIPv6"), ("attachable", "Attachable")):
         if inspect.get(docker_key):
             decl[key] = True
@@ -523,7 +647,7 @@ def _user_labels(labels: dict | None, inherited: dict | None = None) -> dict:
 
 def _map_labels(ctx: _Ctx) -> dict:
     labels = _user_labels(ctx.cfg.get("Labels"), ctx.img.get("Labels"))
-    return {"labels": labels} if labels else {}
+    return {"labels": _secret_options(ctx, "label", labels)} if labels else {}
 
 
 def _map_security(ctx: _Ctx) -> dict:
@@ -602,7 +726,7 @@ def _map_logging(ctx: _Ctx) -> dict:
         return {}
     out: dict = {"driver": driver}
     if options:
-        out["options"] = dict(sorted(options.items()))
+        out["options"] = _secret_options(ctx, "log option", options)
     return {"logging": out}
 
 
@@ -680,35 +804,19 @@ def _unique_service_names(sources: list[ServiceSource]) -> list[str]:
     return names
 
 
-def _placeholders(contexts: list[_Ctx]) -> dict[tuple[str, str], str]:
-    """Placeholder name for each (service, variable): the variable's own name unless two services hold
-    different values under that name, which then get `<SERVICE>_<NAME>` so that one .env can feed both."""
+def _conflicted_names(sources: list[ServiceSource], sanitize: bool) -> set[str]:
+    """Variable names that two containers hold with different secret values (they get a service prefix;
+    two names of one container that map to the same variable get `_2` instead)."""
     values: dict[str, set[str]] = {}
-    for ctx in contexts:
-        for name, value in ctx.secrets.items():
-            values.setdefault(name, set()).add(value)
-    out = {}
-    for ctx in contexts:
-        for name in ctx.secrets:
-            if len(values[name]) > 1 and _ENV_NAME_RE.match(name):
-                out[(ctx.service, name)] = re.sub(r"[^A-Z0-9_]", "_", ctx.service.upper()) + "_" + name
-            else:
-                out[(ctx.service, name)] = name
-    return out
-
-
-def _rename_placeholders(service: dict, renames: dict[str, str]) -> dict:
-    env = service.get("environment")
-    if not env or not renames:
-        return service
-    fixed = []
-    for entry in env:
-        name = entry.partition("=")[0]
-        if isinstance(entry, _Placeholder) and name in renames:
-            fixed.append(_Placeholder(f"{name}=${{{renames[name]}}}"))
-        else:
-            fixed.append(entry)
-    return {**service, "environment": fixed}
+    holders: dict[str, set[int]] = {}
+    if sanitize:
+        for index, source in enumerate(sources):
+            probe = _Ctx(source, "", {}, False, False, False, [])
+            for name, value in _exported_env(probe):
+                if value is not None and is_secret(name, value):
+                    values.setdefault(variable_name(name), set()).add(value)
+                    holders.setdefault(variable_name(name), set()).add(index)
+    return {name for name, found in values.items() if len(found) > 1 and len(holders[name]) > 1}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -740,28 +848,21 @@ def _service_refs(sources: list[ServiceSource], names: list[str]) -> dict[str, s
     return refs
 
 
-def _finish_services(services: dict[str, dict], contexts: list[_Ctx], placeholders: dict) -> dict[str, dict]:
-    """Apply the batch-wide placeholder names, escape `$`, and hide secret values repeated elsewhere."""
-    hunted: dict[str, str] = {}
-    for ctx in contexts:
-        for name, value in ctx.secrets.items():
-            if _ENV_NAME_RE.match(name):
-                hunted.setdefault(value, "${%s}" % placeholders[(ctx.service, name)])
-    finished = {}
-    for ctx in contexts:
-        renames = {name: placeholders[(ctx.service, name)] for name in ctx.secrets
-                   if placeholders[(ctx.service, name)] != name}
-        service = _rename_placeholders(services[ctx.service], renames)
-        finished[ctx.service] = {key: _escape_tree(value, hunted if key in _SECRET_BEARING_KEYS else {})
-                                 for key, value in service.items()}
-    return finished
+def _finish(value: dict, identity: frozenset[str], book: SecretBook | None) -> dict:
+    return {key: _escape_tree(v, None if key in identity else book) for key, v in value.items()}
+
+
+def _collect(value: dict, identity: frozenset[str], book: SecretBook) -> None:
+    for key, v in value.items():
+        if key not in identity:
+            _collect_tree(v, book)
 
 
 def _declarations(contexts: list[_Ctx], attr: str) -> dict:
     declared: dict = {}
     for ctx in contexts:
         declared.update(getattr(ctx, attr))
-    return _escape_tree(dict(sorted(declared.items())), {})
+    return dict(sorted(declared.items()))
 
 
 def export_services(sources: list[ServiceSource], *, stack_name: str | None = None,
@@ -773,18 +874,41 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
     names = _unique_service_names(sources)
     refs = _service_refs(sources, names)
     warnings: list[str] = []
-    contexts = [_Ctx(s, n, refs, sanitize_secrets, include_volumes, include_networks, warnings)
+    secrets = _Placeholders(_conflicted_names(sources, sanitize_secrets)) if sanitize_secrets else None
+    contexts = [_Ctx(s, n, refs, sanitize_secrets, include_volumes, include_networks, warnings, secrets=secrets)
                 for s, n in zip(sources, names)]
-    services = {ctx.service: _build_service(ctx) for ctx in contexts}
-    placeholders = _placeholders(contexts)
+    services = {}
+    for ctx in contexts:
+        if secrets is not None:
+            secrets.at(f"service {ctx.service}", ctx.service)
+        services[ctx.service] = _build_service(ctx)
+    declarations = {key: _declarations(contexts, key) for key in ("volumes", "networks")}
 
-    document: dict = {"services": _finish_services(services, contexts, placeholders)}
-    for key in ("volumes", "networks"):
-        declared = _declarations(contexts, key)
+    book = secrets.book if secrets is not None else None
+    # Two passes: every secret is found first, then hunted in every field (not only in those after it).
+    for finishing in (False, True):
+        for ctx in contexts:
+            if secrets is not None:
+                secrets.at(f"service {ctx.service}", ctx.service)
+            if finishing:
+                services[ctx.service] = _finish(services[ctx.service], _IDENTITY_KEYS, book)
+            elif book is not None:
+                _collect(services[ctx.service], _IDENTITY_KEYS, book)
+        for key, declared in declarations.items():
+            for name in declared:
+                if secrets is not None:
+                    secrets.at(f"{key[:-1]} {name}", name)
+                if finishing:
+                    declared[name] = _finish(declared[name], _IDENTITY_KEYS, book)
+                elif book is not None:
+                    _collect(declared[name], _IDENTITY_KEYS, book)
+
+    document: dict = {"services": services}
+    for key, declared in declarations.items():
         if declared:
             document[key] = declared
 
-    secret_names = sorted(set(placeholders.values()))
+    secret_names = sorted(secrets.values) if secrets is not None else []
     warnings += [f"Secret '{name}' was sanitized" for name in secret_names]
     if not sanitize_secrets and any(is_secret(n, v or "") for ctx in contexts
                                     for n, v in _env_map(ctx.cfg.get("Env")).items()):
@@ -792,11 +916,13 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
 
     single = len(sources) == 1 and stack_name is None
     base = sanitize_name(names[0] if single else stack_name or DEFAULT_STACK_NAME)
+    if book is not None:  # a warning quotes names and paths: a secret repeated there is masked too
+        warnings = [scrub_text(w, book.replacements) for w in warnings]
     return Export(
         content=_dump(document),
         filename=f"{base}-compose.yaml",
         warnings=list(dict.fromkeys(warnings)),
-        env_content="".join(f"{name}=\n" for name in secret_names),
+        env_content=secrets.env_content() if secrets is not None else "",
         env_filename=f"{base}.env",
     )
 

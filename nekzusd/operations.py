@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Callable
 from .errors import ApiError, EngineError
 from .hub import Hub
 from .runtimes.base import Container, Ref, Runtime
+from .secrets import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Operations:
                 await call(runtime, Ref(container.id, container.namespace), op, timeout)
             operation.ok = True
         except (ApiError, EngineError) as exc:
-            operation.ok, operation.error = False, getattr(exc, "message", None) or str(exc)
+            operation.ok, operation.error = False, scrub_text(getattr(exc, "message", None) or str(exc))
         except TimeoutError:
             operation.ok, operation.error = False, f"Operation did not finish within {timeout + DEADLINE_MARGIN:g} s"
         except asyncio.CancelledError:  # shutdown cut it short: clients still hear how it ended

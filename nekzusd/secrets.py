@@ -1,19 +1,38 @@
-"""Secret detection for environment variables (DECISIONS §12).
+"""The one secret policy: what is a secret, and how it is masked or replaced before anything leaves.
 
-Used by the compose export (to replace secret values with placeholders) and by the inspect endpoint
-(to mask them). Names are judged by their parts, never by substrings, so that AUTHOR, PWD, PATH,
-KEYBOARD_LAYOUT or MONKEY do not trigger; values are judged by shape (private keys, JWTs, credentials in
-URLs, well-known token prefixes) because a secret can hide behind an innocent name. A secret value found
-in the environment is also hunted in the fields that may repeat it (command, healthcheck, labels, …).
+Every path that emits container data goes through this module: the inspect view (`mask_inspect`), the
+list and discovery rows, the status page (`mask_labels`, `scrub_text`), and the compose export (a
+`SecretBook` whose replacements are `${NAME}` placeholders).
+
+What is a secret:
+- by NAME (of an environment variable, a label, a log-driver or volume/network driver option, or the key of
+  a `key=value` pair inside any text): judged by its parts, never by substrings, so that AUTHOR, PWD, PATH,
+  KEYBOARD_LAYOUT or MONKEY do not trigger. Parts are split on `_`, `-`, `.`, whitespace and camelCase.
+  PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN, CREDENTIAL(S), CREDS, BASICAUTH, DIGESTAUTH, HTPASSWD
+  are secret alone (and a part that ends in PASSWORD/PASSWD, such as PGPASSWORD); KEY only after API,
+  ACCESS, PRIVATE, SECRET (or ENCRYPTION, SIGNING, MASTER, SSH, HMAC, JWT). Driver options (lower-case,
+  such as `splunk-token`, `syslog-tls-key`) are also secret when their last part is KEY.
+- by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://user:password@host`
+  URL, a well-known token prefix (ghp_, glpat-, xoxb-, sk_live_, AKIA…), the value of a `name=value`
+  pair whose name is secret (`--db-password=…`, `o: username=u,password=p`).
+
+Where a secret repeats: once found (in the environment, a secret-named label or option, or by shape), its
+value is hunted in every other string of the same document, except identity fields (ids, names, image
+references, host names, network settings), so that a password equal to "postgres" does not turn the
+image "postgres:16" into a mask. Values shorter than MIN_REPEATED_SECRET (6) characters are not hunted:
+a secret "1" would otherwise mangle every number. They are still masked where a name or shape says so.
+Dict keys are never rewritten (they are names); a secret used as a key is not hidden.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["is_secret_name", "is_secret_value", "is_secret", "mask_env", "secret_env_values",
-           "replace_repeated", "mask_inspect", "MIN_REPEATED_SECRET"]
+__all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
+           "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",
+           "secret_values_of", "mask_inspect", "mask_details", "mask_labels", "scrub_text", "IDENTITY_KEYS"]
 
 MASK = "***"
 # Secret values shorter than this are not hunted in other fields: they would match innocent text.
@@ -21,40 +40,61 @@ MIN_REPEATED_SECRET = 6
 
 # A name part that alone makes the variable secret.
 _SECRET_PARTS = frozenset({
-    "PASSWORD", "PASSWD", "PASS", "PASSPHRASE", "SECRET", "TOKEN", "CREDENTIAL", "CREDENTIALS", "CREDS",
+    "PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PASSPHRASE", "SECRET", "SECRETS", "TOKEN", "TOKENS",
+    "CREDENTIAL", "CREDENTIALS", "CREDS", "BASICAUTH", "DIGESTAUTH", "HTPASSWD",
     # The same words written without a separator ("APIKEY") are common enough to name.
     "APIKEY", "ACCESSKEY", "SECRETKEY", "PRIVATEKEY", "AUTHTOKEN", "ACCESSTOKEN",
 })
+# A part ending in one of these is secret too (PGPASSWORD, ROOTPASSWORD); PASS is left out (BYPASS, COMPASS).
+_SECRET_SUFFIXES = ("PASSWORD", "PASSWD")
 # KEY is secret only after one of these (API_KEY, TLS_PRIVATE_KEY, but not KEY_ID alone or SORT_KEY).
-# §12 names API/ACCESS/PRIVATE/SECRET; the others are what users would expect to be hidden as well.
 _KEY_QUALIFIERS = frozenset({"API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC", "JWT"})
 
-# Splits on _ - . and on camelCase boundaries, so that "dbPassword" and "db.password" are judged too.
+# Splits on camelCase boundaries inside a chunk, so that "dbPassword" is judged too.
 _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_OPTION_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
-_PEM_PRIVATE_RE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_PRIVATE_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-# scheme://user:password@host — a database URL carries its password.
-_URL_CREDENTIALS_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")
+# scheme://user:password@host — a database URL carries its password (group 1).
+_URL_CREDENTIALS_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@")
 _TOKEN_PREFIX_RE = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{20,}"
     r"|xox[abposr]-[A-Za-z0-9-]{10,}|sk_live_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16})\b"
 )
+_TOKEN_HINT_RE = re.compile(r"gh[pousr]_|github_pat_|glpat-|xox[abposr]-|sk_live_|AKIA")
+# name=value inside any text: command-line flags, mount options, URL queries, env-like strings.
+_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z_][A-Za-z0-9_.-]*)=([^\s,;&'\"]+)")
+
+
+_SEPARATORS_RE = re.compile(r"[_\-.\s]+")
 
 
 def _name_parts(name: str) -> list[str]:
-    return [p.upper() for chunk in re.split(r"[_\-.\s]+", name) for p in _PART_RE.findall(chunk)]
+    return [p.upper() for chunk in _SEPARATORS_RE.split(name) for p in _PART_RE.findall(chunk)]
 
 
+# Names repeat (label keys, env names of every container): the verdicts are cached, bounded.
+@lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """True when a part of the name (split on _ - . and camelCase) marks it as holding a secret."""
     parts = _name_parts(name)
     for i, part in enumerate(parts):
-        if part in _SECRET_PARTS:
+        if part in _SECRET_PARTS or part.endswith(_SECRET_SUFFIXES):
             return True
         if part == "KEY" and i > 0 and parts[i - 1] in _KEY_QUALIFIERS:
             return True
     return False
+
+
+@lru_cache(maxsize=4096)
+def is_secret_option(name: str) -> bool:
+    """A driver option (log driver, volume or network driver): secret by name, or a lower-case option
+    whose last part is KEY (`syslog-tls-key`, `fluentd-key`): options name their key material so."""
+    if is_secret_name(name):
+        return True
+    parts = _name_parts(name)
+    return bool(_OPTION_NAME_RE.fullmatch(name)) and len(parts) > 1 and parts[-1] == "KEY"
 
 
 def is_secret_value(value: str) -> bool:
@@ -67,6 +107,35 @@ def is_secret_value(value: str) -> bool:
 def is_secret(name: str, value: str) -> bool:
     """True when either the name or the value says the variable holds a secret."""
     return is_secret_name(name) or is_secret_value(value or "")
+
+
+def find_secrets(text: str) -> list[tuple[int, int, str]]:
+    """Spans (start, end, suggested name) of the secrets that the text's own shape reveals."""
+    found: list[tuple[int, int, str]] = []
+    # Cheap substring tests first: most strings (labels on the hot list path) hold none of these shapes.
+    if "-----BEGIN" in text:
+        found += _pem_spans(text)
+    if "eyJ" in text:
+        found += [(m.start(), m.end(), "JWT") for m in _JWT_RE.finditer(text)]
+    if "://" in text and "@" in text:
+        found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
+    if _TOKEN_HINT_RE.search(text):
+        found += [(m.start(), m.end(), "TOKEN") for m in _TOKEN_PREFIX_RE.finditer(text)]
+    if "=" in text:
+        for m in _PAIR_RE.finditer(text):
+            value = m.group(2)
+            if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
+                found.append((m.start(2), m.end(2), m.group(1)))
+    return found
+
+
+def _pem_spans(text: str) -> list[tuple[int, int, str]]:
+    found = []
+    for m in _PEM_PRIVATE_RE.finditer(text):
+        end_marker = text.find(f"-----END {m.group(1)}-----", m.end())
+        end = len(text) if end_marker < 0 else end_marker + len(f"-----END {m.group(1)}-----")
+        found.append((m.start(), end, "PRIVATE_KEY"))
+    return found
 
 
 def mask_env(env: list[str] | None, mask: str = MASK) -> list[str] | None:
@@ -105,36 +174,207 @@ def replace_repeated(text: str, replacements: Mapping[str, str], between: Callab
     return "".join(replacements[p] if i % 2 else between(p) for i, p in enumerate(pieces))
 
 
-def _mask_tree(value: Any, replacements: Mapping[str, str]) -> Any:
-    """Every string in a JSON value masked (dict keys are names, kept)."""
-    if isinstance(value, str):
-        return replace_repeated(value, replacements)
+_NOTHING = re.compile(r"(?!)")
+
+
+def _mask_always(value: str, hint: str) -> str:
+    return MASK
+
+
+class SecretBook:
+    """The secrets of one document (or one export) and what replaces each.
+
+    `add` records a value (with the name that suggests its placeholder); `scrub` rewrites a text: the spans
+    its own shape reveals (`find_secrets`, any length) and every recorded value at least
+    MIN_REPEATED_SECRET long. Overlapping spans are replaced as one. The replacement is MASK, or whatever
+    `replacement(value, hint)` answers (the export's `${NAME}`), asked once per value.
+    """
+
+    def __init__(self, replacement: Callable[[str, str], str] = _mask_always) -> None:
+        self._replacement = replacement
+        self.replacements: dict[str, str] = {}
+        self._latent: dict[str, str] = {}  # value -> hint: hunted, but recorded only once found
+        self._hunt: re.Pattern[str] | None = None
+
+    def add(self, value: str, hint: str = "SECRET", replacement: str | None = None) -> str:
+        """The value's replacement, recording the value first if new (with `replacement` when given)."""
+        if value not in self.replacements:
+            hint = self._latent.pop(value, hint)
+            self.replacements[value] = self._replacement(value, hint) if replacement is None else replacement
+            self._hunt = None
+        return self.replacements[value]
+
+    def watch(self, value: str, hint: str = "SECRET") -> None:
+        """Hunt `value` without recording it until it is found (the export's image-inherited secrets: they
+        need a variable only if a written field repeats them)."""
+        if value and value not in self.replacements:
+            self._latent.setdefault(value, hint)
+            self._hunt = None
+
+    def __contains__(self, value: str) -> bool:
+        return value in self.replacements
+
+    def _hunted(self) -> re.Pattern[str] | None:
+        if self._hunt is None:
+            hunted = sorted((v for v in {**self._latent, **self.replacements} if len(v) >= MIN_REPEATED_SECRET),
+                            key=lambda v: (-len(v), v))
+            self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else _NOTHING
+        return None if self._hunt is _NOTHING else self._hunt
+
+    def spans(self, text: str, hint_prefix: str = "") -> list[tuple[int, int, str]]:
+        """Merged, ordered spans of secrets in `text` (shape and recorded values)."""
+        raw = find_secrets(text)
+        hunt = self._hunted()
+        if hunt is not None and len(text) >= MIN_REPEATED_SECRET:
+            raw += [(m.start(), m.end(), "SECRET") for m in hunt.finditer(text)]
+        if not raw:
+            return raw
+        raw.sort(key=lambda s: (s[0], -s[1]))
+        merged: list[tuple[int, int, str]] = []
+        for start, end, hint in raw:
+            if start >= end:
+                continue
+            if merged and start < merged[-1][1]:
+                last = merged[-1]
+                merged[-1] = (last[0], max(last[1], end), last[2])
+            else:
+                merged.append((start, end, f"{hint_prefix}_{hint}" if hint_prefix else hint))
+        return merged
+
+    def collect(self, text: str, hint_prefix: str = "") -> None:
+        """Record the secrets `text` reveals by shape (first pass of an export, so that a value found in
+        one field is hunted in all the others)."""
+        for start, end, hint in self.spans(text, hint_prefix):
+            self.add(text[start:end], hint)
+
+    def scrub(self, text: str, between: Callable[[str], str] = _keep, hint_prefix: str = "") -> str:
+        spans = self.spans(text, hint_prefix)
+        if not spans:
+            return between(text)
+        out, pos = [], 0
+        for start, end, hint in spans:
+            out.append(between(text[pos:start]))
+            out.append(self.add(text[start:end], hint))
+            pos = end
+        out.append(between(text[pos:]))
+        return "".join(out)
+
+
+# Inspect keys that name or locate things (ids, names, image references, paths the engine chose, network
+# settings): they are never hunted for repeated secrets, so that a password equal to an image name does
+# not mangle the document.
+IDENTITY_KEYS = frozenset({
+    "Id", "Name", "Image", "ImageID", "Hostname", "Domainname", "Driver", "Platform", "Created",
+    "NetworkSettings", "GraphDriver", "ResolvConfPath", "HostnamePath", "HostsPath", "LogPath",
+    "MountLabel", "ProcessLabel", "AppArmorProfile", "NetworkMode",
+})
+
+
+def _is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and is_secret_option(key)
+
+
+def _collect_named(value: Any, book: SecretBook) -> None:
+    """Record the values whose name says they are secret: environment entries, and string values under a
+    secret-looking key at any depth (labels, log options, driver options)."""
     if isinstance(value, dict):
-        return {k: _mask_tree(v, replacements) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_tree(v, replacements) for v in value]
-    return value
+        for k, v in value.items():
+            if k == "Env" and isinstance(v, list):
+                for s in secret_env_values([e for e in v if isinstance(e, str)]):
+                    book.add(s, "SECRET")
+            elif isinstance(v, str) and v and _is_secret_key(k):
+                book.add(v, str(k))
+            elif k not in IDENTITY_KEYS:
+                _collect_named(v, book)
+    elif isinstance(value, list):
+        for v in value:
+            _collect_named(v, book)
 
 
-# Where an inspect document's Config may repeat a secret of its Env (a password on the command line, in
-# a healthcheck, in a label); the engine's top-level Args repeats Entrypoint and Cmd.
-_REPEATING_CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "Healthcheck", "Labels")
+def _collect_shapes(value: Any, book: SecretBook) -> None:
+    if isinstance(value, str):
+        book.collect(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in IDENTITY_KEYS:
+                _collect_shapes(v, book)
+    elif isinstance(value, list):
+        for v in value:
+            _collect_shapes(v, book)
+
+
+def secret_values_of(doc: dict[str, Any]) -> tuple[str, ...]:
+    """Every secret value a Docker inspect document holds (by name or by shape), for hunting elsewhere
+    (the list rows' labels come without the environment, so the runtime keeps these per container)."""
+    book = SecretBook()
+    _collect_named(doc, book)
+    _collect_shapes(doc, book)
+    return tuple(book.replacements)
 
 
 def mask_inspect(doc: dict[str, Any], mask: str = MASK) -> dict[str, Any]:
-    """A Docker inspect document with its secret Env values masked, and those values masked wherever
-    Config or Args repeat them (the same rules as the export's placeholders). Returns a new document."""
-    config = doc.get("Config") or {}
-    if not config.get("Env"):
-        return doc
-    replacements = dict.fromkeys(secret_env_values(config["Env"]), mask)
-    masked = {**config, "Env": mask_env(config["Env"], mask)}
-    if not replacements:
-        return {**doc, "Config": masked}
-    for key in _REPEATING_CONFIG_KEYS:
-        if masked.get(key) is not None:
-            masked[key] = _mask_tree(masked[key], replacements)
-    out = {**doc, "Config": masked}
-    if doc.get("Args"):
-        out["Args"] = _mask_tree(doc["Args"], replacements)
-    return out
+    """A Docker inspect document with every secret masked: secret environment values, values of
+    secret-named labels and options (`HostConfig.LogConfig.Config`, mount driver options), secrets revealed
+    by their shape anywhere (command, healthcheck and its output, mounts, …), and every such value
+    wherever it repeats outside identity fields. Returns a new document; keys are unchanged."""
+    book = SecretBook(lambda value, hint: mask)
+    _collect_named(doc, book)
+    _collect_shapes(doc, book)
+    return _mask_tree(doc, book, mask)
+
+
+def _mask_tree(value: Any, book: SecretBook, mask: str, key: Any = None,
+               identity: frozenset[str] = IDENTITY_KEYS) -> Any:
+    if isinstance(value, str):
+        return mask if value and _is_secret_key(key) else book.scrub(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in identity:
+                out[k] = v
+            elif k == "Env" and isinstance(v, list) and all(isinstance(e, str) for e in v):
+                out[k] = [book.scrub(e) for e in mask_env(v, mask) or []]
+            else:
+                out[k] = _mask_tree(v, book, mask, k, identity)
+        return out
+    if isinstance(value, list):
+        return [_mask_tree(v, book, mask, None, identity) for v in value]
+    return value
+
+
+# Keys of the Kubernetes details document that name or locate things (see IDENTITY_KEYS).
+_K8S_IDENTITY_KEYS = frozenset({"id", "name", "image", "images", "namespace", "node", "owner", "podIP", "hostIP",
+                                "runtime", "state", "status", "kind", "container"})
+
+
+def mask_details(doc: dict[str, Any], secret_values: Iterable[str] = ()) -> dict[str, Any]:
+    """A Kubernetes details document (already built with its literal secret env values masked) with those
+    values masked wherever they repeat: a container's command and args, and annotations such as
+    `kubectl.kubernetes.io/last-applied-configuration`, which hold the whole manifest, env values included.
+    Secret-named keys (annotations, labels) and secrets revealed by shape are masked too."""
+    book = SecretBook()
+    for value in secret_values:
+        book.add(value)
+    _collect_named(doc, book)
+    _collect_shapes(doc, book)
+    return _mask_tree(doc, book, MASK, identity=_K8S_IDENTITY_KEYS)
+
+
+def mask_labels(labels: Mapping[str, str], secret_values: Iterable[str] = ()) -> dict[str, str]:
+    """Labels as a list row shows them: a secret-named label's value masked, secrets revealed by shape
+    masked, and the container's other secrets (`secret_values`, from its environment) masked where a
+    label repeats them."""
+    book = SecretBook()
+    for value in secret_values:
+        book.add(value)
+    return {k: (MASK if v and is_secret_option(k) else book.scrub(v)) if isinstance(v, str) else v
+            for k, v in labels.items()}
+
+
+def scrub_text(text: str, secret_values: Iterable[str] = ()) -> str:
+    """Free text (an engine error, a status line) with secrets revealed by shape and the given known
+    secret values masked."""
+    book = SecretBook()
+    for value in secret_values:
+        book.add(value)
+    return book.scrub(text)

@@ -21,6 +21,7 @@ from . import __version__
 from .errors import ApiError
 from .keys import APPS, HEALTH, HUB, LOG_STREAMS, OPERATIONS, PROBE, RATE_LIMITER, RUNTIMES, STARTED_AT
 from .runtimes import Container, Runtime, Runtimes
+from .secrets import scrub_text
 
 LIST_TIMEOUT = 3.0  # the page must render even when an engine is slow
 
@@ -156,7 +157,7 @@ async def gather(app: web.Application) -> dict[str, Any]:
 
     operations = app[OPERATIONS]
     recent = [{"id": o.id, "kind": o.op, "containerId": o.container_id, "container": o.name,
-               "runtime": o.runtime, "result": "success" if o.ok else "failure", "error": o.error or "",
+               "runtime": o.runtime, "result": "success" if o.ok else "failure", "error": scrub_text(o.error or ""),
                "durationMs": None if o.duration is None else round(o.duration * 1000),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o.finished or o.started))}
               for o in reversed(operations.recent)]

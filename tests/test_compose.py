@@ -10,6 +10,7 @@ could not produce here are derived in the tests from these, by `_edited` copies 
 import copy
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from nekzusd.compose import (ENGINE_DEFAULT_PATH, Export, ServiceSource, _duration, export_services, export_zip,
+                             variable_name,
                              sanitize_name)
 
 DATA = Path(__file__).parent / "data"
@@ -58,6 +60,11 @@ def isolated() -> ServiceSource:
 
 
 ALL = (web, db, tool, sidecar, isolated)
+
+
+def env_lines(export: Export) -> list[str]:
+    """The .env template's variable lines (comments left out)."""
+    return [line for line in export.env_content.splitlines() if line and not line.startswith("#")]
 
 
 def _edited(source: ServiceSource, edit) -> ServiceSource:
@@ -442,7 +449,8 @@ def test_secrets_become_placeholders_with_env_lines_and_one_warning_each():
     for name in WEB_SECRETS:
         assert f"{name}=${{{name}}}" in env
     assert "AUTHOR=alice" in env and "KEYBOARD_LAYOUT=us" in env
-    assert export.env_content == "API_KEY=\nDB_PASSWORD=\nSESSION_BLOB=\nTLS_PRIVATE_KEY=\n"
+    assert env_lines(export) == ["API_KEY=", "DB_PASSWORD=", "SESSION_BLOB=", "TLS_PRIVATE_KEY="]
+    assert '# DB_PASSWORD: environment variable "DB_PASSWORD" of service web\n' in export.env_content
     secret_warnings = [w for w in export.warnings if w.startswith("Secret ")]
     assert secret_warnings == [f"Secret '{n}' was sanitized" for n in sorted(WEB_SECRETS)]
 
@@ -494,10 +502,12 @@ def test_same_secret_in_two_services_shares_one_placeholder():
     assert export.warnings.count("Secret 'DB_PASSWORD' was sanitized") == 1
 
 
-def test_secret_name_that_compose_cannot_interpolate_is_passed_through_without_value():
+def test_secret_name_that_compose_cannot_interpolate_gets_a_valid_variable_explained_in_the_env_file():
     source = _edited(db(), lambda c: c["Config"]["Env"].append("my-token=abc-not-real"))
     export = export_services([source])
-    assert "my-token" in service(export, "db")["environment"]
+    assert "my-token=${MY_TOKEN}" in service(export, "db")["environment"]
+    assert "MY_TOKEN=" in env_lines(export)
+    assert '# MY_TOKEN: environment variable "my-token" of service db\n' in export.env_content
     assert "abc-not-real" not in export.content
 
 
@@ -560,3 +570,74 @@ def test_secret_value_of_one_service_is_hunted_in_the_others():
     other = _edited(db(), lambda c: c["Config"].update(Cmd=["-c", "login --password hunter2-not-real"]))
     export = export_services([web(), other])
     assert service(export, "db")["command"] == ["-c", "login --password ${DB_PASSWORD}"]
+
+
+# --- secrets outside the environment, and names compose cannot interpolate ------------------------------
+
+@pytest.mark.parametrize("raw, clean", [
+    ("DB_PASSWORD", "DB_PASSWORD"), ("token", "token"), ("DB-PASSWORD", "DB_PASSWORD"),
+    ("db.password", "DB_PASSWORD"), ("BAD\nNAME", "BAD_NAME"), ("1st-key", "_1ST_KEY"), ("--", "SECRET"),
+])
+def test_variable_names_are_valid_compose_variables(raw, clean):
+    assert variable_name(raw) == clean
+
+
+def test_names_that_map_to_the_same_variable_get_distinct_placeholders():
+    def edit(c):
+        c["Config"]["Env"] += ["DB-PASSWORD=dash-not-real", "db.password=dot-not-real", "BAD\nNAME_TOKEN=nl-not-real"]
+    export = export_services([_edited(web(), edit)])
+    doc = parse(export)
+    env = {e.partition("=")[0]: e.partition("=")[2] for e in doc["services"]["web"]["environment"]}
+    chosen = [env[n] for n in ("DB_PASSWORD", "DB-PASSWORD", "db.password")]
+    assert len(set(chosen)) == 3 and all(re.fullmatch(r"\$\{DB_PASSWORD(_\d)?\}", c) for c in chosen)
+    assert "BAD\nNAME_TOKEN" not in env  # Compose refuses whitespace in a name: left out with a warning
+    assert any(w.startswith('Environment variable "BAD\\nNAME_TOKEN"') for w in export.warnings)
+    lines = env_lines(export)
+    assert len(lines) == len(set(lines)) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=", line) for line in lines)
+    assert '"BAD\\nNAME_TOKEN"' in export.env_content   # its value still has a variable (hunted elsewhere)
+    for value in ("dash-not-real", "dot-not-real", "nl-not-real"):
+        assert value not in export.content + export.env_content
+
+
+def test_log_options_labels_and_driver_options_get_placeholders():
+    def edit(c):
+        c["HostConfig"]["LogConfig"] = {"Type": "splunk", "Config": {"splunk-token": "tok-not-real",
+                                                                    "splunk-url": "https://splunk"}}
+        c["Config"]["Labels"]["traefik.http.middlewares.a.basicauth.users"] = "admin:$apr1$not$real"
+    volume = load("volume-appdata")
+    volume["Options"] = {"type": "nfs", "o": "addr=10.0.0.1,username=bob,password=nfs-not-real"}
+    source = _edited(web(), edit)
+    source = ServiceSource(source.container, source.image, {"appdata": volume}, source.networks)
+    export = export_services([source])
+    doc = parse(export)
+    svc = doc["services"]["web"]
+    assert svc["logging"]["options"] == {"splunk-token": "${SPLUNK_TOKEN}", "splunk-url": "https://splunk"}
+    assert svc["labels"]["traefik.http.middlewares.a.basicauth.users"] == "${TRAEFIK_HTTP_MIDDLEWARES_A_BASICAUTH_USERS}"
+    assert doc["volumes"]["appdata"]["driver_opts"]["o"] == "addr=10.0.0.1,username=bob,password=${APPDATA_PASSWORD}"
+    for value in ("tok-not-real", "apr1", "nfs-not-real"):
+        assert value not in export.content + export.env_content
+    assert '# SPLUNK_TOKEN: log option "splunk-token" of service web\n' in export.env_content
+    # Without sanitising, the real values stay (escaped for compose).
+    kept = export_services([source], sanitize_secrets=False)
+    assert "tok-not-real" in kept.content and "admin:$$apr1$$not$$real" in kept.content and "nfs-not-real" in kept.content
+
+
+def test_a_secret_inherited_from_the_image_is_hunted_where_the_container_repeats_it():
+    def edit_image(i):
+        i["Config"]["Env"] = i["Config"]["Env"] + ["IMAGE_TOKEN=image-secret-not-real"]
+
+    def edit(c):
+        c["Config"]["Env"].append("IMAGE_TOKEN=image-secret-not-real")  # the engine merges the image's Env
+        c["Config"]["Cmd"] = ["--token", "image-secret-not-real"]
+    base = _edited(web(), edit)
+    image = copy.deepcopy(base.image)
+    edit_image(image)
+    export = export_services([ServiceSource(base.container, image, base.volumes, base.networks)])
+    svc = service(export, "web")
+    assert not any(e.startswith("IMAGE_TOKEN") for e in svc["environment"])  # inherited: not written
+    assert svc["command"] == ["--token", "${WEB_IMAGE_TOKEN}"]
+    assert "WEB_IMAGE_TOKEN=" in env_lines(export) and "image-secret-not-real" not in export.content
+    # Not repeated anywhere: no variable at all.
+    plain = export_services([ServiceSource(_edited(web(), lambda c: c["Config"]["Env"].append(
+        "IMAGE_TOKEN=image-secret-not-real")).container, image, base.volumes, base.networks)])
+    assert not any("IMAGE_TOKEN" in line for line in env_lines(plain))

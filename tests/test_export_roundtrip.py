@@ -37,6 +37,11 @@ def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def env_lines(env_content: str) -> list[str]:
+    """The .env template's variable lines (its comments say what each replaces)."""
+    return [line for line in env_content.splitlines() if line and not line.startswith("#")]
+
+
 async def api(engine, method: str, path: str, body=None, expect=(200, 201, 204)):
     return await asyncio.to_thread(engine.api_json, method, path, body, expect=expect)
 
@@ -216,7 +221,7 @@ async def test_stack_round_trip_through_docker_compose(client, engine, scratch, 
     fill = {f"{prefix}_WEB_DB_PASSWORD": stack["secrets"]["web"]["DB_PASSWORD"],
             f"{prefix}_WORKER_DB_PASSWORD": stack["secrets"]["worker"]["DB_PASSWORD"],
             "API_KEY": stack["secrets"]["web"]["API_KEY"], "SESSION_SEED": JWT}
-    assert body["env_content"] == "".join(f"{k}=\n" for k in sorted(fill))
+    assert env_lines(body["env_content"]) == [f"{k}=" for k in sorted(fill)]
     assert sorted(w for w in body["warnings"] if w.startswith("Secret ")) == \
         sorted(f"Secret '{k}' was sanitized" for k in fill)
     web_service = document["services"][stack["web"].lower()]
@@ -270,7 +275,7 @@ async def test_zip_unpacks_and_docker_compose_accepts_it(client, engine, scratch
     jsonschema.Draft7Validator(SCHEMA).validate(yaml.safe_load(texts["my-stack/compose.yaml"]))
     folder = tmp_path / "unzipped" / "my-stack"
     prefix = stack["tag"].upper().replace("-", "_")
-    assert (folder / ".env").read_text().splitlines() == [
+    assert env_lines((folder / ".env").read_text()) == [
         "API_KEY=", f"{prefix}_WEB_DB_PASSWORD=", f"{prefix}_WORKER_DB_PASSWORD=", "SESSION_SEED="]
     resolved = yaml.safe_load(await compose(engine, folder, "zipcheck", "-f", "compose.yaml", "config"))
     assert set(resolved["services"]) == {stack["web"].lower(), stack["worker"].lower()}
@@ -278,3 +283,39 @@ async def test_zip_unpacks_and_docker_compose_accepts_it(client, engine, scratch
     # `config` prints the resolved file with `$` escaped again; the unfilled placeholders resolve to "".
     assert web["environment"]["GREETING"] == "costs $$5 ($${not a var})"
     assert web["environment"]["API_KEY"] == "" and web["environment"]["SESSION_SEED"] == ""
+
+
+async def test_secrets_under_names_compose_cannot_interpolate_come_back_from_the_env_file(client, engine, tmp_path):
+    """`DB-PASSWORD`, `db.password`, a name with a newline, a secret label and a log option: the export
+    holds none of their values, docker-compose accepts the file and the commented .env template, and once
+    the template is filled each setting resolves to its original value."""
+    name = unique("oddnames")
+    values = {"DB-PASSWORD": "dash-value-123", "db.password": "dot-value-456", "DB_PASSWORD": "plain-value-789"}
+    await asyncio.to_thread(
+        engine.run, name, "sleep 100000", env=[f"{k}={v}" for k, v in values.items()] + ["ODD\nNAME=x"],
+        labels={"traefik.http.middlewares.a.basicauth.users": "admin:hashed-value-1"},
+        LogConfig={"Type": "json-file", "Config": {"max-size": "1m"}})
+    response = await client.post(f"/api/v1/containers/{name}/export", json={})
+    assert response.status == 200, await response.text()
+    raw = await response.text()
+    body = json.loads(raw)
+    for value in list(values.values()) + ["hashed-value-1"]:
+        assert value not in raw
+    # A name with whitespace is refused by Compose: left out, and said so.
+    assert any(w.startswith('Environment variable "ODD\\nNAME" of container') for w in body["warnings"]), body["warnings"]
+    service = yaml.safe_load(body["content"])["services"][name.lower()]
+    # Fill the template: each `${VARIABLE}` of the file gets the value of the setting it stands for.
+    originals = {**values, "traefik.http.middlewares.a.basicauth.users": "admin:hashed-value-1"}
+    settings = {**{e.partition("=")[0]: e.partition("=")[2] for e in service["environment"]}, **service["labels"]}
+    fill = {settings[k][2:-1]: v for k, v in originals.items()}
+    assert [f"{k}=" for k in sorted(fill)] == env_lines(body["env_content"]) and len(fill) == len(originals)
+    filled = "".join(f"{line}{fill[line[:-1]]}\n" if line.endswith("=") and not line.startswith("#") else line + "\n"
+                     for line in body["env_content"].splitlines())
+    project_dir = tmp_path / "odd"
+    project_dir.mkdir()
+    (project_dir / "compose.yaml").write_text(body["content"])
+    (project_dir / ".env").write_text(filled)
+    resolved = yaml.safe_load(await compose(engine, project_dir, "oddcheck", "-f", "compose.yaml", "config"))
+    again = resolved["services"][name.lower()]
+    assert {k: again["environment"][k] for k in values} == values
+    assert again["labels"]["traefik.http.middlewares.a.basicauth.users"] == "admin:hashed-value-1"

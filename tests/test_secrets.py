@@ -1,5 +1,7 @@
 """Secret detection rules (DECISIONS §12): names by their parts, values by their shape."""
 
+import json
+
 import pytest
 
 from nekzusd.secrets import (MIN_REPEATED_SECRET, is_secret, is_secret_name, is_secret_value, mask_env,
@@ -132,3 +134,97 @@ def test_mask_inspect_without_secrets_or_env():
     assert mask_inspect({"Id": "x"}) == {"Id": "x"}
     assert mask_inspect({"Config": {"Env": ["TOKEN=abc"], "Cmd": ["abc"]}})["Config"] == {
         "Env": ["TOKEN=***"], "Cmd": ["abc"]}  # too short to hunt: masked in Env only
+
+
+# --- the policy beyond environment variables ----------------------------------------------------------
+
+from nekzusd.secrets import MASK, SecretBook, find_secrets, is_secret_option, mask_labels, scrub_text  # noqa: E402
+
+
+@pytest.mark.parametrize("name", [
+    "DB-PASSWORD", "db.password", "db-password", "PGPASSWORD", "MYSQL_ROOTPASSWORD",
+    "traefik.http.middlewares.auth.basicauth.users", "traefik.http.middlewares.x.digestauth.users",
+    "api.token", "com.example.secrets",
+])
+def test_secret_names_separated_by_dash_and_dot_or_written_as_one_word(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("splunk-token", True), ("syslog-tls-key", True), ("gelf-password", True), ("fluentd-key", True),
+    ("password", True), ("max-size", False), ("tag", False), ("splunk-url", False), ("labels", False),
+    ("o", False), ("type", False), ("device", False),
+    ("SORT_KEY", False),  # an environment-style name still needs a qualifier before KEY
+])
+def test_driver_option_names(name, secret):
+    assert is_secret_option(name) is secret
+
+
+def test_find_secrets_spans_only_the_secret_part():
+    text = "addr=10.0.0.1,username=bob,password=s3cr3t-pw,vers=4"
+    assert [(text[s:e], n) for s, e, n in find_secrets(text)] == [("s3cr3t-pw", "password")]
+    url = "postgres://app:pw-in-url@db/app"
+    assert [url[s:e] for s, e, _ in find_secrets(url)] == ["pw-in-url"]
+    flags = "serve --db-password=flagpw --pin=1234"
+    assert [flags[s:e] for s, e, _ in find_secrets(flags)] == ["flagpw"]
+    text = f"a PEM {PEM_PKCS8} after"
+    assert [text[s:e] for s, e, _ in find_secrets(text)] == [PEM_PKCS8]
+
+
+def test_short_secrets_are_masked_where_named_but_not_hunted():
+    book = SecretBook()
+    book.add("1")
+    book.add("hunter2-long")
+    assert book.scrub("port 1 of 10, pass=hunter2-long") == "port 1 of 10, pass=***"
+    assert book.scrub("password=1 again") == "password=*** again"   # a name says so: any length
+    assert MIN_REPEATED_SECRET == 6
+
+
+def test_overlapping_secrets_are_replaced_as_one():
+    book = SecretBook()
+    book.add("abcdef-123")
+    assert book.scrub("x postgres://u:abcdef-123456@h y") == "x postgres://u:***@h y"
+
+
+def test_mask_labels_masks_secret_keys_shapes_and_repeats_only():
+    labels = {"traefik.http.middlewares.a.basicauth.users": "admin:$apr1$x$y", "session": JWT,
+              "repeat": "user=plain-secret-1 here", "nekzus.app.id": "grafana", "note": "1 2 3"}
+    assert mask_labels(labels, ["plain-secret-1", "1"]) == {
+        "traefik.http.middlewares.a.basicauth.users": MASK, "session": MASK, "repeat": "user=*** here",
+        "nekzus.app.id": "grafana", "note": "1 2 3"}
+
+
+def test_scrub_text_masks_shapes_in_free_text():
+    message = 'OCI runtime create failed: exec: "--password=flagpw-99": executable file not found'
+    assert "flagpw-99" not in scrub_text(message)
+    assert scrub_text("no secret here: 12345") == "no secret here: 12345"
+
+
+def inspect_doc(**config) -> dict:
+    return {"Id": "f" * 64, "Name": "/web", "Image": "sha256:" + "a" * 64,
+            "Config": {"Image": "postgres:16", "Hostname": "postgres", "Env": ["POSTGRES_PASSWORD=postgres16"],
+                       "Cmd": ["postgres"], "Labels": {}, **config},
+            "HostConfig": {"LogConfig": {"Type": "splunk", "Config": {"splunk-token": "tok-0123456789",
+                                                                      "splunk-url": "https://splunk"}},
+                           "Binds": ["/srv/postgres16:/data"],
+                           "Mounts": [{"Type": "volume", "Source": "nas", "Target": "/nas",
+                                       "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {
+                                           "o": "addr=1.2.3.4,password=nas-pw-0001", "type": "nfs"}}}}]},
+            "State": {"Health": {"Status": "healthy", "Log": [{"ExitCode": 0, "Output": "ok postgres16 tok-0123456789\n"}]}},
+            "NetworkSettings": {"Networks": {"net": {"Aliases": ["postgres16"]}}}}
+
+
+def test_mask_inspect_covers_log_options_mount_options_health_output_and_keeps_identity():
+    doc = inspect_doc()
+    masked = mask_inspect(doc)
+    text = json.dumps(masked)
+    for secret in ("tok-0123456789", "nas-pw-0001"):
+        assert secret not in text
+    assert masked["HostConfig"]["LogConfig"]["Config"] == {"splunk-token": MASK, "splunk-url": "https://splunk"}
+    assert masked["State"]["Health"]["Log"][0]["Output"] == "ok *** ***\n"
+    assert masked["HostConfig"]["Binds"] == ["/srv/***:/data"]
+    assert masked["Config"]["Env"] == ["POSTGRES_PASSWORD=***"]
+    # Identity fields are not hunted: the image and host name stay readable.
+    assert masked["Config"]["Image"] == "postgres:16" and masked["Config"]["Hostname"] == "postgres"
+    assert masked["NetworkSettings"] == doc["NetworkSettings"]
+    assert doc["HostConfig"]["LogConfig"]["Config"]["splunk-token"] == "tok-0123456789"  # input untouched

@@ -16,7 +16,8 @@ import aiohttp
 import orjson
 
 from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
-from ..secrets import mask_inspect
+from ..concurrency import gather_all
+from ..secrets import mask_inspect, mask_labels, secret_values_of
 from ..stats import ContainerNotRunning, Sample, Samplers
 from .base import Container, Event, LogLine, Port, Ref, Runtime
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
@@ -38,6 +39,8 @@ ENGINE_MARGIN = 20.0
 # Seconds between Podman stats polls (its own stream comes every 5 s). Also the window of the first
 # answer, which needs two polls: shorter windows proved noisy (0.25 s read 0.31 cores for a 0.2 quota).
 STATS_POLL_INTERVAL = 1.0
+# Inspects run at once to learn the secrets of containers the list shows for the first time.
+SECRET_LOOKUP_CONCURRENCY = 8
 
 
 def short_id(full_id: str) -> str:
@@ -62,8 +65,9 @@ def _ports_of(entries: list[dict[str, Any]] | None) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def container_from_list(row: dict[str, Any]) -> Container:
-    """Map one entry of GET /containers/json to the API's row."""
+def container_from_list(row: dict[str, Any], labels: dict[str, str] | None = None) -> Container:
+    """Map one entry of GET /containers/json to the API's row; `labels` are its labels already masked
+    (the list has no environment, so the caller knows the secrets they may repeat)."""
     names = row.get("Names") or [""]
     status = row.get("Status", "")
     return Container(
@@ -75,7 +79,7 @@ def container_from_list(row: dict[str, Any]) -> Container:
         created=int(row.get("Created", 0)),
         runtime="docker",
         ports=_ports_of(row.get("Ports")),
-        labels=row.get("Labels") or {},
+        labels=labels if labels is not None else mask_labels(row.get("Labels") or {}),
         health=_health_of(status),
     )
 
@@ -135,7 +139,7 @@ def container_from_inspect(doc: dict[str, Any]) -> Container:
         created=int(created),
         runtime="docker",
         ports=_ports_of(ports),
-        labels=config.get("Labels") or {},
+        labels=mask_labels(config.get("Labels") or {}, secret_values_of(doc)),
         health=(state.get("Health") or {}).get("Status"),
     )
 
@@ -195,6 +199,9 @@ class DockerRuntime(Runtime):
         self.samplers = Samplers(self.name)
         self._streams_docker: aiodocker.Docker | None = None  # own pool: long-lived streams stay open
         self._podman: bool | None = None
+        # Full id -> its labels as rows show them (secrets masked). A container's labels and environment
+        # never change, so each is inspected once; entries of containers gone from the list are dropped.
+        self._row_labels: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:
         # The client connects lazily, so this succeeds while the engine is down.
@@ -265,7 +272,28 @@ class DockerRuntime(Runtime):
 
     async def list(self, namespace: str | None = None) -> list[Container]:
         rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers")
-        return [container_from_list(row) for row in rows]
+        await self._learn_labels(rows)
+        return [container_from_list(row, self._row_labels.get(row.get("Id", ""))) for row in rows]
+
+    async def _learn_labels(self, rows: list[dict[str, Any]]) -> None:
+        """Masked labels of the listed containers not seen before: the list carries no environment, yet a
+        label may repeat a secret of it, so each new container with labels is inspected once."""
+        gate = asyncio.Semaphore(SECRET_LOOKUP_CONCURRENCY)
+
+        async def learn(full_id: str, labels: dict[str, str]) -> None:
+            async with gate:
+                try:
+                    doc = await self._json("GET", f"containers/{full_id}/json", what="inspect")
+                except EngineError:  # gone meanwhile: its row is masked by name and shape only
+                    return
+            self._row_labels[full_id] = mask_labels(labels, secret_values_of(doc or {}))
+
+        await gather_all(learn(row["Id"], row["Labels"]) for row in rows
+                         if row.get("Labels") and row.get("Id") and row["Id"] not in self._row_labels)
+        if len(self._row_labels) > len(rows):
+            listed = {row.get("Id") for row in rows}
+            for full_id in [i for i in self._row_labels if i not in listed]:
+                del self._row_labels[full_id]
 
     async def get(self, ref: Ref) -> Container:
         return container_from_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))

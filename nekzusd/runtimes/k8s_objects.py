@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..secrets import is_secret
+from ..secrets import is_secret, mask_details, mask_labels
 from .base import Container, Port
 
 RUNTIME = "kubernetes"
@@ -127,6 +127,12 @@ def workload_name(meta: dict[str, Any]) -> str:
     return name
 
 
+def _env_secrets(containers: list[dict[str, Any]]) -> list[str]:
+    """Literal secret values of the containers' environment: masked where a label repeats them."""
+    return [var["value"] for c in containers for var in c.get("env") or []
+            if isinstance(var.get("value"), str) and is_secret(var.get("name", ""), var["value"])]
+
+
 def container_from_pod(pod: dict[str, Any]) -> Container:
     meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     containers = spec.get("containers") or []
@@ -146,7 +152,7 @@ def container_from_pod(pod: dict[str, Any]) -> Container:
         runtime=RUNTIME,
         namespace=meta.get("namespace", ""),
         ports=_ports(containers),
-        labels=dict(meta.get("labels") or {}),
+        labels=mask_labels(meta.get("labels") or {}, _env_secrets(containers)),
         health=health,
         workload=workload_name(meta),
     )
@@ -216,7 +222,7 @@ def container_from_workload(workload: Workload) -> Container:
         runtime=RUNTIME,
         namespace=meta.get("namespace", ""),
         ports=_ports(containers),
-        labels=dict((template.get("metadata") or {}).get("labels") or {}),
+        labels=mask_labels((template.get("metadata") or {}).get("labels") or {}, _env_secrets(containers)),
         workload=workload.name,
     )
 
@@ -281,7 +287,7 @@ def details(row: Container, pod_spec: dict[str, Any], pod_status: dict[str, Any]
     volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
     statuses = {s["name"]: s for s in (pod_status or {}).get("containerStatuses") or []}
     containers = [_container_details(c, statuses.get(c["name"]), volumes) for c in pod_spec.get("containers") or []]
-    return {
+    return mask_details({
         **row.as_json(),
         "images": [c["image"] for c in containers],
         "env": [dict(e, container=c["name"]) for c in containers for e in c["env"]],
@@ -291,7 +297,7 @@ def details(row: Container, pod_spec: dict[str, Any], pod_status: dict[str, Any]
         "restarts": sum(c["restarts"] for c in containers),
         "containers": containers,
         **extra,
-    }
+    }, _env_secrets(pod_spec.get("containers") or []))
 
 
 def pod_details(pod: dict[str, Any], owner: dict[str, str] | None) -> dict[str, Any]:
