@@ -15,7 +15,7 @@ from aiohttp import web
 from . import __version__, config as config_mod, systemd
 from .auth import Tokens, load_or_create_secret
 from .keys import APPS, HEALTH
-from .statedir import UnsafeStateDir, ensure_state_dir
+from .statedir import StateDirError, ensure_state_dir
 from .systemd import Watchdog
 
 log = logging.getLogger("nekzusd")
@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     try:
         asyncio.run(_serve(config, args.config))
-    except UnsafeStateDir as exc:
+    except StateDirError as exc:
         print(f"nekzusd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -132,7 +132,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         if config.jwt_secret_path.parent == config.state_path:
             ensure_state_dir(config.state_path)
         secret = load_or_create_secret(config.jwt_secret_path)
-    except UnsafeStateDir as exc:
+    except StateDirError as exc:
         print(f"nekzusd: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:

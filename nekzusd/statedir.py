@@ -26,8 +26,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-class UnsafeStateDir(Exception):
-    """The state directory cannot be made private; the message says why and how to fix it."""
+class StateDirError(Exception):
+    """The state directory cannot be created or made private; the message says why and how to fix it."""
 
 
 def judge(owner: int, mode: int, euid: int) -> str:
@@ -47,12 +47,17 @@ def ensure_state_dir(path: Path) -> Path:
         path.mkdir(mode=DIR_MODE, parents=True)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise StateDirError(f"cannot create state directory {path}: {exc.strerror or exc}") from None
     else:
         os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask; make it exact
         return path
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise StateDirError(f"cannot use state directory {path}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeStateDir(f"state directory {path} is not a directory")
+        raise StateDirError(f"state directory {path} is not a directory")
     mode, euid = stat.S_IMODE(st.st_mode), os.geteuid()
     verdict = judge(st.st_uid, mode, euid)
     if verdict == "tighten":
@@ -66,7 +71,7 @@ def ensure_state_dir(path: Path) -> Path:
             why = f"is owned by uid {st.st_uid}, not by the user nekzusd runs as (uid {euid}) or root"
         else:
             why = f"is mode {mode:o} and owned by root, so nekzusd (uid {euid}) cannot make it private"
-        raise UnsafeStateDir(f"state directory {path} {why}: it holds the JWT secret and the TLS key. "
+        raise StateDirError(f"state directory {path} {why}: it holds the JWT secret and the TLS key. "
                              f"Run: chown {euid} {path} && chmod 700 {path}")
     return path
 

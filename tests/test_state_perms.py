@@ -147,6 +147,20 @@ def test_a_state_directory_owned_by_someone_else_is_refused(engine, tmp_path):
     assert list(state.iterdir()) == []  # nothing written into it
 
 
+@pytest.mark.parametrize("where, words", [
+    ("file/state", "cannot create state directory"),  # its parent is a regular file
+    ("file", "is not a directory"),
+])
+def test_an_unusable_state_directory_is_one_clear_line(engine, tmp_path, where, words):
+    (tmp_path / "file").write_text("not a directory")
+    config = tmp_path / "nekzusd.yaml"
+    config.write_text(yaml.safe_dump(serve_config(engine, tmp_path / where)))
+    out = subprocess.run([sys.executable, "-m", "nekzusd", "serve", "--config", str(config)],
+                         cwd=ROOT, capture_output=True, timeout=60)
+    err = out.stderr.decode()
+    assert out.returncode == 1 and words in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("owner, mode, euid, verdict", [
     (1000, 0o700, 1000, "ok"),
     (1000, 0o755, 1000, "tighten"),
