@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -21,6 +22,7 @@ from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
 from .runtimes import Runtimes
+from .statedir import ensure_state_dir
 from .status import RuntimeProbe
 from .store import Store
 from .views.status import setup_templates
@@ -33,10 +35,11 @@ SHUTDOWN_GRACE = 5.0  # seconds in-flight operations may take to finish at shutd
 async def services(app: web.Application) -> AsyncIterator[None]:
     """Open everything the handlers use; close it all, in reverse, at shutdown."""
     config = app[CONFIG]
+    await asyncio.to_thread(ensure_state_dir, config.state_path)  # 0700 before anything is written there
     app[TOKENS] = await auth.load_tokens(config)
     store = app[STORE] = Store(config.state_path / "nekzusd.db")
     await store.open()
-    apps = app[APPS] = Apps(config.apps, store)
+    apps = app[APPS] = Apps(config.apps, store, config.max_api_apps)
     await apps.load()
     runtimes = app[RUNTIMES] = Runtimes(config.runtimes)
     await runtimes.open()

@@ -2,6 +2,12 @@
 
 An app is approved in the config file or through the API (kept in the store). A container is linked to
 an app by its ``nekzus.app.id`` label or by its name being listed under the app's ``containers``.
+
+Linking runs for every row of every list, so it must not depend on how many apps there are: ``Apps``
+keeps an index (apps by id, and the first app in id order by each listed container name) rebuilt once
+per change of the apps, and ``app_of`` is two or three dictionary look-ups. Apps approved through the API
+are capped (``max_api_apps``), and each is small (the API checks its fields), so neither memory nor the
+index can be grown by a client.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 
 APP_LABEL = "nekzus.app.id"
 ENABLE_LABEL = "nekzus.enable"
+DEFAULT_MAX_API_APPS = 256
 
 
 @dataclass(frozen=True)
@@ -42,35 +49,68 @@ class App:
         return {"id": self.id, "name": self.name, "containers": list(self.containers), "source": self.source}
 
 
+def too_many_apps(limit: int) -> ApiError:
+    return ApiError(409, "TOO_MANY_APPS",
+                    f"At most {limit} apps can be approved through the API; delete one first "
+                    "(or raise max_api_apps in the config file)", {"limit": limit})
+
+
 class Apps:
-    def __init__(self, config_apps: Iterable[AppConfig], store: Store) -> None:
+    def __init__(self, config_apps: Iterable[AppConfig], store: Store,
+                 max_api_apps: int = DEFAULT_MAX_API_APPS) -> None:
         self._store = store
+        self.max_api_apps = max_api_apps
         self._config: dict[str, App] = {}
         self._stored: dict[str, App] = {}
+        self._adding: set[str] = set()  # ids being written to the store: they count against the cap
+        self._by_id: dict[str, App] = {}
+        self._sorted: tuple[App, ...] = ()
+        self._by_container: dict[str, App] = {}
         self.set_config_apps(config_apps)
 
     def set_config_apps(self, config_apps: Iterable[AppConfig]) -> None:
         """Replace the apps that come from the config file (start-up and SIGHUP)."""
         self._config = {a.id: App(a.id, a.name or a.id, tuple(a.containers), "config") for a in config_apps}
+        self._reindex()
 
     async def load(self) -> None:
         self._stored = {row["id"]: App(row["id"], row["name"], tuple(row["containers"]), "api")
                         for row in await self._store.apps()}
+        if len(self._stored) > self.max_api_apps:
+            log.warning("%d apps approved through the API are stored, more than max_api_apps (%d): all are "
+                        "kept, but no more can be approved until some are deleted",
+                        len(self._stored), self.max_api_apps)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Rebuild the look-up tables after any change: O(apps + listed names), once per change."""
+        self._by_id = {**self._stored, **self._config}  # the config file wins on an id clash
+        self._sorted = tuple(sorted(self._by_id.values(), key=lambda a: a.id))
+        by_container: dict[str, App] = {}
+        for app in self._sorted:  # id order: the first app listing a name links it, as before
+            for name in app.containers:
+                by_container.setdefault(name, app)
+        self._by_container = by_container
 
     def all(self) -> list[App]:
-        merged = {**self._stored, **self._config}  # the config file wins on an id clash
-        return sorted(merged.values(), key=lambda a: a.id)
+        return list(self._sorted)
 
     def get(self, app_id: str) -> App | None:
-        return self._config.get(app_id) or self._stored.get(app_id)
+        return self._by_id.get(app_id)
 
     def app_of(self, container: Container) -> App | None:
+        """The app linking ``container``: its label's app, else the first app (by id) listing its name or,
+        for a Kubernetes pod, its workload."""
         label = container.labels.get(APP_LABEL)
         if label is not None:
-            app = self.get(label)
+            app = self._by_id.get(label)
             if app is not None:
                 return app
-        return next((a for a in self.all() if a.lists(container)), None)
+        by_name = self._by_container.get(container.name)
+        by_workload = self._by_container.get(container.workload) if container.workload else None
+        if by_name is None or by_workload is None:
+            return by_name or by_workload
+        return by_name if by_name.id <= by_workload.id else by_workload
 
     def linked(self, containers: Iterable[Container]) -> list[Container]:
         return [c for c in containers if self.app_of(c) is not None]
@@ -81,12 +121,21 @@ class Apps:
                 if c.labels.get(ENABLE_LABEL, "").lower() == "true" and self.app_of(c) is None]
 
     async def add(self, app_id: str, name: str, containers: list[str]) -> App:
-        if self.get(app_id) is not None:
+        """Approve an app through the API. The checks and the reservation of the id happen before the
+        store is awaited, so concurrent requests can neither exceed the cap nor approve one id twice."""
+        if self.get(app_id) is not None or app_id in self._adding:
             raise ApiError(409, "APP_EXISTS", f"App already approved: {app_id}", {"id": app_id})
-        if not await self._store.add_app(app_id, name, containers, time.time()):
-            raise ApiError(409, "APP_EXISTS", f"App already approved: {app_id}", {"id": app_id})
-        app = App(app_id, name, tuple(containers), "api")
-        self._stored[app_id] = app
+        if len(self._stored) + len(self._adding) >= self.max_api_apps:
+            raise too_many_apps(self.max_api_apps)
+        self._adding.add(app_id)
+        try:
+            if not await self._store.add_app(app_id, name, containers, time.time()):
+                raise ApiError(409, "APP_EXISTS", f"App already approved: {app_id}", {"id": app_id})
+            app = App(app_id, name, tuple(containers), "api")
+            self._stored[app_id] = app
+            self._reindex()
+        finally:
+            self._adding.discard(app_id)
         return app
 
     async def remove(self, app_id: str) -> None:
@@ -96,10 +145,12 @@ class Apps:
         app = self._stored.pop(app_id, None)  # before the await: a concurrent delete then sees it gone
         if app is None:
             raise ApiError(404, "APP_NOT_FOUND", f"App not found: {app_id}", {"id": app_id})
+        self._reindex()
         try:
             await self._store.delete_app(app_id)
         except BaseException:
             self._stored.setdefault(app_id, app)
+            self._reindex()
             raise
 
 

@@ -26,6 +26,7 @@ from .config import AuthConfig
 from .errors import ApiError
 from .hostnames import ServerNames, learn
 from .realip import CLIENT, in_networks
+from .statedir import tighten_file
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def load_or_create_secret(path: Path) -> bytes:
             pass  # someone else made it first: use theirs
         finally:
             tmp.unlink(missing_ok=True)
+    tighten_file(path)  # a secret copied in with a loose mode
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning("JWT secret %s is readable by others (mode %o); run chmod 600 on it", path, mode)

@@ -15,6 +15,7 @@ from aiohttp import web
 from . import __version__, config as config_mod, systemd
 from .auth import Tokens, load_or_create_secret
 from .keys import APPS, HEALTH
+from .statedir import StateDirError, ensure_state_dir
 from .systemd import Watchdog
 
 log = logging.getLogger("nekzusd")
@@ -110,6 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     try:
         asyncio.run(_serve(config, args.config))
+    except StateDirError as exc:
+        print(f"nekzusd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"nekzusd: cannot serve on {config.server.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -125,7 +129,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     try:
+        if config.jwt_secret_path.parent == config.state_path:
+            ensure_state_dir(config.state_path)
         secret = load_or_create_secret(config.jwt_secret_path)
+    except StateDirError as exc:
+        print(f"nekzusd: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"nekzusd: cannot read the JWT secret: {exc}", file=sys.stderr)
         return 1

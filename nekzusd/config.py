@@ -78,6 +78,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def check_app_id(value: str) -> str:
     if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
         raise ValueError("must be 1-64 characters of letters, digits, '-', '_' or '.'")
@@ -126,6 +132,7 @@ class RateLimitConfig:
     containers: RatePool = field(default_factory=RatePool)
     apps: RatePool = field(default_factory=RatePool)
     websocket: RatePool = field(default_factory=lambda: RatePool(per_minute=30.0, burst=10))
+    status: RatePool = field(default_factory=lambda: RatePool(per_minute=60.0, burst=20))
     exempt_local: bool = True
 
 
@@ -170,6 +177,7 @@ class Config:
     runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
     apps: tuple[AppConfig, ...] = ()
+    max_api_apps: int = _checked(_non_negative, 256)
 
     @property
     def state_path(self) -> Path:

@@ -1,7 +1,10 @@
 """Rate limiting (DECISIONS §6): a token bucket per client address in each pool, before authentication.
 
-Pools: ``containers`` (every ``/api/v1/containers*`` route), ``apps`` (the apps API and discovery) and
-``websocket`` (the ``/api/v1/ws`` upgrade). Local clients are exempt while ``exempt_local`` is true.
+Pools: ``containers`` (every ``/api/v1/containers*`` route), ``apps`` (the apps API and discovery),
+``websocket`` (the ``/api/v1/ws`` upgrade) and ``status`` (everything else: the status page and /metrics,
+which list containers from the engine, the probes, the API description and paths no route matches). Every
+request of a remote client thus spends a token somewhere; local clients are exempt while ``exempt_local``
+is true.
 
 A bucket is kept as one float, the moment it will be full again (GCRA, equivalent to a token bucket):
 a full bucket holds no information, so it is dropped. Buckets are ordered by the last token spent, and
@@ -104,15 +107,19 @@ def client_key(addr: IPAddress | None) -> Hashable:
     return -(int(addr) >> 64) - 1
 
 
-def pool_name(path: str) -> str | None:
-    """Which pool a request path belongs to, if any."""
+POOLS = ("containers", "apps", "websocket", "status")
+
+
+def pool_name(path: str) -> str:
+    """Which pool a request path belongs to: every path has one, so no route (present or future) is left
+    unlimited by being forgotten here."""
     if path == "/api/v1/containers" or path.startswith("/api/v1/containers/"):
         return "containers"
     if path in ("/api/v1/apps", "/api/v1/discovery") or path.startswith("/api/v1/apps/"):
         return "apps"
     if path == "/api/v1/ws":
         return "websocket"
-    return None
+    return "status"
 
 
 class RateLimiter:
@@ -121,17 +128,16 @@ class RateLimiter:
     def __init__(self, config: RateLimitConfig, local_networks: tuple[IPNetwork, ...],
                  clock: Callable[[], float] = time.monotonic, max_buckets: int = MAX_BUCKETS) -> None:
         self.pools = {name: Pool(name, getattr(config, name), clock, max_buckets)
-                      for name in ("containers", "apps", "websocket")}
+                      for name in POOLS}
         self.exempt_local = config.exempt_local
         self.local_networks = local_networks
         self.rejected = 0
 
     def check(self, path: str, addr: IPAddress | None) -> Decision | None:
-        """The decision for one request, or None when it is not limited (no pool, or an exempt local client)."""
-        name = pool_name(path)
-        if name is None or (self.exempt_local and in_networks(addr, self.local_networks)):
+        """The decision for one request, or None when it is not limited (an exempt local client)."""
+        if self.exempt_local and in_networks(addr, self.local_networks):
             return None
-        decision = self.pools[name].take(client_key(addr))
+        decision = self.pools[pool_name(path)].take(client_key(addr))
         if not decision.allowed:
             self.rejected += 1
         return decision

@@ -2,8 +2,11 @@
 
 ``gather(app)`` builds the status page's dict; ``RuntimeProbe`` pings each runtime with a short timeout
 and caches the answer briefly, so the page, /readyz and /metrics together cost the engine one ping per
-``RuntimeProbe.TTL``. Counters owned by other parts of the daemon are read here, defensively, because
-those parts may be absent (a daemon without log streaming still has a status page).
+``RuntimeProbe.TTL``. The page's container listing is cached the same way (``RuntimeProbe.listings``,
+``LIST_TTL``): a flood of page loads, even from an exempt local address, costs the engine one listing per
+runtime per ``LIST_TTL``, and callers that arrive while a listing runs wait for that one. Counters owned
+by other parts of the daemon are read here, defensively, because those parts may be absent (a daemon
+without log streaming still has a status page).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .runtimes import Container, Runtime, Runtimes
 from .secrets import scrub_text
 
 LIST_TIMEOUT = 3.0  # the page must render even when an engine is slow
+LIST_TTL = 1.0  # seconds the status page's container listing is reused (the page refreshes every 10 s)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class RuntimeProbe:
         self.states: dict[str, RuntimeState] = {}
         self._lock = asyncio.Lock()
         self._checked = -math.inf
+        self._list_lock = asyncio.Lock()
+        self._listed = -math.inf
+        self._listings: list[list[Container] | None] = []
 
     async def check(self) -> list[RuntimeState]:
         """Every runtime's reachability, pinging (concurrently) only when the cache is stale."""
@@ -61,6 +68,17 @@ class RuntimeProbe:
                 self.states = {s.name: s for s in states}
                 self._checked = asyncio.get_running_loop().time()
         return list(self.states.values())
+
+    async def listings(self) -> list[list[Container] | None]:
+        """Each runtime's containers (None where the listing failed), in ``Runtimes.all()`` order, listed
+        again only when older than ``LIST_TTL``. The lock makes concurrent callers share one listing
+        without a task of its own to own: the first lists, the others find its fresh result."""
+        async with self._list_lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._listed >= LIST_TTL:
+                self._listings = list(await asyncio.gather(*(_list(r) for r in self._runtimes.all())))
+                self._listed = loop.time()
+            return self._listings
 
     async def primary(self) -> RuntimeState:
         await self.check()
@@ -134,8 +152,8 @@ def _container_json(c: Container) -> dict[str, Any]:
 async def gather(app: web.Application) -> dict[str, Any]:
     """Everything the status page shows, as plain data."""
     runtimes = app[RUNTIMES].all()
-    states, lists = await asyncio.gather(app[PROBE].check(),
-                                         asyncio.gather(*(_list(r) for r in runtimes)))
+    probe = app[PROBE]
+    states, lists = await asyncio.gather(probe.check(), probe.listings())
     reachable = {s.name: s.reachable for s in states}
     containers: list[Container] = []
     by_state: dict[str, dict[str, int]] = {}

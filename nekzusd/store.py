@@ -2,6 +2,10 @@
 
 sqlite3 blocks, so every statement runs on one dedicated worker thread; WAL with synchronous=FULL
 means an acknowledged approval survives `kill -9` and power loss.
+
+The database is created 0600 before SQLite opens it: SQLite gives the -wal and -shm files it creates the
+database file's mode, so all three stay private without touching the process-wide umask (which other
+threads share). Files left looser by an older version are tightened at open.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+from .statedir import create_private, ensure_state_dir, tighten_file
 
 T = TypeVar("T")
 
@@ -36,7 +42,10 @@ class Store:
 
     async def open(self) -> None:
         def connect() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_state_dir(self.path.parent)
+            create_private(self.path)
+            for suffix in ("-wal", "-shm"):
+                tighten_file(self.path.with_name(self.path.name + suffix))
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

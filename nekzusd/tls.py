@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
 
 from .config import Config
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+from .statedir import ensure_state_dir, tighten_file, write_private
 
 
 def ensure_self_signed(state_dir: Path) -> tuple[Path, Path]:
-    """Create tls.crt/tls.key (EC P-256, 10 years, SANs for this host and loopback) unless present."""
+    """Create tls.crt/tls.key (EC P-256, 10 years, SANs for this host and loopback) unless present.
+    Both are 0600 in the private state directory (the certificate is public, but nothing there needs to be
+    readable by others); the key is written before the certificate, each atomically."""
+    ensure_state_dir(state_dir)
     cert_path, key_path = state_dir / "tls.crt", state_dir / "tls.key"
     if cert_path.exists() and key_path.exists():
+        tighten_file(key_path)
+        tighten_file(cert_path)
         return cert_path, key_path
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -45,10 +44,9 @@ def ensure_self_signed(state_dir: Path) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

@@ -131,13 +131,14 @@ def test_short_secret_is_refused(tmp_path):
         load_or_create_secret(path)
 
 
-def test_lax_permissions_warn_without_revealing_the_secret(tmp_path, caplog):
+def test_lax_permissions_are_tightened_with_a_warning_that_reveals_nothing(tmp_path, caplog):
     path = tmp_path / "jwt.secret"
     path.write_bytes(b"k" * 40)
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING):
         load_or_create_secret(path)
-    assert "chmod 600" in caplog.text and "k" * 40 not in caplog.text
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "tightened to 600" in caplog.text and "k" * 40 not in caplog.text
 
 
 async def test_no_token_and_no_secret_in_any_log(make_client, config_data, engine, caplog):

@@ -157,13 +157,17 @@ def test_ipv6_clients_share_a_bucket_per_64():
     ("/api/v1/containers", "containers"),
     ("/api/v1/containers/abc/start", "containers"),
     ("/api/v1/containers/stats", "containers"),
-    ("/api/v1/containersX", None),
+    ("/api/v1/containersX", "status"),  # not a container route: an unknown path
     ("/api/v1/apps", "apps"),
     ("/api/v1/apps/grafana", "apps"),
     ("/api/v1/discovery", "apps"),
     ("/api/v1/ws", "websocket"),
-    ("/api/v1/openapi.json", None),
-    ("/healthz", None),
+    ("/api/v1/openapi.json", "status"),
+    ("/healthz", "status"),
+    ("/readyz", "status"),
+    ("/metrics", "status"),
+    ("/", "status"),
+    ("/no/such/route", "status"),
 ])
 def test_pool_of_a_path(path, name):
     assert pool_name(path) == name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ..auth import WRITE, requires
@@ -12,11 +14,31 @@ from ..runtimes import Container
 from ..validation import Field, read_json
 from .common import json_response, listed
 
+# An approved app lives in memory and in every apps list, so each is small: with the cap on their number
+# (max_api_apps) a client cannot grow the daemon by approving apps. Sizes are checked on the parsed
+# fields, so padding the body changes nothing.
+MAX_NAME = 200
+MAX_CONTAINERS = 50
+MAX_CONTAINER_NAME = 253  # a Kubernetes workload name (DNS subdomain); Docker names are shorter in practice
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what Docker, Podman and Kubernetes accept
+
 _APP_FIELDS = {
-    "id": Field(str, required=True),
-    "name": Field(str, required=True),
-    "containers": Field(list, default=[], item_type=str, max_items=100),
+    "id": Field(str, required=True, max_length=64),
+    "name": Field(str, required=True, max_length=MAX_NAME),
+    "containers": Field(list, default=[], item_type=str, max_items=MAX_CONTAINERS, max_length=MAX_CONTAINER_NAME),
 }
+
+
+def _check_containers(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not _CONTAINER_NAME.fullmatch(name):
+            raise invalid_body(f"Field containers[{i}] must be a container or workload name: a letter or digit, "
+                               "then letters, digits, '_', '.' or '-'", field=f"containers[{i}]")
+        if name in seen:
+            raise invalid_body(f"Field containers[{i}] repeats {name!r}", field=f"containers[{i}]")
+        seen.add(name)
+    return names
 
 
 def _app_json(request: web.Request, app) -> dict:
@@ -35,9 +57,9 @@ async def add_app(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise invalid_body(f"Field id {exc}", field="id") from None
     name = body["name"].strip()
-    if not name or len(name) > 200:
-        raise invalid_body("Field name must be 1-200 characters", field="name")
-    app = await request.app[APPS].add(app_id, name, body["containers"])
+    if not name or not name.isprintable():
+        raise invalid_body(f"Field name must be 1-{MAX_NAME} printable characters", field="name")
+    app = await request.app[APPS].add(app_id, name, _check_containers(body["containers"]))
     request.app[HEALTH].poke()
     return json_response(_app_json(request, app), status=201)
 

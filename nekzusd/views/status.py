@@ -1,8 +1,9 @@
 """The operator's routes: the status page, /healthz, /readyz and /metrics.
 
 The status page and /metrics show what runs on the server, so they follow the API's rule: local
-addresses need no token, everyone else needs one with a read scope. /healthz and /readyz reveal only
-"up or not" and stay open for probes.
+addresses need no token, everyone else needs one with a read scope. /healthz and /readyz stay open for
+probes, but to a stranger (a remote client without a read token) they say only "up or not": the version,
+uptime and engine error text tell an attacker which exploits to try, and a probe needs the status code only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jinja2
 from aiohttp import web
 
 from .. import __version__
-from ..auth import READ, require
+from ..auth import PRINCIPAL, READ, require
 from ..keys import METRICS, PROBE, STARTED_AT
 from ..metrics import CONTENT_TYPE
 from ..status import gather
@@ -38,16 +39,26 @@ async def status_page(request: web.Request) -> web.Response:
     return response
 
 
+def _may_see_details(request: web.Request) -> bool:
+    """A local client or a token with a read scope (the auth middleware resolved it; a bad token is nobody)."""
+    principal = request.get(PRINCIPAL)
+    return principal is not None and principal.allows(READ)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its loop answers."""
-    return web.json_response({"status": "ok", "version": __version__,
-                              "uptimeSeconds": int(time.time() - request.app[STARTED_AT])})
+    body: dict[str, object] = {"status": "ok"}
+    if _may_see_details(request):
+        body |= {"version": __version__, "uptimeSeconds": int(time.time() - request.app[STARTED_AT])}
+    return web.json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the listener answers (it just did) and the primary runtime is reachable."""
     primary = await request.app[PROBE].primary()
-    body = {"status": "ready" if primary.reachable else "not_ready", "runtime": primary.as_json()}
+    body: dict[str, object] = {"status": "ready" if primary.reachable else "not_ready"}
+    if _may_see_details(request):
+        body["runtime"] = primary.as_json()
     return web.json_response(body, status=200 if primary.reachable else 503)
 
 
