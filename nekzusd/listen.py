@@ -198,6 +198,8 @@ def open_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 dual = ipaddress.ip_address(addr[0].split("%", 1)[0]).is_unspecified and len(infos) == 1
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+            if port == 0 and socks[:-1]:  # one port for all, the one the system chose for the first
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
             sock.bind(addr)
             sock.listen(backlog)
             sock.setblocking(False)
