@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 
 from nekzusd.descriptors import Budget
-from tests.conftest import base_config
+from tests.conftest import base_config, run_container, unique
 from tests.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
 HEAD_TIMEOUT = 1.5
@@ -213,3 +214,39 @@ async def test_descriptor_table_full_logs_a_line_per_few_seconds_and_recovers(st
     assert 1 <= len(lines) <= elapsed / 5 + 2, lines
     assert len(daemon.stderr()) < 12_000
     assert "Traceback" not in daemon.stderr()
+
+
+async def test_log_stream_cap_follows_the_descriptors_and_fails_cleanly(start, engine) -> None:
+    """With 256 descriptors the daemon-wide log-stream cap is lower than 1,024: the subscriptions past it
+    get TOO_MANY_SUBSCRIPTIONS, none fails as an engine error, and the engine still answers meanwhile."""
+    cid = await run_container(engine, unique("fdlogs"))
+    daemon = await start(nofile=NOFILE)
+    match = re.search(r"open files limit 256: .* (\d+) log streams", daemon.stderr())
+    assert match, daemon.stderr()
+    cap = int(match.group(1))
+    assert 4 <= cap < 1024
+    outcomes: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        sockets = []
+        try:
+            for _ in range(cap + 5):  # one subscription per connection, to the same container
+                ws = await http.ws_connect(daemon.base_url + "/api/v1/ws")
+                sockets.append(ws)
+                await ws.send_json({"type": "auth", "data": {"token": ""}})
+                assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+                await ws.send_json({"type": "container.logs.subscribe",
+                                    "data": {"containerId": cid, "tail": 0}})
+                async with asyncio.timeout(15):
+                    while True:
+                        message = await ws.receive_json()
+                        if message["type"] == "container.logs.started":
+                            outcomes.append("started")
+                            break
+                        if message["type"] == "container.logs.error":
+                            outcomes.append(message["data"]["error"])
+                            break
+            assert await owner_get(daemon) == 200
+        finally:
+            for ws in sockets:
+                await ws.close()
+    assert outcomes == ["started"] * cap + ["TOO_MANY_SUBSCRIPTIONS"] * 5, outcomes
