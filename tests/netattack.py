@@ -42,10 +42,10 @@ class LimitedDaemon(Daemon):
             "--config", str(self.config_path), cwd=ROOT, env=env, preexec_fn=self._limit,
             stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"))
         ready = await self.wait_message("READY=1", timeout)
-        match = re.search(r"listening on (http://(\[[0-9a-f:]+\]|[\d.]+):(\d+))", ready)
+        match = re.search(r"listening on (https?)://(\[[0-9a-f:]+\]|[\d.]+):(\d+)", ready)
         assert match, ready
         self.port = int(match.group(3))
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{match.group(1)}://127.0.0.1:{self.port}"
 
     def stderr_lines(self) -> list[str]:
         return self.stderr().splitlines()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,23 @@ async def test_slow_heads_are_cut_and_idle_keepalive_closes(start) -> None:
     assert got.startswith(b"HTTP/1.1 200"), got[:200]
     assert 1.5 <= seconds <= 5.5, seconds
     assert "no complete request head" in daemon.stderr()
+
+
+async def test_a_slow_second_head_on_a_kept_alive_connection_is_cut_too(start) -> None:
+    daemon = await start(keepalive_timeout=30)
+    sock = connect("127.0.0.2", daemon.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    try:
+        got = b""
+        async with asyncio.timeout(10):
+            while b"\r\n\r\n" not in got or not got.endswith(b"}"):
+                got += await loop.sock_recv(sock, 65536)
+        assert got.startswith(b"HTTP/1.1 200"), got
+        await loop.sock_sendall(sock, b"GET /healthz HT")  # the next head, never finished
+        seconds, rest = await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    assert rest == b"" and HEAD_TIMEOUT - 0.3 <= seconds <= HEAD_TIMEOUT + 3, seconds
 
 
 async def test_websocket_and_slow_answers_are_not_cut_by_the_head_timeout(start) -> None:
@@ -250,3 +268,43 @@ async def test_log_stream_cap_follows_the_descriptors_and_fails_cleanly(start, e
             for ws in sockets:
                 await ws.close()
     assert outcomes == ["started"] * cap + ["TOO_MANY_SUBSCRIPTIONS"] * 5, outcomes
+
+
+async def test_tls_listener_cuts_silent_handshakes_and_slow_heads_and_caps_per_client(start) -> None:
+    """The default listener speaks TLS: a client that never finishes the handshake, or finishes it and then
+    sends half a head, is cut after the head timeout; the per-client cap counts it from accept()."""
+    daemon = await start(tls={"mode": "auto"}, head_timeout=2, max_connections_per_client=2)
+    assert daemon.base_url.startswith("https://")
+    insecure = aiohttp.TCPConnector(ssl=False, local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=insecure) as http:
+        async with http.get(daemon.base_url + "/healthz") as resp:
+            assert resp.status == 200
+    no_hello = connect("127.0.0.3", daemon.port)
+    held = connect("127.0.0.3", daemon.port)
+    opened = time.monotonic()
+    extra = connect("127.0.0.3", daemon.port)  # third from the address: closed at once, not a byte sent
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port, ssl=context,
+                                                  local_addr=("127.0.0.4", 0))
+    try:
+        seconds, got = await read_until_closed(extra, 5)
+        assert got == b"" and seconds < 1.5
+        writer.write(b"GET /api/v1/containers HT")
+        started = time.monotonic()
+        async with asyncio.timeout(8):
+            try:
+                assert await reader.read() == b""
+            except (ConnectionResetError, ssl.SSLError):  # an abort, as the daemon does, may read as a reset
+                pass
+        tls_seconds = time.monotonic() - started
+        waited = time.monotonic() - opened
+        results = await asyncio.gather(*(read_until_closed(s, 8) for s in (no_hello, held)))
+    finally:
+        writer.close()
+        for s in (no_hello, held, extra):
+            s.close()
+    assert tls_seconds <= 2 + 3, tls_seconds
+    for seconds, got in results:  # closed 2 s after they connected, the handshake never begun
+        assert got == b"" and 1.5 <= waited + seconds <= 2 + 3, (waited, results)
+    assert "Traceback" not in daemon.stderr()
