@@ -25,7 +25,7 @@ import ipaddress
 import json
 import logging
 import socket
-import ssl as ssl_mod
+import ssl
 from typing import Any, Callable, Iterable
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -214,7 +214,7 @@ class Listener:
     """Accepts on the sockets and gives admitted connections to aiohttp's server (``runner.server``)."""
 
     def __init__(self, socks: list[socket.socket], make_handler: Callable[[], Any], limits: ConnectionLimits,
-                 *, head_timeout: float, ssl_context: ssl_mod.SSLContext | None = None, backlog: int = 128) -> None:
+                 *, head_timeout: float, ssl_context: ssl.SSLContext | None = None, backlog: int = 128) -> None:
         self.sockets = socks
         self._make_handler = make_handler
         self.limits = limits
@@ -314,13 +314,18 @@ class Listener:
             await self._loop.connect_accepted_socket(
                 lambda: _Guard(self._make_handler(), slot, self._head_timeout, self), conn, ssl=self._ssl,
                 ssl_handshake_timeout=self._head_timeout if self._ssl else None)
-        except (OSError, ssl_mod.SSLError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            # a failed or cut handshake; asyncio closed the transport, the guard never saw the connection
+        except BaseException as exc:
+            # a failed or cut handshake, or shutdown: asyncio closed the transport and the guard never saw
+            # the connection, so its place is given back here
             slot.release()
             conn.close()
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, Exception):
                 raise
-            log.debug("connection from %s ended before it started: %r", slot.addr, exc)
+            if isinstance(exc, (OSError, asyncio.TimeoutError)):  # ssl.SSLError is an OSError
+                log.debug("connection from %s ended before it started: %r", slot.addr, exc)
+            else:
+                self._throttle.log(("connect", type(exc).__name__), logging.WARNING,
+                                   "connection from %s failed to start: %r", slot.addr, exc)
 
 
 class ServerLog:
