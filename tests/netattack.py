@@ -18,17 +18,19 @@ from tests.test_cli import ROOT, Daemon
 
 
 class LimitedDaemon(Daemon):
-    """``nekzusd serve`` whose hard and soft RLIMIT_NOFILE are ``nofile`` (set in the child before exec),
-    and whose listening address may be IPv6 (``http://[::]:PORT``)."""
+    """``nekzusd serve`` whose RLIMIT_NOFILE is ``nofile`` (soft and hard, or a (soft, hard) pair; set in the
+    child before exec), and whose listening address may be IPv6 (``http://[::]:PORT``) or TLS."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any], nofile: int | None = None, **kw: Any) -> None:
+    def __init__(self, tmp_path: Path, config: dict[str, Any], nofile: int | tuple[int, int] | None = None,
+                 **kw: Any) -> None:
         super().__init__(tmp_path, config, **kw)
         self.nofile = nofile
         self.port = 0
 
     def _limit(self) -> None:
         if self.nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+            soft, hard = self.nofile if isinstance(self.nofile, tuple) else (self.nofile, self.nofile)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     async def start(self, timeout: float = 20.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

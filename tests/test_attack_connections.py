@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from nekzusd import config as config_mod
+from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
+from nekzusd.keys import LOG_STREAMS, RUNTIMES
 from tests.conftest import base_config, run_container, unique
 from tests.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
@@ -308,3 +311,26 @@ async def test_tls_listener_cuts_silent_handshakes_and_slow_heads_and_caps_per_c
     for seconds, got in results:  # closed 2 s after they connected, the handshake never begun
         assert got == b"" and 1.5 <= waited + seconds <= 2 + 3, (waited, results)
     assert "Traceback" not in daemon.stderr()
+
+
+async def test_the_soft_open_files_limit_is_raised_to_the_hard_one(engine, tmp_path: Path) -> None:
+    d = LimitedDaemon(tmp_path / "d", attack_config(engine, tmp_path / "state"), nofile=(256, 1024))
+    try:
+        await d.start()
+        assert "open files limit 1024:" in d.stderr(), d.stderr()
+        with open(f"/proc/{d.proc.pid}/limits") as limits:  # type: ignore[union-attr]
+            line = next(row for row in limits if row.startswith("Max open files"))
+        assert line.split()[3:5] == ["1024", "1024"], line
+    finally:
+        await d.close()
+
+
+async def test_the_engine_pool_is_sized_by_the_budget(aiohttp_client, engine, tmp_path: Path) -> None:
+    budget = Budget.for_limit(256, 20)
+    app = create_app(config_mod.parse(base_config(engine, tmp_path / "state"), env={}), budget)
+    client = await aiohttp_client(app)
+    runtime = app[RUNTIMES].by_name["docker"]
+    assert runtime.client.connector.limit == budget.engine_pool < 100
+    assert app[LOG_STREAMS].max_subscriptions == budget.log_streams
+    async with client.get("/api/v1/containers") as resp:
+        assert resp.status == 200

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from nekzusd.listen import install_loop_exception_handler
 from nekzusd.logthrottle import Throttle, printable
 from tests.conftest import base_config
 from tests.netattack import LimitedDaemon, connect, read_until_closed
@@ -117,3 +118,21 @@ def test_throttle_lets_a_burst_through_then_counts() -> None:
 def test_printable_keeps_one_bounded_line() -> None:
     text = printable("a\r\nb\x00" + "c" * 500)
     assert "\n" not in text and "\r" not in text and "\x00" not in text and len(text) <= 101
+
+
+async def test_the_loop_exception_handler_bounds_repeated_reports(caplog) -> None:
+    """asyncio's own accept loop (still used by other servers in the process) reports a full descriptor
+    table through ``loop.call_exception_handler``, with a traceback each time: bounded to a few lines."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    install_loop_exception_handler(loop)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            for _ in range(1000):
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(24, "Too many open files")})
+        records = [r for r in caplog.records if r.name == "asyncio"]
+        assert 1 <= len(records) <= 2, [r.getMessage() for r in records]
+        assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+    finally:
+        loop.set_exception_handler(previous)
