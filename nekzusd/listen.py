@@ -58,14 +58,25 @@ def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
             f"Connection: close\r\nRetry-After: 5\r\n\r\n").encode() + body
 
 
+ClientKey = ipaddress.IPv4Address | ipaddress.IPv6Network | None
+
+
+def client_key(addr: IPAddress | None) -> ClientKey:
+    """Whom the per-client cap counts: an IPv4 address, or an IPv6 /64 (one host can own a whole /64,
+    as the rate limits assume too)."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((addr, 64), strict=False)
+    return addr
+
+
 class ConnectionLimits:
-    """Open connections per peer address, and in all for the capped peers."""
+    """Open connections per client (``client_key``), and in all for the capped peers."""
 
     def __init__(self, per_client: int, total: int, exempt: Iterable[IPNetwork]) -> None:
         self.per_client = per_client
         self.total = total
         self._exempt = tuple(exempt)
-        self._open: dict[IPAddress | None, int] = {}
+        self._open: dict[ClientKey, int] = {}
         self.capped_open = 0  # connections from capped peers
         self.refused = 0
 
@@ -73,27 +84,29 @@ class ConnectionLimits:
         return addr is not None and any(addr.version == n.version and addr in n for n in self._exempt)
 
     def open_count(self, addr: IPAddress | None) -> int:
-        return self._open.get(addr, 0)
+        return self._open.get(client_key(addr), 0)
 
     def admit(self, addr: IPAddress | None) -> str | None:
         """Count a new connection, or say why it is refused ("per_client" or "total")."""
+        key = client_key(addr)
         if not self.exempt(addr):
-            if self._open.get(addr, 0) >= self.per_client:
+            if self._open.get(key, 0) >= self.per_client:
                 self.refused += 1
                 return "per_client"
             if self.capped_open >= self.total:
                 self.refused += 1
                 return "total"
             self.capped_open += 1
-        self._open[addr] = self._open.get(addr, 0) + 1
+        self._open[key] = self._open.get(key, 0) + 1
         return None
 
     def release(self, addr: IPAddress | None) -> None:
-        left = self._open.get(addr, 0) - 1
+        key = client_key(addr)
+        left = self._open.get(key, 0) - 1
         if left > 0:
-            self._open[addr] = left
+            self._open[key] = left
         else:
-            self._open.pop(addr, None)
+            self._open.pop(key, None)
         if not self.exempt(addr):
             self.capped_open -= 1
 
@@ -227,7 +240,7 @@ class Listener:
         self._throttle = Throttle(log, burst=1, interval=5.0, global_burst=5, global_interval=5.0)
         self._refusals = {
             "per_client": _refusal(429, "Too Many Requests", "TOO_MANY_CONNECTIONS",
-                                   f"At most {limits.per_client} connections per client address"),
+                                   f"At most {limits.per_client} connections per client address (IPv6: per /64)"),
             "total": _refusal(503, "Service Unavailable", "TOO_MANY_CONNECTIONS",
                               "The daemon holds all the connections it can; try again later"),
         }

@@ -4,8 +4,9 @@ Whatever a stranger sends (garbage request lines, a flood of refused requests, c
 must not fill the journal. ``Throttle`` lets a short burst of lines through per key and then about one line
 per ``interval``; the lines held back are counted, and a few seconds after the first of them one summary
 line says how many and from whom ("1734 lines held back in the last 5s, most for 127.0.0.2, …"); without
-a running event loop the count rides on the key's next line instead. A global bucket bounds the sum over keys, so that many addresses (an
-IPv6 /64 has plenty) cannot multiply the rate. Memory is bounded: the oldest keys are forgotten.
+a running event loop the count rides on the key's next line instead. A global bucket bounds the sum over
+keys, so that many addresses (an IPv6 /64 has plenty) cannot multiply the rate. Memory is bounded: the
+oldest keys are forgotten, and past ``max_keys`` the held-back counts are pooled as "other clients".
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ address it carries for local trust, rate limits and the per-client connection ca
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nekzusd.listen import open_sockets, peer_address
+from nekzusd.listen import ConnectionLimits, open_sockets, peer_address
 from tests.conftest import base_config
 from tests.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
@@ -99,3 +100,24 @@ def test_the_ipv6_wildcard_is_dual_stack() -> None:
         assert peer[0] == "::ffff:127.0.0.1"
     finally:
         sock.close()
+
+
+def test_the_cap_counts_an_ipv6_slash_64_as_one_client_and_exempts_the_host() -> None:
+    limits = ConnectionLimits(2, 100, [ipaddress.ip_network("127.0.0.1/32")])
+    first, second, third = (ipaddress.ip_address(f"2001:db8::{i}") for i in (1, 2, 3))
+    assert limits.admit(first) is None and limits.admit(second) is None
+    assert limits.admit(third) == "per_client"  # same /64: one client
+    assert limits.admit(ipaddress.ip_address("2001:db8:0:1::1")) is None  # the next /64 is another
+    for _ in range(10):
+        assert limits.admit(ipaddress.ip_address("127.0.0.1")) is None
+    limits.release(first)
+    assert limits.admit(third) is None
+    assert limits.capped_open == 3
+
+
+def test_the_capped_clients_share_refuses_with_total() -> None:
+    limits = ConnectionLimits(5, 3, [])
+    addrs = [ipaddress.ip_address(f"10.0.0.{i}") for i in range(1, 5)]
+    assert [limits.admit(a) for a in addrs] == [None, None, None, "total"]
+    limits.release(addrs[0])
+    assert limits.admit(addrs[3]) is None
