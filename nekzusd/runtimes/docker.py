@@ -198,9 +198,14 @@ class DockerRuntime(Runtime):
         self._podman: bool | None = None
 
     async def open(self) -> None:
-        # The client connects lazily, so this succeeds while the engine is down.
-        connector, url = self._connector(self.pool_limit)
-        self._docker = aiodocker.Docker(url=url, connector=connector)
+        # The client connects lazily, so this succeeds while the engine is down. On a socket its pool is
+        # sized by the descriptors budget; over TCP aiodocker builds the pool itself (aiohttp's 100), since
+        # it also sets up TLS from DOCKER_TLS_VERIFY or a Docker context there.
+        if self.url.startswith("unix://"):
+            connector, url = self._connector(self.pool_limit)
+            self._docker = aiodocker.Docker(url=url, connector=connector)
+        else:
+            self._docker = aiodocker.Docker(url=self.url)
 
     async def close(self) -> None:
         await self.samplers.close()
@@ -210,7 +215,7 @@ class DockerRuntime(Runtime):
             self._streams_docker = None
         if self._docker is not None:
             await self._docker.close()
-            await self._docker.connector.close()  # given to aiodocker, so not closed by it
+            await self._docker.connector.close()  # ours on a socket (aiodocker does not close it); else a no-op
             self._docker = None
 
     @property
