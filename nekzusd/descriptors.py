@@ -53,7 +53,8 @@ class Budget:
 
     ``connections``: client connections from peers the per-client cap applies to (exempt peers, the host
     itself and trusted proxies, live on the reserve); ``engine_pool``: the pool of short engine calls;
-    ``log_streams``: followed log streams, daemon-wide (each holds an engine connection)."""
+    ``log_streams``: followed log streams, daemon-wide (each holds an engine connection). The engine pool is
+    applied on a unix socket (see ``DockerRuntime.open``)."""
 
     limit: int
     connections: int

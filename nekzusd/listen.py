@@ -10,8 +10,8 @@ log a traceback per failed ``accept()``. Here, before any request is parsed:
   (``descriptors.Budget``) is used up. Peers in ``connection_cap_exempt`` and ``auth.trusted_proxies`` are
   not capped: the host itself and a reverse proxy carry many clients on one address.
 - ``_Guard`` wraps aiohttp's protocol and closes a connection whose request head is not complete within
-  ``head_timeout`` seconds (slowloris, also one byte a second); idle keep-alive connections close after
-  aiohttp's ``keepalive_timeout``, which also bounds the head of every later request on the connection.
+  ``head_timeout`` seconds (slowloris, also one byte a second), or whose request body stops arriving for
+  as long; idle keep-alive connections close after aiohttp's ``keepalive_timeout``.
 - When descriptors run out anyway, accepting pauses briefly and says so in one line per few seconds.
 - ``"[::]"`` listens dual-stack (``IPV6_V6ONLY`` off), and an IPv4-mapped peer (``::ffff:10.0.0.5``) is
   counted as the IPv4 address it carries.
@@ -127,12 +127,15 @@ class _Slot:
 
 
 class _Guard(asyncio.Protocol):
-    """aiohttp's protocol (``web_protocol.RequestHandler``), with a deadline on the request head.
+    """aiohttp's protocol (``web_protocol.RequestHandler``), with deadlines on the request head and body.
 
-    The deadline runs from the connection (after TLS) and, on a keep-alive connection, from the first
-    byte of a new request while aiohttp waits for one; it ends when aiohttp has parsed a request (or
-    answered a malformed one). A request being handled, a body upload and an upgraded WebSocket are
-    never timed here. It reads two attributes of aiohttp's handler, ``_request_count`` and ``_waiter``;
+    Head: the deadline runs from the connection (after TLS) and, on a keep-alive connection, from the
+    first byte of a new request while aiohttp waits for one; it ends when aiohttp has parsed a request (or
+    answered a malformed one). Body: once the head is in, a request whose body is still incomplete is cut
+    when the client sends nothing for as long (a stall, not a slow upload: every byte restarts the wait;
+    nor when aiohttp itself paused reading because the handler is behind). Requests without a body,
+    answers that take long and upgraded WebSockets are never timed here. It reads aiohttp's handler's
+    ``_request_count``, ``_waiter``, ``_upgraded`` and ``_current_request``;
     tests/test_attack_connections.py fails if they change meaning."""
 
     def __init__(self, handler: Any, slot: _Slot, head_timeout: float, listener: "Listener") -> None:
@@ -140,8 +143,11 @@ class _Guard(asyncio.Protocol):
         self._slot = slot
         self._head_timeout = head_timeout
         self._listener = listener
-        self._transport: asyncio.BaseTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
         self._count = 0
 
     def _requests(self) -> int:
@@ -153,7 +159,7 @@ class _Guard(asyncio.Protocol):
 
     def _arm(self) -> None:
         self._count = self._requests()
-        self._timer = asyncio.get_running_loop().call_later(self._head_timeout, self._expired)
+        self._timer = self._loop.call_later(self._head_timeout, self._expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -163,20 +169,47 @@ class _Guard(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         if self._requests() == self._count and self._transport is not None:
-            self._listener.head_timed_out(self._slot.addr)
+            self._listener.timed_out(self._slot.addr, f"no complete request head within {self._head_timeout:g}s")
             self._transport.abort()  # frees the descriptor now; a TLS close_notify would wait on the peer
 
+    def _watch_body(self, delay: float) -> None:
+        if self._body_timer is None:
+            self._body_timer = self._loop.call_later(delay, self._check_body)
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        handler = self._handler
+        if self._transport is None or getattr(handler, "_upgraded", False):
+            return
+        request = getattr(handler, "_current_request", None)
+        if request is None:
+            if not self._idle():  # parsed, its handler not started yet
+                self._watch_body(self._head_timeout)
+            return
+        if request.content.is_eof():
+            return  # the body is complete (or there is none): nothing left to wait for from the client
+        quiet = self._loop.time() - self._last_data
+        if not self._transport.is_reading():  # aiohttp paused reading: the handler is behind, not the client
+            self._watch_body(self._head_timeout)
+        elif quiet < self._head_timeout:
+            self._watch_body(self._head_timeout - quiet)
+        else:
+            self._listener.timed_out(self._slot.addr, f"its request body stalled for {self._head_timeout:g}s")
+            self._transport.abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # a stream transport, from connect_accepted_socket
         self._arm()
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = self._loop.time()
         if self._timer is None and data and self._idle():
             self._arm()
         self._handler.data_received(data)
         if self._timer is not None and self._requests() != self._count:
             self._disarm()
+            self._watch_body(self._head_timeout)
 
     def eof_received(self) -> bool | None:
         return self._handler.eof_received()
@@ -189,6 +222,9 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         self._slot.release()
         self._transport = None
         self._handler.connection_lost(exc)
@@ -244,7 +280,7 @@ class Listener:
             "total": _refusal(503, "Service Unavailable", "TOO_MANY_CONNECTIONS",
                               "The daemon holds all the connections it can; try again later"),
         }
-        self.head_timeouts = 0
+        self.timeouts = 0
         self.accept_errors = 0
 
     @property
@@ -270,11 +306,9 @@ class Listener:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def head_timed_out(self, addr: IPAddress | None) -> None:
-        self.head_timeouts += 1
-        self._throttle.log(("head", addr), logging.INFO,
-                           "closed a connection from %s: no complete request head within %gs", addr,
-                           self._head_timeout)
+    def timed_out(self, addr: IPAddress | None, why: str) -> None:
+        self.timeouts += 1
+        self._throttle.log(("timeout", addr), logging.INFO, "closed a connection from %s: %s", addr, why)
 
     def _accept(self, sock: socket.socket) -> None:
         assert self._loop is not None

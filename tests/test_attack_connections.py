@@ -112,6 +112,40 @@ async def test_a_slow_second_head_on_a_kept_alive_connection_is_cut_too(start) -
     assert rest == b"" and HEAD_TIMEOUT - 0.3 <= seconds <= HEAD_TIMEOUT + 3, seconds
 
 
+def _post_app(app_id: str) -> tuple[bytes, bytes]:
+    body = json.dumps({"id": app_id, "name": "Slow"}).encode()
+    head = (f"POST /api/v1/apps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    return head, body
+
+
+async def test_a_stalled_body_is_cut_and_a_slow_steady_one_is_not(start) -> None:
+    daemon = await start()
+    loop = asyncio.get_running_loop()
+    # The owner (local, no token) starts an upload, sends 5 bytes of its body, then nothing.
+    head, body = _post_app("stalled")
+    sock = connect("127.0.0.1", daemon.port, head + body[:5])
+    try:
+        seconds, got = await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    assert got == b"" and HEAD_TIMEOUT - 0.3 <= seconds <= HEAD_TIMEOUT + 3, (seconds, got)
+    # One byte every HEAD_TIMEOUT / 5 seconds: three times longer than the timeout in all, never a stall.
+    head, body = _post_app("steady")
+    sock = connect("127.0.0.1", daemon.port, head)
+    try:
+        started = time.monotonic()
+        for byte in body:
+            await asyncio.sleep(HEAD_TIMEOUT / 5)
+            await loop.sock_sendall(sock, bytes([byte]))
+        assert time.monotonic() - started > 2 * HEAD_TIMEOUT
+        _, got = await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 201"), got[:300]
+    assert "its request body stalled" in daemon.stderr()
+
+
 async def test_websocket_and_slow_answers_are_not_cut_by_the_head_timeout(start) -> None:
     daemon = await start()
     async with aiohttp.ClientSession() as http:
