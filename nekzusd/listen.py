@@ -14,7 +14,9 @@ log a traceback per failed ``accept()``. Here, before any request is parsed:
   as long; idle keep-alive connections close after aiohttp's ``keepalive_timeout``.
 - When descriptors run out anyway, accepting pauses briefly and says so in one line per few seconds.
 - ``"[::]"`` listens dual-stack (``IPV6_V6ONLY`` off), and an IPv4-mapped peer (``::ffff:10.0.0.5``) is
-  counted as the IPv4 address it carries.
+  counted as the IPv4 address it carries (an IPv6 peer by its /64).
+- ``ServerLog`` and ``install_loop_exception_handler``: aiohttp's report of a malformed request and
+  asyncio's reports become throttled one-liners (``logthrottle``), so that a stranger cannot flood the log.
 """
 
 from __future__ import annotations
