@@ -1,6 +1,11 @@
 """One structured line per request on stderr (journald keeps it), and the request metrics.
 
 Only the path is logged, never the query string or headers: tokens may travel in either.
+
+A caller nobody authenticated can provoke error answers as fast as it can send (401, 404, 429): those
+lines are throttled per client address (a burst, then about one per few seconds, with a count of the
+lines held back), so that a stranger cannot flood the journal. Answers to authenticated callers and
+successful answers are always logged; the metrics count every request either way.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from aiohttp import web
 
 from .auth import CLIENT, PRINCIPAL
 from .keys import METRICS
+from .logthrottle import Throttle
 from .metrics import route_of
 
 log = logging.getLogger("nekzusd.access")
+_strangers = Throttle(log, burst=20, interval=3.0, global_burst=200, global_interval=0.05)
 
 CLIENT_CLOSED = 499  # the client went away before the answer (nginx's convention)
 
@@ -52,5 +59,8 @@ async def observe(request: web.Request, handler):
         raise
     finally:
         seconds = time.perf_counter() - started
-        log.info("%s", format_line(request, status, seconds))
+        if status < 400 or request.get(PRINCIPAL) is not None:
+            log.info("%s", format_line(request, status, seconds))
+        else:
+            _strangers.log(request.get(CLIENT), logging.INFO, "%s", format_line(request, status, seconds))
         request.app[METRICS].observe_request(route_of(request), request.method, status, seconds)

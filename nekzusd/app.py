@@ -13,9 +13,10 @@ from . import accesslog, auth, ratelimit, realip, validation
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
+from .descriptors import Budget
 from .errors import error_middleware
 from .hub import Hub
-from .keys import (APPS, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
+from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
                    RUNTIMES, STARTED_AT, STORE, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
@@ -41,11 +42,12 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     apps = app[APPS] = Apps(config.apps, store, config.max_api_apps)
     await apps.load()
-    runtimes = app[RUNTIMES] = Runtimes(config.runtimes)
+    budget = app[BUDGET]
+    runtimes = app[RUNTIMES] = Runtimes(config.runtimes, engine_pool=budget.engine_pool)
     await runtimes.open()
     app[PROBE] = RuntimeProbe(runtimes)
     hub = app[HUB] = Hub()
-    app[LOG_STREAMS] = LogStreams()
+    app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
     app[OPERATIONS] = Operations(hub, on_done=health.poke)
     app[OPERATIONS].listeners.append(app[METRICS].observe_operation)
@@ -66,9 +68,11 @@ async def _on_shutdown(app: web.Application) -> None:
     await app[HUB].close_all(code=1001)
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, budget: Budget | None = None) -> web.Application:
+    """``budget``: the descriptors' shares (by default from the current open files limit)."""
     app = web.Application(middlewares=[accesslog.observe, error_middleware], client_max_size=validation.MAX_BODY)
     app[CONFIG] = config
+    app[BUDGET] = budget or Budget.current()
     app[STARTED_AT] = time.time()
     app[METRICS] = Metrics(app)
     setup_templates(app)

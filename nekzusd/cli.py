@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from . import __version__, config as config_mod, systemd
+from . import __version__, config as config_mod, descriptors, listen, systemd
 from .auth import Tokens, load_or_create_secret
 from .keys import APPS, HEALTH
 from .statedir import StateDirError, ensure_state_dir
@@ -20,6 +20,7 @@ from .systemd import Watchdog
 
 log = logging.getLogger("nekzusd")
 
+BACKLOG = 512  # pending connections the kernel queues while the loop is busy
 HANDLER_GRACE = 2.0  # seconds requests still running at shutdown get, after operations were drained
 _TTL_RE = re.compile(r"(\d+)([smhd])")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -64,24 +65,36 @@ async def reload_config_apps(app: web.Application, path: str) -> bool:
 
 async def _serve(config: config_mod.Config, config_path: str) -> None:
     from .app import create_app
+    from .descriptors import Budget
     from .tls import ssl_context
 
+    loop = asyncio.get_running_loop()
+    listen.install_loop_exception_handler(loop)
     ssl = await asyncio.to_thread(ssl_context, config)
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_GRACE, handle_signals=False)
+    server = config.server
+    host, port = server.host_port
+    socks = listen.open_sockets(host, port, BACKLOG)  # before the app opens anything: a busy port fails fast
+    budget = Budget.current()
+    app = create_app(config, budget)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_GRACE, handle_signals=False,
+                           **listen.runner_kwargs(server.keepalive_timeout))
     await runner.setup()
+    assert runner.server is not None
+    limits = listen.ConnectionLimits(server.max_connections_per_client, budget.connections,
+                                     server.connection_cap_exempt + config.auth.trusted_proxies)
+    listener = listen.Listener(socks, runner.server, limits, head_timeout=server.head_timeout,
+                               ssl_context=ssl, backlog=BACKLOG)
     watchdog: Watchdog | None = None
     reloads: set[asyncio.Task[bool]] = set()
     try:
-        host, port = config.server.host_port
-        site = web.TCPSite(runner, host or None, port, ssl_context=ssl, reuse_address=True)
-        await site.start()
+        listener.start()
         scheme = "https" if ssl else "http"
         where = ", ".join(f"{scheme}://{h}:{p}" if ":" not in h else f"{scheme}://[{h}]:{p}"
-                          for h, p, *_ in runner.addresses)
+                          for h, p in listener.addresses)
         log.info("nekzusd %s listening on %s", __version__, where)
+        log.info("open files limit %d: up to %d capped client connections, %d log streams, %d pooled engine "
+                 "connections", budget.limit, budget.connections, budget.log_streams, budget.engine_pool)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
@@ -101,6 +114,7 @@ async def _serve(config: config_mod.Config, config_path: str) -> None:
         systemd.notify("STOPPING=1\nSTATUS=shutting down")
     finally:
         await asyncio.gather(*reloads, return_exceptions=True)
+        await listener.close()
         await runner.cleanup()
         if watchdog is not None:  # pings go on while shutting down, which may take a few seconds
             await watchdog.stop()
@@ -109,6 +123,7 @@ async def _serve(config: config_mod.Config, config_path: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
+    descriptors.raise_limit()
     try:
         asyncio.run(_serve(config, args.config))
     except StateDirError as exc:

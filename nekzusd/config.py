@@ -104,6 +104,15 @@ class ServerConfig:
     # Host names (besides IP literals, localhost and the machine's own names) that a local client may use
     # and still be trusted without a token; any other Host is treated as remote (DNS rebinding).
     allowed_hosts: tuple[str, ...] = _checked(_host_names, default_factory=tuple)
+    # Connection guards (nekzusd.listen): seconds a client has to send a complete request head, seconds
+    # an idle keep-alive connection stays open, and open connections per client address.
+    head_timeout: float = _checked(_positive, 10.0)
+    keepalive_timeout: float = _checked(_positive, 60.0)
+    max_connections_per_client: int = _checked(_positive, 64)
+    # Peers without that cap: the host itself (a local reverse proxy, the owner's scripts). Peers in
+    # auth.trusted_proxies are never capped either: a proxy carries many clients on one address.
+    connection_cap_exempt: tuple[IPNetwork, ...] = _checked(_networks, default_factory=lambda: _networks((
+        "127.0.0.1/32", "::1/128")))
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .auth import Tokens
     from .bulk import Bulk
     from .config import Config
+    from .descriptors import Budget
     from .hub import Hub
     from .logs import LogStreams
     from .metrics import Metrics
@@ -34,3 +35,4 @@ PROBE = web.AppKey("probe", "RuntimeProbe")
 BULK = web.AppKey("bulk", "Bulk")  # holds the one semaphore of all bulk and batch requests
 RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
 LOG_STREAMS = web.AppKey("log_streams", "LogStreams")  # .lines_sent, .lines_dropped, .active
+BUDGET = web.AppKey("budget", "Budget")  # descriptors: each consumer's share of the open files limit

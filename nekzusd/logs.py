@@ -31,7 +31,8 @@ TAIL_DEFAULT = 100
 TAIL_MAX = 1000
 BATCH_WINDOW = 0.005  # seconds during which lines are grouped in batch mode
 BATCH_MAX_LINES = 1000
-# Each subscription holds an engine stream open: bounded per connection and for the whole daemon.
+# Each subscription holds an engine stream open: bounded per connection and for the whole daemon. The
+# daemon-wide cap is lower when the open files limit leaves no room for 1,024 (descriptors.Budget).
 MAX_SUBSCRIPTIONS_PER_CLIENT = 32
 MAX_SUBSCRIPTIONS = 1024
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
@@ -216,7 +217,8 @@ class Subscription:
 class LogStreams:
     """Every live subscription, by client, and counters the metrics read (lines sent / dropped, active)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_subscriptions: int = MAX_SUBSCRIPTIONS) -> None:
+        self.max_subscriptions = max_subscriptions
         self.lines_sent = 0
         self.lines_dropped = 0
         self._by_client: dict[Client, dict[SubscriptionKey, Subscription]] = {}
@@ -241,9 +243,9 @@ class LogStreams:
             if len(subs) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
                 raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
                                f"At most {MAX_SUBSCRIPTIONS_PER_CLIENT} log subscriptions per connection")
-            if self.active >= MAX_SUBSCRIPTIONS:
+            if self.active >= self.max_subscriptions:
                 raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
-                               f"The daemon follows {MAX_SUBSCRIPTIONS} log streams already; try again later")
+                               f"The daemon follows {self.max_subscriptions} log streams already; try again later")
         else:
             await old.stop()
         if client.closed:

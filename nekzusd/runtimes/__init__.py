@@ -10,12 +10,12 @@ KNOWN = ("docker", "kubernetes")
 
 
 class Runtimes:
-    def __init__(self, config: RuntimesConfig) -> None:
+    def __init__(self, config: RuntimesConfig, *, engine_pool: int = 100) -> None:
         self.primary = config.primary
         self.by_name: dict[str, Runtime] = {}
         if config.docker.enabled:
             from .docker import DockerRuntime
-            self.by_name["docker"] = DockerRuntime(config.docker.host)
+            self.by_name["docker"] = DockerRuntime(config.docker.host, pool_limit=engine_pool)
         if config.kubernetes.enabled:
             from .kubernetes import KubernetesRuntime  # imported only when enabled: it is heavy
             self.by_name["kubernetes"] = KubernetesRuntime(config.kubernetes)

@@ -192,8 +192,9 @@ def podman_sample(doc: dict[str, Any]) -> Sample | None:
 class DockerRuntime(Runtime):
     name = "docker"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_limit: int = 100) -> None:
         self.url = url
+        self.pool_limit = pool_limit  # pooled connections of short calls, sized by descriptors.Budget
         self._docker: aiodocker.Docker | None = None
         self._self_id = _own_container_id()
         self.samplers = Samplers(self.name)
@@ -204,8 +205,14 @@ class DockerRuntime(Runtime):
         self._row_labels: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:
-        # The client connects lazily, so this succeeds while the engine is down.
-        self._docker = aiodocker.Docker(url=self.url)
+        # The client connects lazily, so this succeeds while the engine is down. On a socket its pool is
+        # sized by the descriptors budget; over TCP aiodocker builds the pool itself (aiohttp's 100), since
+        # it also sets up TLS from DOCKER_TLS_VERIFY or a Docker context there.
+        if self.url.startswith("unix://"):
+            connector, url = self._connector(self.pool_limit)
+            self._docker = aiodocker.Docker(url=url, connector=connector)
+        else:
+            self._docker = aiodocker.Docker(url=self.url)
 
     async def close(self) -> None:
         await self.samplers.close()
@@ -215,6 +222,7 @@ class DockerRuntime(Runtime):
             self._streams_docker = None
         if self._docker is not None:
             await self._docker.close()
+            await self._docker.connector.close()  # ours on a socket (aiodocker does not close it); else a no-op
             self._docker = None
 
     @property
@@ -488,13 +496,17 @@ class DockerRuntime(Runtime):
         Streams are bounded elsewhere: samplers by the running containers and their idle expiry, log
         subscriptions by logs.MAX_SUBSCRIPTIONS."""
         if self._streams_docker is None:
-            if self.url.startswith("unix://"):
-                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(self.url.removeprefix("unix://"), limit=0)
-                url = "unix://localhost"  # the host name aiodocker itself gives a socket
-            else:
-                connector, url = aiohttp.TCPConnector(limit=0), "http://" + self.url.removeprefix("tcp://")
+            connector, url = self._connector(0)
             self._streams_docker = aiodocker.Docker(url=url, connector=connector)
         return self._streams_docker
+
+    def _connector(self, limit: int) -> tuple[aiohttp.BaseConnector, str]:
+        """A connection pool to the engine of at most ``limit`` connections (0: no limit), and the URL
+        aiodocker is to use with it."""
+        if self.url.startswith("unix://"):
+            # "unix://localhost": the host name aiodocker itself gives a socket
+            return aiohttp.UnixConnector(self.url.removeprefix("unix://"), limit=limit), "unix://localhost"
+        return aiohttp.TCPConnector(limit=limit), "http://" + self.url.removeprefix("tcp://")
 
     @staticmethod
     def _sample_or_stop(doc: dict[str, Any], container_id: str,
