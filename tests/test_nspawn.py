@@ -160,24 +160,30 @@ def check_service(lab: dict, flow: str, nss: bool) -> None:
     assert status == 200, body
 
     # State private: 0700 directory (under /var/lib/private, 0700 root), every file 0600 and the user's.
-    listing = machine.run("stat -c '%a %u %n' /var/lib/private /var/lib/private/nekzusd "
-                          "&& find /var/lib/private/nekzusd -mindepth 1 -exec stat -c '%a %u %F %n' {} +").stdout
-    lines = [line.split(" ", 3) if line.count(" ") >= 3 else line.split(" ", 2) for line in listing.splitlines()]
+    listing = machine.run("stat -c '%a|%u|%F|%n' /var/lib/private /var/lib/private/nekzusd && "
+                          "find /var/lib/private/nekzusd -mindepth 1 -exec stat -c '%a|%u|%F|%n' {} +").stdout
+    lines = [line.split("|") for line in listing.splitlines()]
     assert lines[0][0] == "700" and lines[1][:2] == ["700", str(uid)], listing
     files = [line for line in lines[2:] if line[2] == "regular file"]
-    assert any(line[3].endswith("/tls.key") for line in files), listing
-    for line in files:
-        assert line[:2] == ["600", str(uid)], f"not private: {line}"
+    names = {line[3].rsplit("/", 1)[1] for line in files}
+    assert {"tls.key", "jwt.secret", "nekzusd.db"} <= names, listing
+    for line in lines[2:]:
+        assert line[:2] == (["600", str(uid)] if line[2] == "regular file" else ["700", str(uid)]), line
     assert machine.run("readlink /var/lib/nekzusd").stdout.strip() == "private/nekzusd"
 
     # Reload re-reads the apps, with no /bin/kill on the system, and keeps the process.
-    assert machine.run("command -v kill || ls /bin/kill /usr/bin/kill", check=False).returncode != 0
+    assert not any(machine.path(p).exists() for p in ("/bin/kill", "/usr/bin/kill", "/sbin/kill", "/usr/sbin/kill"))
     config = machine.path("/etc/nekzusd/nekzusd.yaml")
-    config.write_text(config.read_text() + f"  - {{id: reload-{flow}, name: Reloaded}}\n")
+    app_id = "reload-" + flow.replace(" ", "-")
+    config.write_text(config.read_text() + f"  - {{id: {app_id}, name: Reloaded}}\n")
     since = time.monotonic()
     machine.run("systemctl reload nekzusd")
-    wait_for("the reloaded app", lambda: any(a.get("id") == f"reload-{flow}" for a in _get(port, "/api/v1/apps")[1]
-                                           or []), 30)
+    try:
+        wait_for("the reloaded app", lambda: any(a.get("id") == app_id
+                                               for a in _get(port, "/api/v1/apps")[1] or []), 30)
+    except AssertionError as exc:
+        journal = machine.run("journalctl -q --no-pager | grep -v nekzusd.access | tail -n 25").stdout
+        raise AssertionError(f"{exc}; apps: {_get(port, '/api/v1/apps')}; journal:\n{journal}") from None
     timed("reload until the app is listed", since)
     assert _main_pid(machine) == pid
 
