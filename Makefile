@@ -110,6 +110,7 @@ wheelhouse: | $(VENV)/.installed
 # make deb [DEB_PYTHON=/usr/bin/python3] [PIP_INSTALL_ARGS=...]: nekzusd_VERSION_ARCH.deb in DEBDIR, built
 # with dpkg-deb alone. The venv is made by Debian's python3 (the one the package Depends on) and staged
 # by `make install`; its compiled wheels (orjson, cryptography) make the package architecture-specific.
+# gzip, not xz: xz alone took 170 s for the 120 MB venv on two busy cores; the .deb is 23 MB instead of 15 MB.
 DEB_PYTHON ?= /usr/bin/python3
 DEBDIR ?= build
 DEB_MAINTAINER ?= nekzusd maintainers <nekzusd@localhost>
@@ -134,7 +135,7 @@ deb:
 		-e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_STAGE) | cut -f1)|" \
 		-e "s|@PYMIN@|$$version|" -e "s|@PYNEXT@|$$next|" -e "s|@MAINTAINER@|$(DEB_MAINTAINER)|" \
 		packaging/deb/control.in > $(DEB_STAGE)/DEBIAN/control
-	dpkg-deb --root-owner-group -Zxz --build $(DEB_STAGE) $(DEBDIR)/
+	dpkg-deb --root-owner-group -Zgzip --build $(DEB_STAGE) $(DEBDIR)/
 	rm -rf $(DEB_STAGE)
 
 clean:
