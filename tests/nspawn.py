@@ -211,3 +211,8 @@ def run_cp(src: Path, dest: Path) -> None:
 
 def host_arch() -> str:
     return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def deb_fields(deb: Path, *names: str) -> dict[str, str]:
+    out = subprocess.run(["dpkg-deb", "-f", str(deb), *names], capture_output=True, text=True, check=True).stdout
+    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)

@@ -227,6 +227,8 @@ def test_make_install_offline_without_libnss_systemd(lab) -> None:
     src = machine.path("/root/nekzusd")
     nspawn.copy_checkout(REPO, src)
     shutil.copytree(lab["wheels"], src / "wheels")
+    # What pip needs to build nekzusd from the checkout in isolation, with no index.
+    assert {"setuptools", "wheel"} <= {w.name.split("-")[0] for w in (src / "wheels").glob("*.whl")}
     # The README's offline install, word for word.
     since = time.monotonic()
     machine.run('cd /root/nekzusd && make install PIP_INSTALL_ARGS="--no-index --find-links=wheels/"', timeout=900)
@@ -257,6 +259,9 @@ def test_deb_with_libnss_systemd_install_remove_purge(lab) -> None:
     TIMINGS["make deb"] = time.monotonic() - since
     (deb,) = out.glob("nekzusd_*.deb")
     assert deb.name.endswith(f"_{nspawn.host_arch()}.deb"), deb.name
+    fields = nspawn.deb_fields(deb, "Depends", "Recommends", "Architecture")
+    assert fields["Depends"].startswith("python3 (>= 3.") and "docker" not in fields["Depends"], fields
+    assert fields["Recommends"] == "docker.io | docker-ce | podman-docker", fields
     shutil.copy(deb, machine.path(f"/root/{deb.name}"))
 
     since = time.monotonic()
