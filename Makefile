@@ -12,9 +12,11 @@ PYTEST_ARGS ?=
 # Debian packages: the runtime needs none but a Docker engine to talk to; the tests start their own
 # private dockerd and Podman, build busybox images, and drive headless Chromium.
 RUN_DEBS := python3-venv docker.io
-TEST_DEBS := python3-venv docker.io busybox-static podman runc docker-compose chromium iproute2 systemd
+TEST_DEBS := python3-venv docker.io busybox-static podman runc docker-compose chromium iproute2 systemd \
+	systemd-container mmdebstrap
+# (systemd-container and mmdebstrap: tests/test_nspawn.py boots a minimal Debian under a real systemd.)
 
-.PHONY: run test venv debs-run debs-test bench soak install uninstall clean
+.PHONY: run test venv debs-run debs-test bench soak install uninstall clean wheelhouse deb
 
 define install_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
@@ -96,6 +98,45 @@ uninstall:
 	fi
 	@if [ "$(HAVE_SYSTEMD)" = yes ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFDIR) and /var/lib/nekzusd; remove them by hand to forget everything"
+
+# make wheelhouse [WHEELS=wheels]: everything an offline `make install PIP_INSTALL_ARGS="--no-index
+# --find-links=wheels/"` needs, gathered on a machine with an index: nekzusd's wheel, its dependencies, and
+# the build backend (setuptools, wheel) pip needs to build nekzusd from this checkout in isolation.
+WHEELS ?= wheels
+wheelhouse: | $(VENV)/.installed
+	$(PIP) wheel -q --disable-pip-version-check -w $(WHEELS) .
+	$(PIP) download -q --disable-pip-version-check -d $(WHEELS) $$(sed -n 's/^requires = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
+
+# make deb [DEB_PYTHON=/usr/bin/python3] [PIP_INSTALL_ARGS=...]: nekzusd_VERSION_ARCH.deb in DEBDIR, built
+# with dpkg-deb alone. The venv is made by Debian's python3 (the one the package Depends on) and staged
+# by `make install`; its compiled wheels (orjson, cryptography) make the package architecture-specific.
+# gzip, not xz: xz alone took 170 s for the 120 MB venv on two busy cores; the .deb is 23 MB instead of 15 MB.
+DEB_PYTHON ?= /usr/bin/python3
+DEBDIR ?= build
+DEB_MAINTAINER ?= nekzusd maintainers <nekzusd@localhost>
+DEB_STAGE := $(DEBDIR)/deb-root
+
+deb:
+	@command -v dpkg-deb >/dev/null || { echo "make deb needs dpkg-deb (Debian's dpkg)" >&2; exit 2; }
+	rm -rf $(DEB_STAGE)
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DEB_STAGE)) PREFIX=/opt/nekzusd \
+		UNITDIR=/lib/systemd/system PYTHON=$(DEB_PYTHON) PIP_INSTALL_ARGS="--no-compile $(PIP_INSTALL_ARGS)"
+	find $(DEB_STAGE) -name __pycache__ -prune -exec rm -rf {} +
+	$(DEB_STAGE)/opt/nekzusd/bin/python3 -m compileall -q -j0 -p / \
+		-s $(abspath $(DEB_STAGE)) $(DEB_STAGE)/opt/nekzusd/lib
+	install -d -m 0755 $(DEB_STAGE)/DEBIAN
+	install -m 0755 packaging/deb/preinst packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm \
+		$(DEB_STAGE)/DEBIAN/
+	echo /etc/nekzusd/nekzusd.yaml > $(DEB_STAGE)/DEBIAN/conffiles
+	@set -e; version=$$($(DEB_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	next=$$($(DEB_PYTHON) -c 'import sys; print("%d.%d" % (sys.version_info[0], sys.version_info[1] + 1))'); \
+	sed -e "s|@VERSION@|$$(sed -n 's/^__version__ = "\(.*\)"/\1/p' nekzusd/__init__.py)|" \
+		-e "s|@ARCH@|$$(dpkg --print-architecture)|" \
+		-e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_STAGE) | cut -f1)|" \
+		-e "s|@PYMIN@|$$version|" -e "s|@PYNEXT@|$$next|" -e "s|@MAINTAINER@|$(DEB_MAINTAINER)|" \
+		packaging/deb/control.in > $(DEB_STAGE)/DEBIAN/control
+	dpkg-deb --root-owner-group -Zgzip --build $(DEB_STAGE) $(DEBDIR)/
+	rm -rf $(DEB_STAGE)
 
 clean:
 	rm -rf $(VENV) .state build *.egg-info

@@ -59,7 +59,7 @@ def test_install_into_destdir_and_uninstall(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is not None:  # the installed unit, pointed at the staged executable, passes verify
         staged = tmp_path / "nekzusd.service"
-        staged.write_text(unit.replace(f"{PREFIX}/bin/nekzusd", str(venv / "bin/nekzusd")))
+        staged.write_text(unit.replace(f"{PREFIX}/bin/", f"{venv}/bin/"))  # ExecStart and ExecReload
         check = subprocess.run([analyze, "verify", str(staged)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
 
