@@ -149,6 +149,8 @@ class Tokens:
             message = next((text for kind, text in _TOKEN_ERRORS if isinstance(exc, kind)), "Token is invalid")
             reason = "expired" if isinstance(exc, jwt.ExpiredSignatureError) else "invalid"
             raise TokenRefused(reason, message) from None
+        except (OverflowError, TypeError, ValueError):  # e.g. "exp": Infinity, which PyJWT lets through
+            raise TokenRefused("invalid", "Token is malformed") from None
         if self._refuse_all is not None:
             raise TokenRefused("revoked", "Tokens are refused until the daemon's token files are fixed "
                                           "(see its log)")

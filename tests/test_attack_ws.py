@@ -240,3 +240,40 @@ async def test_expiry_timer_is_cancelled_when_the_client_leaves(make_client, con
     async with asyncio.timeout(5):
         while hub.clients or not timer.cancelled():
             await asyncio.sleep(0.02)
+
+
+async def test_compressed_bomb_is_closed_1009(make_client, config_data, caplog):
+    """permessage-deflate: 8 MB of one letter compresses to a few KB; the limit holds on the inflated size."""
+    client = await remote(make_client, config_data)
+    ws = await client.ws_connect("/api/v1/ws", compress=15)
+    assert ws.compress  # the daemon accepted the extension: the attack is possible at all
+    await ws.send_str('{"type":"ping","data":{"x":"' + "a" * (8 << 20) + '"}}')
+    await closed_with(ws, 1009)
+    no_tracebacks(caplog)
+
+
+async def test_token_with_an_infinite_expiry_is_refused_cleanly(make_client, config_data, caplog):
+    """Only someone holding the secret could make it, but it must still be a 401, not a 500."""
+    import json
+
+    secret = load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret")
+    now = int(time.time())
+    header = {"alg": "HS256", "typ": "JWT"}
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    body = json.dumps({"sub": "x", "scopes": ["*"], "iss": "nekzus", "aud": "nekzus", "iat": now,
+                       "exp": float("inf")})  # json writes Infinity
+    signing = f"{b64(json.dumps(header).encode())}.{b64(body.encode())}"
+    token = f"{signing}.{b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())}"
+    client = await remote(make_client, config_data)
+    async with client.get("/api/v1/containers", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 401 and (await resp.json())["error"] == "UNAUTHORIZED"
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.send_json({"type": "auth", "data": {"token": token}})
+    assert (await ws.receive_json(timeout=5))["type"] == "auth_failed"
+    no_tracebacks(caplog)

@@ -236,3 +236,38 @@ def test_subject_revocation_refuses_tokens_without_iat():
     assert revoked.refuses({"sub": "phone", "iat": 1000}) is not None
     assert revoked.refuses({"sub": "phone", "iat": 1001}) is None
     assert revoked.refuses({"sub": "tablet", "iat": 5}) is None
+
+
+async def test_real_daemon_applies_a_revocation_on_sighup(engine, tmp_path):
+    """``nekzusd serve`` in a subprocess: revoke, SIGHUP, and the session and the token are refused; the daemon
+    keeps serving and logs no traceback."""
+    import signal
+
+    from tests.conftest import base_config
+    from tests.test_cli import Daemon
+
+    config = base_config(engine, tmp_path / "d" / "state")
+    config["auth"] = {"local_networks": ["127.0.0.1/32"]}
+    daemon = Daemon(tmp_path / "d", config)
+    try:
+        await daemon.start()
+        made = create(daemon.config_path, "phone")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0))) as http:
+            headers = {"Authorization": f"Bearer {made['token']}"}
+            async with http.get(f"{daemon.base_url}/api/v1/containers", headers=headers) as resp:
+                assert resp.status == 200
+            ws = await http.ws_connect(f"{daemon.base_url}/api/v1/ws", headers=headers)
+            await alive(ws)
+            assert cli(daemon.config_path, "revoke", "--subject", "phone").returncode == 0
+            await daemon.send(signal.SIGHUP)
+            last = await ended(ws)
+            assert last["type"] == "auth_revoked" and last["data"]["error"] == "TOKEN_REVOKED"
+            async with http.get(f"{daemon.base_url}/api/v1/containers", headers=headers) as resp:
+                assert resp.status == 401 and "revoked" in (await resp.json())["message"]
+            async with http.get(f"{daemon.base_url}/healthz") as resp:
+                assert resp.status == 200
+        rc, _ = await daemon.stop()
+        assert rc == 0
+        assert "Traceback" not in daemon.stderr() and made["token"] not in daemon.stderr()
+    finally:
+        await daemon.close()
