@@ -277,3 +277,21 @@ async def test_token_with_an_infinite_expiry_is_refused_cleanly(make_client, con
     await ws.send_json({"type": "auth", "data": {"token": token}})
     assert (await ws.receive_json(timeout=5))["type"] == "auth_failed"
     no_tracebacks(caplog)
+
+
+async def test_token_with_a_deeply_nested_header_is_refused_cleanly(make_client, config_data, caplog):
+    """PyJWT parses a token's header before checking its signature: 45,000 ``[`` in the header (WS auth
+    message) and 5,000 (Bearer header, within aiohttp's 8 KiB field limit) must be a plain refusal."""
+    import base64
+
+    def token(depth: int) -> str:
+        return base64.urlsafe_b64encode(b"[" * depth).rstrip(b"=").decode() + ".e30.c2ln"
+
+    client = await remote(make_client, config_data)
+    async with client.get("/api/v1/containers", headers={"Authorization": f"Bearer {token(5000)}"}) as resp:
+        assert resp.status == 401 and (await resp.json())["error"] == "UNAUTHORIZED"
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.send_json({"type": "auth", "data": {"token": token(45_000)}})
+    reply = await ws.receive_json(timeout=5)
+    assert reply["type"] == "auth_failed" and reply["data"]["error"] == "UNAUTHORIZED"
+    no_tracebacks(caplog)
