@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import yaml
 from aiohttp import WSMsgType
 
 from nekzusd import revocation
-from nekzusd.auth import Tokens, load_or_create_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 REMOTE_ADDR = "127.0.0.2"
