@@ -4,10 +4,10 @@ Every message both ways is ``{"type": ..., "data": {...}}``. Handlers for messag
 their feature (logs register theirs in ``MESSAGE_HANDLERS``); this module only routes.
 
 What a client sends is hostile until proven otherwise, authenticated or not:
-- a message is decoded by orjson, whose parser is not recursive in Python (the standard library's raised
-  RecursionError, a traceback, on a frame of 60,000 ``[``), then refused if nested deeper than
-  ``MAX_DEPTH`` (no message type needs more); anything undecodable is ``INVALID_MESSAGE``, the connection
-  stays. Frames over ``MAX_MESSAGE`` are closed by aiohttp with 1009, invalid UTF-8 in a text frame with 1007;
+- a message is decoded by orjson, which refuses nesting beyond 1,024 levels with a decode error (the
+  standard library raised RecursionError, a traceback, on a frame of 60,000 ``[``), then refused if nested
+  deeper than ``MAX_DEPTH`` (no message type needs more, and handlers may ``str()`` parts of ``data``);
+  anything undecodable is ``INVALID_MESSAGE``, the connection stays. Frames over ``MAX_MESSAGE`` are closed by aiohttp with 1009, invalid UTF-8 in a text frame with 1007;
 - every data frame (text or binary, valid or not, before and after authentication) spends a token of the
   connection's bucket (``RATE_BURST``, ``RATE_PER_SECOND``): over it, the message is not handled and the
   client gets ``RATE_LIMITED``; a client that keeps going (``STRIKES_TO_CLOSE`` refusals, forgiven at one
@@ -177,8 +177,8 @@ async def _dispatch(request: web.Request, client: Client, text: str) -> None:
 
 
 async def _over_budget(client: Client, budget: MessageBudget) -> bool:
-    """Spend one message of the budget; False when the message must not be handled (RATE_LIMITED sent,
-    and the connection closed if the client keeps going)."""
+    """Spend one message of the budget. True when it is over the budget and must not be handled:
+    ``RATE_LIMITED`` was sent, or the session is ending because the client kept going."""
     verdict = budget.take()
     if verdict == MessageBudget.OK:
         return False
