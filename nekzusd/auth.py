@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .config import AuthConfig
 from .errors import ApiError
+from .privatefile import give_to_directory_owner, write_private
 from .realip import CLIENT, in_networks
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def load_or_create_secret(path: Path) -> bytes:
         try:
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+                give_to_directory_owner(fh.fileno(), path.parent)  # `sudo nekzusd token create` before a start
                 fh.write(secrets.token_hex(48).encode() + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -281,22 +283,7 @@ async def load_tokens(config: Any) -> Tokens:
 
 
 def replace_secret(path: Path) -> None:
-    """A new secret in place of the old one (atomic rename, 0600): every token issued so far stops verifying.
-    A running daemon notices within a second (``revocation.TokenFiles``)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(secrets.token_hex(48).encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """A new secret in place of the old one (atomic rename, 0600, owned by the state directory's owner):
+    every token issued so far stops verifying. A running daemon notices within a second
+    (``revocation.TokenFiles``)."""
+    write_private(path, secrets.token_hex(48).encode() + b"\n")

@@ -26,11 +26,12 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .privatefile import give_to_directory_owner, write_private
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +96,8 @@ def load(path: Path) -> RevocationList:
 
 
 def save(path: Path, revoked: RevocationList) -> None:
-    """Write atomically (private temporary file, fsync, rename, fsync the directory), mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(revoked.to_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write atomically, mode 0600, owned by the state directory's owner (``privatefile``)."""
+    write_private(path, (revoked.to_json() + "\n").encode())
 
 
 @contextlib.contextmanager
@@ -121,6 +106,7 @@ def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        give_to_directory_owner(fd, path.parent)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

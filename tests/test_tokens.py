@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -269,3 +270,17 @@ async def test_real_daemon_applies_a_revocation_on_sighup(engine, tmp_path):
         assert "Traceback" not in daemon.stderr() and made["token"] not in daemon.stderr()
     finally:
         await daemon.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_files_written_with_sudo_stay_readable_by_the_daemons_user(config_file, config_data):
+    """systemd runs the daemon as a dynamic user; an admin runs the CLI with sudo. A root-owned 0600 list or
+    secret would be unreadable to the daemon (every token refused), so they go to the state directory's owner."""
+    state = Path(config_data["state_dir"])
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(state, 61234, 61234)
+    assert cli(config_file, "revoke", "--subject", "phone").returncode == 0
+    assert cli(config_file, "rotate-secret").returncode == 0
+    for path in (revocation.path_in(state), state / "jwt.secret"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (61234, 61234, 0o600), path
