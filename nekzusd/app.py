@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import accesslog, auth, ratelimit, realip, validation
+from . import accesslog, auth, ratelimit, realip, revocation, validation, ws
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
@@ -17,7 +17,7 @@ from .descriptors import Budget
 from .errors import error_middleware
 from .hub import Hub
 from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
-                   RUNTIMES, STARTED_AT, STORE, TOKENS)
+                   RUNTIMES, STARTED_AT, STORE, TOKEN_FILES, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
@@ -47,6 +47,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await runtimes.open()
     app[PROBE] = RuntimeProbe(runtimes)
     hub = app[HUB] = Hub()
+    token_files = app[TOKEN_FILES] = revocation.TokenFiles(
+        app[TOKENS], config.jwt_secret_path, revocation.path_in(config.state_path), auth.load_or_create_secret,
+        on_change=lambda: ws.recheck_sessions(hub, app[TOKENS]))
+    await token_files.start()
     app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
     app[OPERATIONS] = Operations(hub, on_done=health.poke)
@@ -56,6 +60,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await token_files.stop()
         await health.stop()
         await app[LOG_STREAMS].close()
         await runtimes.close()

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,7 @@ from aiohttp import web
 from .config import AuthConfig
 from .errors import ApiError
 from .hostnames import ServerNames, learn
+from .privatefile import give_to_directory_owner, write_private
 from .realip import CLIENT, in_networks
 from .statedir import tighten_file
 
@@ -36,6 +37,9 @@ PUBLIC = "public"  # @requires(PUBLIC): anyone, e.g. the API description
 _ALL_SCOPES = frozenset({"*"})
 _GRANTS = {READ: {"*", "read:*", "read:containers", "write:*", "write:containers"},
            WRITE: {"*", "write:*", "write:containers"}}
+SCOPES = frozenset(_GRANTS[READ] | _GRANTS[WRITE])  # every scope a token may carry
+MIN_TTL = 60  # seconds: a shorter token would expire before it is copied to a device
+MAX_TTL = 365 * 86400  # a token is a standing credential: at most a year (revocation ids are kept that long)
 _TOKEN_ERRORS = [  # most specific first; fixed texts, so nothing of the token is echoed back
     (jwt.ExpiredSignatureError, "Token expired"),
     (jwt.InvalidSignatureError, "Token signature is invalid"),
@@ -48,7 +52,8 @@ _TOKEN_ERRORS = [  # most specific first; fixed texts, so nothing of the token i
 ]
 
 __all__ = ["CLIENT", "PRINCIPAL", "READ", "WRITE", "PUBLIC", "Principal", "Tokens", "requires", "require",
-           "authenticate", "local_trust", "setup", "load_tokens", "load_or_create_secret"]
+           "authenticate", "local_trust", "setup", "load_tokens", "load_or_create_secret", "replace_secret",
+           "TokenRefused", "SCOPES", "MAX_TTL", "MIN_TTL"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     local: bool
+    # A token's: the moment it stops being accepted (exp + leeway), so that a WebSocket session can end then.
+    expires_at: float | None = field(default=None, compare=False)
 
     def allows(self, need: str) -> bool:
         """Whether the scopes grant ``need`` (READ or WRITE): a write scope implies read, ``*`` grants all."""
@@ -75,6 +82,7 @@ def load_or_create_secret(path: Path) -> bytes:
         try:
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+                give_to_directory_owner(fh.fileno(), path.parent)  # `sudo nekzusd token create` before a start
                 fh.write(secrets.token_hex(48).encode() + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -93,21 +101,48 @@ def load_or_create_secret(path: Path) -> bytes:
     return data
 
 
-class Tokens:
-    """Issues and verifies the daemon's JWTs."""
+class TokenRefused(ApiError):
+    """401 for a token that was sent but is not accepted; ``reason`` says which kind of refusal
+    (``expired``, ``revoked``, ``invalid``) for callers that end a session because of it."""
 
-    def __init__(self, secret: bytes, issuer: str, audience: str) -> None:
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(401, "UNAUTHORIZED", message,
+                         headers={"WWW-Authenticate": 'Bearer realm="nekzusd", error="invalid_token"'})
+        self.reason = reason
+
+
+class Tokens:
+    """Issues and verifies the daemon's JWTs.
+
+    The secret and the revocation list can change while the daemon runs (``revocation.TokenFiles``);
+    ``refuse_all`` is set while either of them cannot be read, so that a broken file fails closed.
+    """
+
+    def __init__(self, secret: bytes, issuer: str, audience: str, revoked: Any = None) -> None:
         self._secret = secret
         self.issuer = issuer
         self.audience = audience
+        self._revoked = revoked  # a revocation.RevocationList, or None
+        self._refuse_all: str | None = None
+
+    def use_secret(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def use_revocations(self, revoked: Any) -> None:
+        self._revoked = revoked
+
+    def refuse_all(self, reason: str | None) -> None:
+        self._refuse_all = reason
 
     def __repr__(self) -> str:  # never show the secret, e.g. in a traceback's locals
         return f"Tokens(issuer={self.issuer!r}, audience={self.audience!r})"
 
-    def create(self, subject: str, scopes: list[str], ttl: float, now: float | None = None) -> str:
+    def create(self, subject: str, scopes: list[str], ttl: float, now: float | None = None,
+               token_id: str | None = None) -> str:
+        """A signed token; it carries an id (``jti``) by which it can be revoked alone."""
         now = time.time() if now is None else now
         claims = {"sub": subject, "scopes": list(scopes), "iss": self.issuer, "aud": self.audience,
-                  "iat": int(now), "exp": int(now + ttl)}
+                  "iat": int(now), "exp": int(now + ttl), "jti": token_id or new_token_id()}
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
@@ -118,13 +153,29 @@ class Tokens:
                                 options={"require": ["exp", "iss", "aud"]})
         except jwt.PyJWTError as exc:
             message = next((text for kind, text in _TOKEN_ERRORS if isinstance(exc, kind)), "Token is invalid")
-            raise unauthorized(message, invalid=True) from None
+            reason = "expired" if isinstance(exc, jwt.ExpiredSignatureError) else "invalid"
+            raise TokenRefused(reason, message) from None
+        except (OverflowError, TypeError, ValueError):  # e.g. "exp": Infinity, which PyJWT lets through
+            raise TokenRefused("invalid", "Token is malformed") from None
+        if self._refuse_all is not None:
+            raise TokenRefused("revoked", "Tokens are refused until the daemon's token files are fixed "
+                                          "(see its log)")
+        if self._revoked is not None:
+            why = self._revoked.refuses(claims)
+            if why is not None:
+                raise TokenRefused("revoked", why)
         scopes = claims.get("scopes", [])
         if isinstance(scopes, str):
             scopes = scopes.split()
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-            raise unauthorized("Token scopes must be a list of strings", invalid=True)
-        return Principal(str(claims.get("sub", "")), frozenset(scopes), local=False)
+            raise TokenRefused("invalid", "Token scopes must be a list of strings")
+        exp = claims["exp"]
+        return Principal(str(claims.get("sub", "")), frozenset(scopes), local=False,
+                         expires_at=float(exp) + LEEWAY if isinstance(exp, (int, float)) else None)
+
+
+def new_token_id() -> str:
+    return secrets.token_urlsafe(12)
 
 
 def unauthorized(message: str, invalid: bool = False) -> ApiError:
@@ -263,3 +314,10 @@ def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ..
 async def load_tokens(config: Any) -> Tokens:
     secret = await asyncio.to_thread(load_or_create_secret, config.jwt_secret_path)
     return Tokens(secret, config.auth.issuer, config.auth.audience)
+
+
+def replace_secret(path: Path) -> None:
+    """A new secret in place of the old one (atomic rename, 0600, owned by the state directory's owner):
+    every token issued so far stops verifying. A running daemon notices within a second
+    (``revocation.TokenFiles``)."""
+    write_private(path, secrets.token_hex(48).encode() + b"\n")

@@ -1,20 +1,23 @@
-"""The ``nekzusd`` command: serve, check-config, token create."""
+"""The ``nekzusd`` command: serve, check-config, token create | revoke | rotate-secret."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
 import logging
 import os
 import re
 import signal
 import sys
+import time
 
 from aiohttp import web
 
-from . import __version__, config as config_mod, descriptors, listen, systemd
-from .auth import Tokens, load_or_create_secret
-from .keys import APPS, HEALTH
+from . import __version__, config as config_mod, descriptors, listen, revocation, systemd
+from .auth import MAX_TTL, MIN_TTL, SCOPES, Tokens, load_or_create_secret, new_token_id, replace_secret
+from .keys import APPS, HEALTH, TOKEN_FILES
 from .statedir import StateDirError, ensure_state_dir
 from .systemd import Watchdog
 
@@ -36,7 +39,28 @@ def parse_ttl(text: str) -> int:
         pos = match.end()
     if pos != len(text) or total <= 0:
         raise argparse.ArgumentTypeError(f"invalid ttl {text!r}: use e.g. 30m, 12h, 7d")
+    if total < MIN_TTL:
+        raise argparse.ArgumentTypeError(f"ttl {text!r} is too short: at least {MIN_TTL} s")
+    if total > MAX_TTL:
+        raise argparse.ArgumentTypeError(f"ttl {text!r} is too long: at most {MAX_TTL // 86400}d (a token is a "
+                                         "standing credential; make a new one when it expires)")
     return total
+
+
+def parse_scope(text: str) -> str:
+    if text not in SCOPES:
+        raise argparse.ArgumentTypeError(f"unknown scope {text!r}: use one of {', '.join(sorted(SCOPES))}")
+    return text
+
+
+_SUBJECT_RE = re.compile(r"[\w.@:+-]{1,128}")
+
+
+def parse_subject(text: str) -> str:
+    """Letters, digits and ``._@:+-``: a subject is written to the request log and shown as a device id."""
+    if not _SUBJECT_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid subject {text[:40]!r}: 1 to 128 letters, digits or ._@:+-")
+    return text
 
 
 def _load_config(path: str) -> config_mod.Config:
@@ -99,6 +123,7 @@ async def _serve(config: config_mod.Config, config_path: str) -> None:
             loop.add_signal_handler(sig, stop.set)
 
         def reload() -> None:
+            app[TOKEN_FILES].poke()  # the secret and the revocation list are looked at again at once
             task = asyncio.create_task(reload_config_apps(app, config_path), name="reload")
             reloads.add(task)
             task.add_done_callback(reloads.discard)
@@ -141,6 +166,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revocations(config: config_mod.Config) -> revocation.RevocationList | None:
+    path = revocation.path_in(config.state_path)
+    try:
+        return revocation.load(path)
+    except (OSError, ValueError) as exc:
+        print(f"nekzusd: {path} cannot be read ({exc}); fix or remove it first", file=sys.stderr)
+        return None
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     try:
@@ -153,8 +187,58 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"nekzusd: cannot read the JWT secret: {exc}", file=sys.stderr)
         return 1
+    revoked = _revocations(config)
+    if revoked is None:
+        return 1
+    # A subject revoked this very second refuses tokens issued in it (iat is in whole seconds): wait for the
+    # next second, so that a token made right after a revocation is not refused with the old ones.
+    revoked_at = revoked.subjects.get(args.subject)
+    if revoked_at is not None and time.time() < revoked_at + 1:
+        time.sleep(revoked_at + 1 - time.time())
     tokens = Tokens(secret, config.auth.issuer, config.auth.audience)
-    print(tokens.create(args.subject, args.scope, args.ttl))
+    now = time.time()
+    token_id = new_token_id()
+    token = tokens.create(args.subject, args.scope, args.ttl, now=now, token_id=token_id)
+    expires = datetime.datetime.fromtimestamp(int(now + args.ttl), datetime.timezone.utc).isoformat()
+    if args.json:
+        print(json.dumps({"token": token, "id": token_id, "subject": args.subject, "scopes": args.scope,
+                          "expiresAt": expires}))
+    else:
+        print(token)
+        print(f"token id {token_id} (revoke it alone with: nekzusd token revoke --id {token_id}); "
+              f"expires {expires}", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    if args.subject is None and args.id is None:
+        print("nekzusd: token revoke needs --subject and/or --id", file=sys.stderr)
+        return 2
+    path = revocation.path_in(config.state_path)
+    try:
+        revocation.revoke(path, subject=args.subject, token_id=args.id)
+    except (OSError, ValueError) as exc:
+        print(f"nekzusd: cannot update {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.subject is not None:
+        print(f"revoked every token of subject {args.subject!r} issued until now", file=sys.stderr)
+    if args.id is not None:
+        print(f"revoked token id {args.id!r}", file=sys.stderr)
+    print("a running daemon applies this within a second (and ends the WebSocket sessions of those tokens)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_token_rotate_secret(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    try:
+        replace_secret(config.jwt_secret_path)
+    except OSError as exc:
+        print(f"nekzusd: cannot replace the JWT secret: {exc}", file=sys.stderr)
+        return 1
+    print(f"new secret in {config.jwt_secret_path}: every token issued so far is refused; a running daemon "
+          "applies this within a second (and ends their WebSocket sessions)", file=sys.stderr)
     return 0
 
 
@@ -172,14 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("serve", help="run the daemon")).set_defaults(func=cmd_serve)
     with_config(sub.add_parser("check-config", help="validate the config file")).set_defaults(
         func=cmd_check_config)
-    token = sub.add_parser("token", help="manage API tokens")
+    token = sub.add_parser(
+        "token", help="manage API tokens",
+        description="Tokens are JWTs signed with the daemon's secret (state directory). A lost device's token is "
+                    "refused with `token revoke --subject NAME` (every token of that subject issued until now) or "
+                    "`token revoke --id ID` (the id `token create` printed); `token rotate-secret` refuses every "
+                    "token at once. A running daemon applies either within a second, no restart needed, and ends "
+                    "the WebSocket sessions of the refused tokens.")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = with_config(token_sub.add_parser("create", help="print a signed JWT"))
-    create.add_argument("--subject", required=True)
-    create.add_argument("--scope", action="append", required=True,
+    create = with_config(token_sub.add_parser(
+        "create", help="print a signed JWT",
+        description="Print a token on stdout; its id and expiry go to stderr (or everything as JSON with --json)."))
+    create.add_argument("--subject", required=True, type=parse_subject,
+                        help="who holds the token (e.g. phone-of-ann): shown as the device id, used by revoke")
+    create.add_argument("--scope", action="append", required=True, type=parse_scope,
                         help="read:containers, write:containers, read:*, write:* or *; repeatable")
-    create.add_argument("--ttl", type=parse_ttl, default=parse_ttl("12h"))
+    create.add_argument("--ttl", type=parse_ttl, default=parse_ttl("12h"),
+                        help=f"lifetime, e.g. 30m, 12h, 30d (default 12h; from {MIN_TTL}s to {MAX_TTL // 86400}d)")
+    create.add_argument("--json", action="store_true", help="print {token, id, subject, scopes, expiresAt}")
     create.set_defaults(func=cmd_token_create)
+    revoke = with_config(token_sub.add_parser(
+        "revoke", help="refuse tokens from now on (a lost device)",
+        description="Refuse every token of a subject issued until now, and/or one token by its id. Stored in "
+                    f"{revocation.FILE_NAME} in the state directory."))
+    revoke.add_argument("--subject", type=parse_subject, help="every token of this subject issued until now")
+    revoke.add_argument("--id", help="the token with this id (printed by token create)")
+    revoke.set_defaults(func=cmd_token_revoke)
+    rotate = with_config(token_sub.add_parser(
+        "rotate-secret", help="replace the signing secret: every token is refused",
+        description="Write a new JWT secret: every token issued so far stops verifying; make new ones after."))
+    rotate.set_defaults(func=cmd_token_rotate_secret)
     return parser
 
 

@@ -9,6 +9,10 @@ A client that reads slowly must not grow the daemon's memory. Each client has on
 - a client that cannot take a batch of messages within ``SEND_TIMEOUT`` is stuck and closed (aborted, so
   that closing cannot hang on a peer that never reads).
 Producers that prefer waiting to dropping (a fast client that is briefly behind) use ``wait_log_room``.
+
+A session authenticated by a token lasts as long as the token: ``watch_token`` sets a timer (owned by the
+client, cancelled when it goes) for the token's expiry, and ``end_session`` ends the session with one clear
+message and a 1008 close (expiry, revocation, a new secret; see ``Hub.recheck``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class Client:
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self.token: str | None = None  # the token the session stands on (remote clients); never logged
+        self.ending = False  # end_session was called: no further message is handled
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -83,6 +90,37 @@ class Client:
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.address}")
+
+    def watch_token(self, token: str, expires_at: float | None) -> None:
+        """The session stands on ``token`` from now on; it ends when the token expires (``expires_at``,
+        wall-clock seconds, when the daemon stops accepting it)."""
+        self.token = token
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.end_session, "auth_expired", "TOKEN_EXPIRED", "Token expired; connect again with a new token")
+
+    def end_session(self, type_: str, code: str, message: str, close_code: int = 1008) -> None:
+        """End the session: the client's streams end, then ``{"type": type_, "data": {"error": code,
+        "message": message}}`` goes out, then the connection closes with ``close_code``. Runs in a task
+        owned by the client (awaited by ``shutdown``)."""
+        if self.ending or self.closed:
+            return
+        self.ending = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._closer = asyncio.create_task(self._end(type_, code, message, close_code),
+                                           name=f"ws-end-{self.address}")
+
+    async def _end(self, type_: str, code: str, message: str, close_code: int) -> None:
+        await self.run_close_callbacks()
+        self.send(envelope(type_, {"error": code, "message": message}))
+        await self.flush_and_stop()
+        await self.close(close_code, code.encode())
 
     def send(self, message: dict[str, Any], *, droppable_for: str | None = None) -> bool:
         """Queue a message. With ``droppable_for`` (a container id) it is a log message that may be dropped;
@@ -231,6 +269,11 @@ class Client:
 
     async def shutdown(self, code: int, message: bytes = b"") -> None:
         """End the client's streams (their last messages queued), let the queue drain (bounded), close."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)
         await self.run_close_callbacks()
         await self.flush_and_stop()
         await self.close(code, message)
@@ -269,6 +312,22 @@ class Hub:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
         await asyncio.shield(task)
+
+    def recheck(self, verify: Callable[[str], Any], refused: type[Exception]) -> int:
+        """Verify again the token of every session that stands on one (after a revocation or a new secret);
+        end those that no longer pass. Returns how many were ended."""
+        ended = 0
+        for client in list(self.clients):
+            if client.token is None or client.ending:
+                continue
+            try:
+                verify(client.token)
+            except refused as exc:
+                expired = getattr(exc, "reason", "") == "expired"
+                client.end_session("auth_expired" if expired else "auth_revoked",
+                                   "TOKEN_EXPIRED" if expired else "TOKEN_REVOKED", str(exc))
+                ended += 1
+        return ended
 
     def broadcast(self, type_: str, data: dict[str, Any]) -> int:
         """Send to every authenticated client; returns how many were reached."""

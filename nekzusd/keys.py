@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .operations import Operations
     from .ratelimit import RateLimiter
+    from .revocation import TokenFiles
     from .runtimes import Runtimes
     from .status import RuntimeProbe
     from .store import Store
@@ -29,6 +30,7 @@ HUB = web.AppKey("hub", "Hub")
 HEALTH = web.AppKey("health", "HealthTracker")
 OPERATIONS = web.AppKey("operations", "Operations")
 TOKENS = web.AppKey("tokens", "Tokens")
+TOKEN_FILES = web.AppKey("token_files", "TokenFiles")  # watches the secret and the revocation list
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", "Metrics")
 PROBE = web.AppKey("probe", "RuntimeProbe")
