@@ -13,15 +13,16 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Hashable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from aiohttp import web
 
 from . import ws
-from .errors import ApiError, EngineError
 from .auth import PRINCIPAL
+from .errors import ApiError, EngineError
 from .hub import Client
 from .keys import LOG_STREAMS, RUNTIMES
 from .ratelimit import client_key
