@@ -25,9 +25,8 @@ from aiohttp import web
 from .config import AuthConfig
 from .errors import ApiError
 from .hostnames import ServerNames, learn
-from .privatefile import give_to_directory_owner, write_private
 from .realip import CLIENT, in_networks
-from .statedir import tighten_file
+from .statedir import give_to_directory_owner, tighten_file, write_private
 
 log = logging.getLogger(__name__)
 

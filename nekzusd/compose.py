@@ -510,7 +510,7 @@ def _volume_declaration(ctx: _Ctx, name: str, mount: dict, inspect: dict | None)
         decl["driver_opts"] = _secret_options(ctx, "driver option", inspect["Options"], (f"volume {name}", name))
     labels = _user_labels((inspect or {}).get("Labels"))
     if labels:
-        decl["labels"] = labels
+        decl["labels"] = _secret_options(ctx, "label", labels, (f"volume {name}", name))
     return decl
 
 
@@ -575,16 +575,16 @@ def _network_declaration(ctx: _Ctx, name: str, inspect: dict | None) -> dict:
     for key, docker_key in (("internal", "Internal"), ("enable_ipv6", "EnableIPv6"), ("attachable", "Attachable")):
         if inspect.get(docker_key):
             decl[key] = True
-    ipam = _ipam(inspect.get("IPAM") or {})
+    ipam = _ipam(ctx, inspect.get("IPAM") or {}, (f"network {name}", name))
     if ipam:
         decl["ipam"] = ipam
     labels = _user_labels(inspect.get("Labels"))
     if labels:
-        decl["labels"] = labels
+        decl["labels"] = _secret_options(ctx, "label", labels, (f"network {name}", name))
     return decl
 
 
-def _ipam(ipam: dict) -> dict:
+def _ipam(ctx: _Ctx, ipam: dict, owner: tuple[str, str]) -> dict:
     out: dict = {}
     if ipam.get("Driver") and ipam["Driver"] != "default":
         out["driver"] = ipam["Driver"]
@@ -593,7 +593,7 @@ def _ipam(ipam: dict) -> dict:
     if any(config):
         out["config"] = [c for c in config if c]
     if ipam.get("Options"):
-        out["options"] = dict(sorted(ipam["Options"].items()))
+        out["options"] = _secret_options(ctx, "IPAM option", ipam["Options"], owner)
     return out
 
 
@@ -763,7 +763,7 @@ def _map_resources(ctx: _Ctx) -> dict:
     if ulimits:
         out["ulimits"] = ulimits
     if h.get("Sysctls"):
-        out["sysctls"] = dict(sorted(h["Sysctls"].items()))
+        out["sysctls"] = _secret_options(ctx, "sysctl", h["Sysctls"])
     return out
 
 

@@ -79,6 +79,21 @@ async def call(runtime: Runtime, ref: Ref, op: str, timeout: int) -> None:
             await runtime.restart(ref, timeout)
 
 
+SECRET_LOOKUP_TIMEOUT = 10.0  # seconds for the inspect that learns a failed container's secrets
+
+
+async def scrub_failure(runtime: Runtime, ref: Ref, message: str) -> str:
+    """An engine error with secrets masked: those its shape reveals, and the container's own secret values,
+    since the engine quotes the command (`exec: "<password>": executable file not found`) and the error is
+    broadcast to every client. The container is looked up only on failure; if that fails, shape only."""
+    try:
+        async with asyncio.timeout(SECRET_LOOKUP_TIMEOUT):
+            known = await runtime.secret_values(ref)
+    except (ApiError, EngineError, TimeoutError):
+        known = ()
+    return scrub_text(message, known)
+
+
 class KeyedLocks:
     """One lock per key, kept only while someone holds or waits for it (memory stays bounded)."""
 
@@ -129,7 +144,13 @@ class Operations:
                 await call(runtime, Ref(container.id, container.namespace), op, timeout)
             operation.ok = True
         except (ApiError, EngineError) as exc:
-            operation.ok, operation.error = False, scrub_text(getattr(exc, "message", None) or str(exc))
+            message = getattr(exc, "message", None) or str(exc)
+            operation.ok, operation.error = False, scrub_text(message)  # by shape, until the lookup answers
+            try:
+                operation.error = await scrub_failure(runtime, Ref(container.id, container.namespace), message)
+            except asyncio.CancelledError:
+                self._finish(kind, operation, container)
+                raise
         except TimeoutError:
             operation.ok, operation.error = False, f"Operation did not finish within {timeout + DEADLINE_MARGIN:g} s"
         except asyncio.CancelledError:  # shutdown cut it short: clients still hear how it ended

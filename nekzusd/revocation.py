@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .privatefile import give_to_directory_owner, write_private
+from .statedir import give_to_directory_owner, write_private
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def load(path: Path) -> RevocationList:
 
 
 def save(path: Path, revoked: RevocationList) -> None:
-    """Write atomically, mode 0600, owned by the state directory's owner (``privatefile``)."""
+    """Write atomically, mode 0600, owned by the state directory's owner (``statedir``)."""
     write_private(path, (revoked.to_json() + "\n").encode())
 
 

@@ -7,20 +7,25 @@ list and discovery rows, the status page (`mask_labels`, `scrub_text`), and the 
 What is a secret:
 - by NAME (of an environment variable, a label, a log-driver or volume/network driver option, or the key of
   a `key=value` pair inside any text): judged by its parts, never by substrings, so that AUTHOR, PWD, PATH,
-  KEYBOARD_LAYOUT or MONKEY do not trigger. Parts are split on `_`, `-`, `.`, whitespace and camelCase.
-  PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN, CREDENTIAL(S), CREDS, BASICAUTH, DIGESTAUTH, HTPASSWD
-  are secret alone (and a part that ends in PASSWORD/PASSWD, such as PGPASSWORD); KEY only after API,
-  ACCESS, PRIVATE, SECRET (or ENCRYPTION, SIGNING, MASTER, SSH, HMAC, JWT). Driver options (lower-case,
-  such as `splunk-token`, `syslog-tls-key`) are also secret when their last part is KEY.
-- by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://user:password@host`
-  URL, a well-known token prefix (ghp_, glpat-, xoxb-, sk_live_, AKIA…), the value of a `name=value`
-  pair whose name is secret (`--db-password=…`, `o: username=u,password=p`).
-
+  KEYBOARD_LAYOUT or MONKEY do not trigger. Parts are split on `_`, `-`, `.`, whitespace (newlines too, so
+  no line of a name hides a part) and camelCase. PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN,
+  CREDENTIAL(S), CREDS, BASICAUTH, DIGESTAUTH, HTPASSWD, PSK and the joined APIKEY, AUTHKEY, SECRETKEY… are
+  secret alone (and a part that ends in PASSWORD/PASSWD, such as PGPASSWORD); PWD only as the last part of
+  a longer name (MYSQL_PWD); KEY or KEYS only after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH,
+  SESSION, PRESHARED, SIGNING, ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), so that KEY_FILE (a path),
+  PRIMARY_KEY or SORT_KEY stay readable. Driver options (lower-case, such as `splunk-token`,
+  `syslog-tls-key`) are also secret when their last part is KEY.
+- by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://[user]:password@host`
+  URL, the key of a `scheme://KEY@host` DSN (a user part of MIN_URL_KEY characters or more), the path of a
+  Slack or Discord webhook URL, a well-known token prefix (`_TOKEN_SHAPES`: ghp_, github_pat_, glpat-,
+  xoxb-, sk_live_, sk-…, tskey-, AKIA…), the value of a `name=value`, `"name": "value"` or `name:value`
+  pair whose name is secret (`--db-password=…`, `o: username=u,password=p`, `Password:pw;`).
 Where a secret repeats: once found (in the environment, a secret-named label or option, or by shape), its
 value is hunted in every other string of the same document, except identity fields (ids, names, image
 references, host names, network settings), so that a password equal to "postgres" does not turn the
 image "postgres:16" into a mask. Values shorter than MIN_REPEATED_SECRET (6) characters are not hunted:
 a secret "1" would otherwise mangle every number. They are still masked where a name or shape says so.
+A value's core is hunted too (`base64:KEY=` is often repeated as the bare KEY).
 Dict keys are never rewritten (they are names); a secret used as a key is not hidden.
 """
 
@@ -41,14 +46,24 @@ MIN_REPEATED_SECRET = 6
 # A name part that alone makes the variable secret.
 _SECRET_PARTS = frozenset({
     "PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PASSPHRASE", "SECRET", "SECRETS", "TOKEN", "TOKENS",
-    "CREDENTIAL", "CREDENTIALS", "CREDS", "BASICAUTH", "DIGESTAUTH", "HTPASSWD",
-    # The same words written without a separator ("APIKEY") are common enough to name.
-    "APIKEY", "ACCESSKEY", "SECRETKEY", "PRIVATEKEY", "AUTHTOKEN", "ACCESSTOKEN",
+    "CREDENTIAL", "CREDENTIALS", "CREDS", "BASICAUTH", "DIGESTAUTH", "HTPASSWD", "PSK",
+    # The same words written without a separator ("APIKEY", "TS_AUTHKEY") are common enough to name.
+    "APIKEY", "APIKEYS", "ACCESSKEY", "ACCESSKEYS", "SECRETKEY", "SECRETKEYS", "PRIVATEKEY", "AUTHKEY",
+    "AUTHKEYS", "AUTHTOKEN", "ACCESSTOKEN",
 })
 # A part ending in one of these is secret too (PGPASSWORD, ROOTPASSWORD); PASS is left out (BYPASS, COMPASS).
 _SECRET_SUFFIXES = ("PASSWORD", "PASSWD")
-# KEY is secret only after one of these (API_KEY, TLS_PRIVATE_KEY, but not KEY_ID alone or SORT_KEY).
-_KEY_QUALIFIERS = frozenset({"API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC", "JWT"})
+# PWD is secret only as the last part of a longer name (MYSQL_PWD, DB_PWD): alone it is the shell's
+# working directory, and OLDPWD is one part that is not PWD.
+_LAST_ONLY_PARTS = frozenset({"PWD"})
+# KEY (or KEYS) is secret only after one of these (API_KEY, APP_KEY, WG_PRESHARED_KEY, TLS_PRIVATE_KEY), not
+# alone, nor after words that make it an identifier or a path: SORT_KEY, PRIMARY_KEY, PUBLIC_KEY, KEY_ID,
+# KEY_FILE (a file name; the file itself is not in the document).
+_KEY_QUALIFIERS = frozenset({
+    "API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC", "JWT",
+    "APP", "AUTH", "SESSION", "PRESHARED", "SHARED", "CLIENT", "LICENSE", "WEBHOOK", "COOKIE", "CSRF",
+})
+_KEY_PARTS = frozenset({"KEY", "KEYS"})
 
 # Splits on camelCase boundaries inside a chunk, so that "dbPassword" is judged too.
 _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -56,15 +71,47 @@ _OPTION_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 _PEM_PRIVATE_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-# scheme://user:password@host — a database URL carries its password (group 1).
-_URL_CREDENTIALS_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@")
-_TOKEN_PREFIX_RE = re.compile(
-    r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{20,}"
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}|sk_live_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16})\b"
+# scheme://[user]:password@host — a database URL carries its password (group 1); the user may be empty
+# (`redis://:pw@redis`).
+_URL_CREDENTIALS_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@")
+# scheme://key@host with no password: a Sentry DSN's user part is its key. Only a long user part counts
+# (MIN_URL_KEY), so that `ssh://git@host` or `postgres://postgres@db` keep their login names.
+MIN_URL_KEY = 16
+_URL_KEY_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://([^/\s:@]{" + str(MIN_URL_KEY) + r",})@")
+# Well-known token shapes: (prefix, rest). The prefixes alone are a cheap test before the whole regex runs
+# on every label of the list. Keys of random characters carry digits and capitals,
+# which the `sk-` pattern asks for so that a name such as `sk-learn-docker-image` is not taken.
+_TOKEN_SHAPES: tuple[tuple[str, str], ...] = (
+    (r"gh[pousr]_", r"[A-Za-z0-9]{20,}"),                        # GitHub
+    (r"github_pat_", r"[A-Za-z0-9_]{20,}"),                      # GitHub fine-grained
+    (r"gl(?:pat|rt|dt|ptt)-", r"[A-Za-z0-9_-]{20,}"),            # GitLab
+    (r"xox[abposre]-", r"[A-Za-z0-9-]{10,}"),                    # Slack bot/user/app-level
+    (r"xapp-", r"[A-Za-z0-9-]{10,}"),                            # Slack app token
+    (r"[sr]k_(?:live|test)_", r"[A-Za-z0-9]{16,}"),              # Stripe secret / restricted
+    (r"sk-", r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{20,}"),  # OpenAI, Anthropic
+    (r"tskey-", r"[A-Za-z0-9-]{10,}"),                           # Tailscale auth/API keys
+    (r"A[KS]IA", r"[0-9A-Z]{16}"),                               # AWS access key ids
+    (r"AIza", r"[0-9A-Za-z_-]{35}"),                             # Google API key
+    (r"npm_", r"[A-Za-z0-9]{36}"),                               # npm
+    (r"pypi-AgE", r"[A-Za-z0-9_-]{50,}"),                        # PyPI
+    (r"hf_", r"[A-Za-z0-9]{30,}"),                               # Hugging Face
+    (r"SG\.", r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"),        # SendGrid
+    (r"dop_v1_", r"[a-f0-9]{64}"),                               # DigitalOcean
 )
-_TOKEN_HINT_RE = re.compile(r"gh[pousr]_|github_pat_|glpat-|xox[abposr]-|sk_live_|AKIA")
-# name=value inside any text: command-line flags, mount options, URL queries, env-like strings.
-_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z_][A-Za-z0-9_.-]*)=([^\s,;&'\"]+)")
+_TOKEN_PREFIX_RE = re.compile(r"\b(?:" + "|".join(h + p for h, p in _TOKEN_SHAPES) + r")\b")
+_TOKEN_HINT_RE = re.compile("|".join(h for h, _p in _TOKEN_SHAPES))
+# Webhook URLs whose path is the credential (group 1): Slack, Discord.
+_WEBHOOK_RE = re.compile(r"https?://(?:hooks\.slack\.com/(?:services|workflows|triggers)/"
+                         r"|(?:[a-z]+\.)?discord(?:app)?\.com/api/webhooks/)([A-Za-z0-9_/-]{8,})")
+# name=value inside any text: command-line flags, mount options, URL queries, env-like strings. The match is a
+# look-ahead so that pairs may overlap: in `EVIL=1_PASSWORD=pw` (an env name with a newline, then a value
+# that is itself a pair) both `EVIL=…` and `1_PASSWORD=pw` are judged. The name may start with a digit.
+_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}(?=([A-Za-z0-9_][A-Za-z0-9_.-]*)=([^\s,;&'\"]+))")
+# name: value in JSON (`"password": "pw"`), and name:value glued (`Password:pw;` in a connection string).
+_JSON_PAIR_RE = re.compile(r'"([A-Za-z0-9_][A-Za-z0-9_.-]*)"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
+_COLON_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.:/@-])([A-Za-z_][A-Za-z0-9_.-]*):(?![/:])([^\s,;&'\"@]+)")
+# A secret's core, hunted on its own too: Laravel's `base64:KEY=` is often repeated as the bare KEY.
+_CORE_RE = re.compile(r"^(?:base64|hex|b64):(.+?)=*$")
 
 
 _SEPARATORS_RE = re.compile(r"[_\-.\s]+")
@@ -78,11 +125,15 @@ def _name_parts(name: str) -> list[str]:
 @lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """True when a part of the name (split on _ - . and camelCase) marks it as holding a secret."""
+    # Every line of a name counts on its own too: an env name with a newline (`NAME\nEVIL`) is split
+    # there like on any other whitespace, so no line hides a part.
     parts = _name_parts(name)
     for i, part in enumerate(parts):
         if part in _SECRET_PARTS or part.endswith(_SECRET_SUFFIXES):
             return True
-        if part == "KEY" and i > 0 and parts[i - 1] in _KEY_QUALIFIERS:
+        if part in _KEY_PARTS and i > 0 and parts[i - 1] in _KEY_QUALIFIERS:
+            return True
+        if part in _LAST_ONLY_PARTS and i > 0 and i == len(parts) - 1:
             return True
     return False
 
@@ -101,7 +152,8 @@ def is_secret_value(value: str) -> bool:
     """True when the value looks like a secret whatever its name: private key, JWT, URL password, API token."""
     if not value:
         return False
-    return any(rx.search(value) for rx in (_PEM_PRIVATE_RE, _JWT_RE, _URL_CREDENTIALS_RE, _TOKEN_PREFIX_RE))
+    return any(rx.search(value) for rx in (_PEM_PRIVATE_RE, _JWT_RE, _URL_CREDENTIALS_RE, _URL_KEY_RE,
+                                           _TOKEN_PREFIX_RE, _WEBHOOK_RE))
 
 
 def is_secret(name: str, value: str) -> bool:
@@ -117,15 +169,28 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
         found += _pem_spans(text)
     if "eyJ" in text:
         found += [(m.start(), m.end(), "JWT") for m in _JWT_RE.finditer(text)]
-    if "://" in text and "@" in text:
-        found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
+    if "://" in text:
+        if "@" in text:
+            found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
+            found += [(m.start(1), m.end(1), "URL_KEY") for m in _URL_KEY_RE.finditer(text)]
+        found += [(m.start(1), m.end(1), "WEBHOOK") for m in _WEBHOOK_RE.finditer(text)]
     if _TOKEN_HINT_RE.search(text):
         found += [(m.start(), m.end(), "TOKEN") for m in _TOKEN_PREFIX_RE.finditer(text)]
     if "=" in text:
-        for m in _PAIR_RE.finditer(text):
-            value = m.group(2)
-            if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
-                found.append((m.start(2), m.end(2), m.group(1)))
+        found += _pair_spans(_PAIR_RE, text)
+    if ":" in text:
+        if '"' in text:
+            found += _pair_spans(_JSON_PAIR_RE, text)
+        found += _pair_spans(_COLON_PAIR_RE, text)
+    return found
+
+
+def _pair_spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int, str]]:
+    found = []
+    for m in regex.finditer(text):
+        value = m.group(2)
+        if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
+            found.append((m.start(2), m.end(2), m.group(1)))
     return found
 
 
@@ -202,6 +267,9 @@ class SecretBook:
             hint = self._latent.pop(value, hint)
             self.replacements[value] = self._replacement(value, hint) if replacement is None else replacement
             self._hunt = None
+            core = _CORE_RE.match(value)
+            if core is not None:
+                self.watch(core.group(1), f"{hint}_CORE")
         return self.replacements[value]
 
     def watch(self, value: str, hint: str = "SECRET") -> None:

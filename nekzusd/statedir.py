@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -103,16 +104,38 @@ def create_private(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (0600 whatever the umask or a previous file's mode), atomically: a crash
-    leaves the old file or none, never half a key."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    """Write ``data`` to ``path`` (0600 whatever the umask or a previous file's mode), atomically: a private
+    temporary file, fsync, rename over the old one, fsync the directory. A reader sees the old file or the
+    new one, never a part; a crash leaves the old file or none, never half a key."""
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), FILE_MODE)
+            os.fchmod(fh.fileno(), FILE_MODE)  # whatever the umask
+            give_to_directory_owner(fh.fileno(), path.parent)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def give_to_directory_owner(fd: int, directory: Path) -> None:
+    """When running as root, make the open file ``fd`` belong to whoever owns ``directory``.
+
+    The CLI that writes state files is often run with sudo while the daemon runs as its own (systemd dynamic)
+    user: a file left owned by root with mode 0600 would be unreadable to the daemon, which would then refuse
+    every token.
+    """
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if st.st_uid != 0 or st.st_gid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)

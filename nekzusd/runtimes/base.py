@@ -141,6 +141,11 @@ class Runtime(abc.ABC):
         """What the Compose export needs about one container (compose.ServiceSource)."""
         raise NotImplementedError
 
+    async def secret_values(self, ref: Ref) -> tuple[str, ...]:
+        """The secret values a container holds (environment, secret-named labels and options), to scrub
+        them from an operation's error, which may quote the command. Runtimes without such data: none."""
+        return ()
+
     def is_self(self, container: Container) -> bool:
         """True for the container nekzusd itself runs in (bulk operations never touch it)."""
         return False

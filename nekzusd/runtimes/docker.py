@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import quote
 
 import aiodocker
 import aiohttp
@@ -41,6 +42,27 @@ ENGINE_MARGIN = 20.0
 STATS_POLL_INTERVAL = 1.0
 # Inspects run at once to learn the secrets of containers the list shows for the first time.
 SECRET_LOOKUP_CONCURRENCY = 8
+# The most bytes the daemon reads of one engine answer it decodes whole. An inspect is a few KB; the
+# container list of a host with thousands of containers a few MB. A bigger answer is not what was asked
+# for (an engine path that went somewhere else): it is refused before it fills the daemon's memory.
+MAX_ANSWER = 8 << 20
+MAX_LIST_ANSWER = 64 << 20
+
+
+def engine_path(*segments: str) -> str:
+    """An engine API path from its segments, each percent-quoted whole.
+
+    Names come from clients and from the engine itself, and Docker accepts almost anything as a network
+    name (``..``, ``a/b``, ``x?y``, ``x#``): interpolated raw, such a name walks to another endpoint
+    (``networks/../containers/web/json#`` is container web's inspect). Quoted, ``?`` and ``#`` stay inside
+    the segment. Quoting is not enough for ``/``: dockerd decodes ``%2F`` before it routes, then cleans the
+    path and redirects (``networks/..%2Fcontainers%2Fweb`` goes to ``containers/web``). So a segment that,
+    split at ``/``, has an empty, ``.`` or ``..`` part is refused (EngineError 400): no engine object can be
+    addressed safely by such a name (the export looks networks up by id instead)."""
+    for segment in segments:
+        if any(part in ("", ".", "..") for part in segment.split("/")):
+            raise EngineError(f"not an addressable engine object name: {segment[:200]!r}", 400)
+    return "/".join(quote(segment, safe="") for segment in segments)
 
 
 def short_id(full_id: str) -> str:
@@ -247,20 +269,27 @@ class DockerRuntime(Runtime):
             if exc.status == 900:  # aiodocker's word for "could not connect"
                 raise RuntimeUnavailable(self.name, "cannot connect to the engine") from None
             raise EngineError(exc.message, exc.status) from None
+        except aiohttp.ClientError as exc:  # e.g. a redirect: the engine never answers so to what is asked
+            raise EngineError(f"{what}: unexpected engine answer: {exc}", 502) from None
 
     async def _json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                    what: str, timeout: float | None = CALL_TIMEOUT) -> Any:
+                    what: str, timeout: float | None = CALL_TIMEOUT, limit: int = MAX_ANSWER) -> Any:
+        """The engine's JSON answer, read up to ``limit`` bytes: a longer or undecodable answer is an
+        EngineError (502), never a traceback nor a body held whole in memory."""
         async with self._call(what, timeout):
             async with self.client._query(path, method, params=params) as response:
-                body = await response.read()
-        # orjson: the container list is the hot path of every dashboard, and decoding is most of its cost
-        return orjson.loads(body) if body else None
+                body = await _read_bounded(response, limit, what)
+        try:
+            # orjson: the container list is the hot path of every dashboard, and decoding is most of its cost
+            return orjson.loads(body) if body else None
+        except orjson.JSONDecodeError as exc:
+            raise EngineError(f"{what}: the engine's answer is not JSON: {exc}", 502) from None
 
-    async def _container_json(self, ref: Ref, method: str, path: str = "", *, what: str,
+    async def _container_json(self, ref: Ref, method: str, *tail: str, what: str,
                               params: dict[str, Any] | None = None, timeout: float | None = CALL_TIMEOUT) -> Any:
         """A call on one container, with the engine's 404 turned into CONTAINER_NOT_FOUND."""
         try:
-            return await self._json(method, f"containers/{ref.id}{path}", params=params, what=what,
+            return await self._json(method, engine_path("containers", ref.id, *tail), params=params, what=what,
                                     timeout=timeout)
         except EngineError as exc:
             if exc.status == 404:
@@ -279,7 +308,8 @@ class DockerRuntime(Runtime):
         return Ref(ref.id)
 
     async def list(self, namespace: str | None = None) -> list[Container]:
-        rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers")
+        rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers",
+                               limit=MAX_LIST_ANSWER)
         await self._learn_labels(rows)
         return [container_from_list(row, self._row_labels.get(row.get("Id", ""))) for row in rows]
 
@@ -291,7 +321,7 @@ class DockerRuntime(Runtime):
         async def learn(full_id: str, labels: dict[str, str]) -> None:
             async with gate:
                 try:
-                    doc = await self._json("GET", f"containers/{full_id}/json", what="inspect")
+                    doc = await self._json("GET", engine_path("containers", full_id, "json"), what="inspect")
                 except EngineError:  # gone meanwhile: its row is masked by name and shape only
                     return
             self._row_labels[full_id] = mask_labels(labels, secret_values_of(doc or {}))
@@ -304,20 +334,23 @@ class DockerRuntime(Runtime):
                 del self._row_labels[full_id]
 
     async def get(self, ref: Ref) -> Container:
-        return container_from_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))
+        return container_from_inspect(await self._container_json(ref, "GET", "json", what="inspect"))
 
     async def inspect(self, ref: Ref) -> dict[str, Any]:
-        return mask_inspect(await self._container_json(ref, "GET", "/json", what="inspect"))
+        return mask_inspect(await self._container_json(ref, "GET", "json", what="inspect"))
+
+    async def secret_values(self, ref: Ref) -> tuple[str, ...]:
+        return secret_values_of(await self._container_json(ref, "GET", "/json", what="inspect") or {})
 
     async def start(self, ref: Ref) -> None:
-        await self._container_json(ref, "POST", "/start", what="start", timeout=60)
+        await self._container_json(ref, "POST", "start", what="start", timeout=60)
 
     async def stop(self, ref: Ref, timeout: int) -> None:
-        await self._container_json(ref, "POST", "/stop", params={"t": timeout}, what="stop",
+        await self._container_json(ref, "POST", "stop", params={"t": timeout}, what="stop",
                                    timeout=timeout + ENGINE_MARGIN)
 
     async def restart(self, ref: Ref, timeout: int) -> None:
-        await self._container_json(ref, "POST", "/restart", params={"t": timeout}, what="restart",
+        await self._container_json(ref, "POST", "restart", params={"t": timeout}, what="restart",
                                    timeout=timeout + ENGINE_MARGIN)
 
     async def events(self) -> AsyncIterator[Event]:
@@ -343,7 +376,7 @@ class DockerRuntime(Runtime):
         without newline only at exit and can end the follow stream before it, so after the stream a
         catch-up read from the last line's stamp hands out what the stream missed, and nothing twice."""
 
-        doc = await self._container_json(ref, "GET", "/json", what="inspect")
+        doc = await self._container_json(ref, "GET", "json", what="inspect")
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
         if not follow:
             async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail)})) as reads:
@@ -388,7 +421,8 @@ class DockerRuntime(Runtime):
         async with self._call("logs", timeout=None), AsyncExitStack() as stack:
             async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers
                 response = await stack.enter_async_context(
-                    self._stream_client()._query(f"containers/{container_id}/logs", params=query, timeout=None))
+                    self._stream_client()._query(engine_path("containers", container_id, "logs"), params=query,
+                                                 timeout=None))
             stack.callback(response.close)  # an unfinished stream must not go back to the pool
             read = response.content.read
             while True:
@@ -407,7 +441,7 @@ class DockerRuntime(Runtime):
         """After a follow stream's end: whether the container still exists (stopped, or already running
         again); an engine that does not answer raises RuntimeUnavailable."""
         try:
-            await self._container_json(ref, "GET", "/json", what="inspect")
+            await self._container_json(ref, "GET", "json", what="inspect")
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -417,18 +451,19 @@ class DockerRuntime(Runtime):
     async def export_source(self, ref: Ref) -> Any:
         from ..compose import ServiceSource  # loaded only when someone exports
 
-        container = await self._container_json(ref, "GET", "/json", what="inspect")
-        image = await self._optional_json(f"images/{container.get('Image', '')}/json")
+        container = await self._container_json(ref, "GET", "json", what="inspect")
+        image = await self._optional_json("images", str(container.get("Image") or ""), "json")
         volumes = {}
         for mount in container.get("Mounts") or []:
             if mount.get("Type") == "volume" and mount.get("Name"):
-                found = await self._optional_json(f"volumes/{mount['Name']}")
+                found = await self._optional_json("volumes", str(mount["Name"]))
                 if found is not None:
                     volumes[mount["Name"]] = found
         networks = {}
-        for name in ((container.get("NetworkSettings") or {}).get("Networks") or {}):
+        for name, endpoint in ((container.get("NetworkSettings") or {}).get("Networks") or {}).items():
             if name not in ("bridge", "host", "none"):
-                found = await self._optional_json(f"networks/{name}")
+                # By the network's id when the engine gives it: a name may be one no URL can address (..)
+                found = await self._optional_json("networks", str((endpoint or {}).get("NetworkID") or name))
                 if found is not None:
                     networks[name] = found
         await self._name_shared_namespaces(container)
@@ -441,13 +476,15 @@ class DockerRuntime(Runtime):
         for key in ("NetworkMode", "PidMode", "IpcMode"):
             kind, _, ref = (host.get(key) or "").partition(":")
             if kind == "container" and re.fullmatch(r"[0-9a-f]{64}", ref):
-                other = await self._optional_json(f"containers/{ref}/json")
+                other = await self._optional_json("containers", ref, "json")
                 if other and other.get("Name"):
                     host[key] = f"container:{other['Name'].lstrip('/')}"
 
-    async def _optional_json(self, path: str) -> Any:
+    async def _optional_json(self, *segments: str) -> Any:
+        """An engine object's inspect, or None when the engine has none by that name (or refuses it)."""
+        path = "/".join(segments)
         try:
-            return await self._json("GET", path, what=path)
+            return await self._json("GET", engine_path(*segments), what=path)
         except EngineError:
             return None
 
@@ -466,13 +503,13 @@ class DockerRuntime(Runtime):
 
         dockerd streams one a second with its previous reading filled in; Podman streams only every 5 s
         and without a previous reading, so it is polled and the sampler pairs consecutive polls."""
-        path = f"containers/{container.id}/stats"
+        path = engine_path("containers", container.id, "stats")
         if await self._is_podman():
             while True:
                 try:
                     async with self._call("stats"):
                         async with self.client._query(path, params={"stream": "0"}) as response:
-                            body = await response.read()
+                            body = await _read_bounded(response, MAX_ANSWER, "stats")
                 except EngineError as exc:
                     if exc.status == 404:
                         raise container_not_found(container.id) from None
@@ -526,6 +563,23 @@ class DockerRuntime(Runtime):
 
     def is_self(self, container: Container) -> bool:
         return self._self_id is not None and container.id == short_id(self._self_id)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body of an engine answer, or EngineError (502) once it passes ``limit`` bytes; the
+    connection is then dropped, not drained."""
+    if response.content_length is not None and response.content_length > limit:
+        response.close()
+        raise EngineError(f"{what}: the engine's answer is too large ({response.content_length} bytes, "
+                          f"at most {limit})", 502)
+    chunks, size = [], 0
+    while chunk := await response.content.read(READ_SIZE):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise EngineError(f"{what}: the engine's answer is too large (over {limit} bytes)", 502)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _own_container_id() -> str | None:
