@@ -190,7 +190,7 @@ class HealthTracker:
             containers: list[Container] = []
             for runtime in self.runtimes:
                 try:
-                    containers += await runtime.list()
+                    containers += await runtime.list_containers()
                 except (ApiError, EngineError) as exc:  # an engine being down changes nothing known
                     log.debug("health refresh: %s unavailable: %s", runtime.name, exc)
                     return

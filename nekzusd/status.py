@@ -139,7 +139,7 @@ def human_duration(seconds: float) -> str:
 async def _list(runtime: Runtime) -> list[Container] | None:
     try:
         async with asyncio.timeout(LIST_TIMEOUT):
-            return await runtime.list()
+            return await runtime.list_containers()
     except Exception:  # shown as "not reachable" on the page; the probe says why
         return None
 

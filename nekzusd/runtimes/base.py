@@ -105,7 +105,7 @@ class Runtime(abc.ABC):
         """Check the id (and namespace) against the engine's own syntax before any engine call."""
 
     @abc.abstractmethod
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         """Every container (all states) of the runtime, or of one namespace."""
 
     @abc.abstractmethod

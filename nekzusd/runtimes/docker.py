@@ -278,7 +278,7 @@ class DockerRuntime(Runtime):
                            "at most 128 characters)", {"containerId": ref.id[:200]})
         return Ref(ref.id)
 
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers")
         await self._learn_labels(rows)
         return [container_from_list(row, self._row_labels.get(row.get("Id", ""))) for row in rows]

@@ -168,7 +168,7 @@ class KubernetesRuntime(Runtime):
         return Ref(ref.id, self._namespace(ref.namespace))
 
     # ------------------------------------------------------------------------------- reading
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         namespaces = [self._namespace(namespace)] if namespace else list(self.namespaces)
         per_namespace = await asyncio.gather(*(self._list_namespace(ns) for ns in namespaces))
         return [c for rows in per_namespace for c in rows]
