@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .config import AppConfig
 from .errors import ApiError, EngineError, RuntimeUnavailable

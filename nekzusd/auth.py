@@ -17,10 +17,12 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jwt
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import AuthConfig
 from .errors import ApiError
@@ -291,7 +293,7 @@ def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ..
     app.on_startup.append(learn_names)
 
     @web.middleware
-    async def auth_middleware(request: web.Request, handler):
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         api = request.path.startswith("/api/")
         try:
             principal = authenticate(request, request.app[TOKENS], config.local_networks, names)

@@ -9,7 +9,8 @@ recorded exactly like a single one.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .apps import Apps
 from .concurrency import gather_all
@@ -88,7 +89,7 @@ class Bulk:
         (a name and its id) are refused before anything runs, like literal duplicates."""
         resolved = await gather_all(self._resolve(runtime, ref) for ref in refs)
         seen: dict[str, str] = {}
-        for ref, found in zip(refs, resolved):
+        for ref, found in zip(refs, resolved, strict=True):
             if isinstance(found, Container):
                 if found.id in seen:
                     raise invalid_body(f"Container ids {seen[found.id]!r} and {ref.id!r} name the same container",
@@ -106,5 +107,5 @@ class Bulk:
                 return result(found.id, found.name, STATE_ERRORS.get(exc.code, exc.message))
             return await self._operate(runtime, found, op, timeout)
 
-        results = await gather_all(one(ref, found) for ref, found in zip(refs, resolved))
+        results = await gather_all(one(ref, found) for ref, found in zip(refs, resolved, strict=True))
         return summary(BATCH_MESSAGE, results)

@@ -37,7 +37,7 @@ MAX_SUBSCRIPTIONS_PER_CLIENT = 32
 MAX_SUBSCRIPTIONS = 1024
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
 
-_encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C version: a JSON string literal
+_encode = json.encoder.encode_basestring  # C version: a JSON string literal
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import IPNetwork, RateLimitConfig, RatePool
 from .errors import ApiError
@@ -154,7 +155,7 @@ def setup(app: web.Application, limiter: RateLimiter) -> None:
     to every response of a pool: successes, errors and the WebSocket upgrade alike."""
 
     @web.middleware
-    async def rate_limit_middleware(request: web.Request, handler):
+    async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         decision = limiter.check(request.path, request[CLIENT])
         if decision is not None:
             request[DECISION] = decision

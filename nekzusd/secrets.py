@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 __all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
            "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",
@@ -48,7 +49,8 @@ _SECRET_PARTS = frozenset({
 # A part ending in one of these is secret too (PGPASSWORD, ROOTPASSWORD); PASS is left out (BYPASS, COMPASS).
 _SECRET_SUFFIXES = ("PASSWORD", "PASSWD")
 # KEY is secret only after one of these (API_KEY, TLS_PRIVATE_KEY, but not KEY_ID alone or SORT_KEY).
-_KEY_QUALIFIERS = frozenset({"API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC", "JWT"})
+_KEY_QUALIFIERS = frozenset({"API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC",
+                             "JWT"})
 
 # Splits on camelCase boundaries inside a chunk, so that "dbPassword" is judged too.
 _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")

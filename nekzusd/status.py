@@ -157,7 +157,7 @@ async def gather(app: web.Application) -> dict[str, Any]:
     reachable = {s.name: s.reachable for s in states}
     containers: list[Container] = []
     by_state: dict[str, dict[str, int]] = {}
-    for runtime, listed in zip(runtimes, lists):
+    for runtime, listed in zip(runtimes, lists, strict=True):
         if listed is None or not reachable.get(runtime.name):
             continue
         containers += listed

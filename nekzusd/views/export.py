@@ -85,7 +85,7 @@ async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, optio
     sources: list[ServiceSource] = []
     repeated: list[str] = []
     seen: set[str] = set()
-    for ref, result in zip(refs, results):
+    for ref, result in zip(refs, results, strict=True):
         if isinstance(result, str):
             continue
         full_id = result.container.get("Id") or ref.id
