@@ -9,8 +9,8 @@ recorded exactly like a single one.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 from .apps import Apps
 from .concurrency import gather_all

@@ -7,8 +7,8 @@ without depending on each other.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
 from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ import logging
 import socket
 import time
 from collections import Counter, deque
-from typing import Any
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 

@@ -28,8 +28,8 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 

@@ -15,8 +15,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from typing import Any
 from collections.abc import Hashable
+from typing import Any
 
 
 class _Bucket:

@@ -8,10 +8,10 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import AsyncIterator, Callable
 
 from .errors import ApiError, EngineError
 from .hub import Hub

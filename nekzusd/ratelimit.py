@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler

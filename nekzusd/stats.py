@@ -13,9 +13,9 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from collections.abc import AsyncGenerator, Callable
 
 from .concurrency import gather_all
 from .errors import ApiError, EngineError, RuntimeUnavailable

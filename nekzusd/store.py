@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from collections.abc import Callable
 
 from .statedir import create_private, ensure_state_dir, tighten_file
 

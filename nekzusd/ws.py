@@ -24,8 +24,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web

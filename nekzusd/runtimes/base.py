@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from collections.abc import AsyncGenerator
 
 # States of the API reference; engines' own words are mapped onto these.
 STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")

@@ -12,11 +12,11 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import aiohttp
 import yaml

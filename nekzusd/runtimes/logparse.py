@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import AnyStr
-from collections.abc import Callable
 
 from .base import LogLine
 
