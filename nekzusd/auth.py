@@ -1,4 +1,4 @@
-"""Who may do what (DECISIONS §5): local trust, JWT verification and scopes.
+"""Who may do what (docs/api.md, Authentication): local trust, JWT verification and scopes.
 
 Local clients (by the address ``realip`` resolved, with a ``Host`` that names this server, see
 ``hostnames``, and not sent by a page of another site) need no token. Everyone else sends

@@ -1,4 +1,4 @@
-"""Bulk (`start-all`, `stop-all`, `restart-all`) and batch lifecycle operations (DECISIONS §10).
+"""Bulk (`start-all`, `stop-all`, `restart-all`) and batch lifecycle operations (docs/api.md, Bulk and batch).
 
 Every engine call of every bulk or batch request goes through one semaphore shared by the whole
 process, so two requests at once still run at most ``bulk.concurrency`` operations together. Each
@@ -24,7 +24,7 @@ ALL_MESSAGES = {
     "restart": "Restart all operation completed",
 }
 BATCH_MESSAGE = "Batch operation completed"
-# Per-container errors in the reference's words (its start-all example says "container already running").
+# Per-container errors in the words existing clients know (e.g. "container already running").
 STATE_ERRORS = {"CONTAINER_ALREADY_STARTED": "container already running",
                 "CONTAINER_ALREADY_STOPPED": "container already stopped"}
 NOT_FOUND = "container not found"
@@ -32,7 +32,7 @@ SELF = "nekzusd does not act on the container it runs in"
 
 
 def all_targets(op: str, containers: Iterable[Container], apps: Apps, runtime: Runtime) -> list[Container]:
-    """§10: start-all takes linked containers that are not running, stop-all and restart-all the linked
+    """start-all takes linked containers that are not running, stop-all and restart-all the linked
     running ones; never nekzusd's own container. Ordered by namespace and name, like the list."""
     if op == "start":
         wanted = [c for c in containers if c.state not in ("running", "restarting", "paused")]

@@ -1,4 +1,4 @@
-"""Export of Docker containers to a Compose file (DECISIONS §12).
+"""Export of Docker containers to a Compose file (docs/export.md).
 
 Pure functions over raw Engine inspect JSON: the HTTP layer fetches the container, its image and
 (optionally) its named volumes and user networks, and hands them over as `ServiceSource`s.

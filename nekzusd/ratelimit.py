@@ -1,4 +1,4 @@
-"""Rate limiting (DECISIONS §6): a token bucket per client address in each pool, before authentication.
+"""Rate limiting (docs/api.md, Rate limits): a token bucket per client address in each pool, before authentication.
 
 Pools: ``containers`` (every ``/api/v1/containers*`` route), ``apps`` (the apps API and discovery),
 ``websocket`` (the ``/api/v1/ws`` upgrade) and ``status`` (everything else: the status page and /metrics,

@@ -1,4 +1,4 @@
-"""Who is calling, by address (DECISIONS §5): the one client address that auth and rate limiting share.
+"""Who is calling, by address (docs/api.md, Authentication): the one client address that auth and rate limiting share.
 
 The address is the TCP peer. ``X-Forwarded-For`` is believed only when the peer is a configured trusted
 proxy, and then only up to the right-most hop that is not itself a trusted proxy: everything left of

@@ -1,4 +1,4 @@
-"""Container statistics: the formulas of DECISIONS §9 and a cache of live per-container samplers.
+"""Container statistics: the formulas of docs/stats.md and a cache of live per-container samplers.
 
 The formulas work on `Sample`, a runtime-neutral reading of cumulative counters; each runtime turns its
 engine's documents into samples (Docker/Podman in ``runtimes/docker``). The first request for a container
@@ -73,7 +73,7 @@ def cpu_cores(sample: Sample, previous: Sample | None = None) -> float | None:
 
 
 def as_json(sample: Sample, cores: float) -> dict[str, Any]:
-    """The reference's stats object for one container."""
+    """The API's stats object for one container (docs/stats.md)."""
     used = max(sample.memory_usage - sample.memory_reclaimable, 0)
     limit = sample.memory_limit
     return {

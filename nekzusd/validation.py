@@ -148,8 +148,8 @@ def timeout_param(value: str | None, default: int = 10) -> int:
 
 
 def timeout_value(value: Any, default: int = 10) -> int:
-    """The grace period from a JSON body, where the reference types it "number": a whole number of
-    seconds in 1..300 (15.0 is 15). Any other value, of any JSON type, is INVALID_TIMEOUT (DECISIONS §4)."""
+    """The grace period from a JSON body, where the API types it "number": a whole number of
+    seconds in 1..300 (15.0 is 15). Any other value, of any JSON type, is INVALID_TIMEOUT (docs/api.md)."""
     if value is None:
         return default
     if isinstance(value, float) and value.is_integer():

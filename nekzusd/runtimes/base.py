@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-# States of the API reference; engines' own words are mapped onto these.
+# States of the API (docs/api.md); engines' own words are mapped onto these.
 STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
 
 

@@ -1,5 +1,5 @@
 """Kubernetes through kubernetes-asyncio: pods as containers, their Deployment/StatefulSet as the thing
-that is stopped, started and restarted (DECISIONS §13).
+that is stopped, started and restarted (docs/kubernetes.md).
 
 kubernetes-asyncio supplies the configuration (kubeconfig or in-cluster service account, token refresh)
 and the HTTP client; answers are read as plain JSON, which is much cheaper than its generated models and

@@ -1,4 +1,4 @@
-"""Approved apps (§3) and discovery of containers asking to be managed."""
+"""Approved apps (docs/api.md) and discovery of containers asking to be managed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Compose export endpoints (DECISIONS §12): one container or a batch, as JSON or as a zip.
+"""Compose export endpoints (docs/export.md): one container or a batch, as JSON or as a zip.
 
 The handlers only parse and answer; `export_one` and `export_batch` do the work and can be called by tests.
 """
