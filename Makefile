@@ -16,7 +16,7 @@ TEST_DEBS := python3-venv docker.io busybox-static podman runc docker-compose ch
 	systemd-container mmdebstrap
 # (systemd-container and mmdebstrap: tests/test_nspawn.py boots a minimal Debian under a real systemd.)
 
-.PHONY: run test venv debs-run debs-test bench soak install uninstall clean wheelhouse deb
+.PHONY: run test lint venv debs-run debs-test bench soak install uninstall clean wheelhouse deb
 
 define install_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
@@ -44,8 +44,13 @@ run: debs-run venv
 	mkdir -p .state
 	NEKZUSD_STATE_DIR=$${NEKZUSD_STATE_DIR:-.state} $(VENV)/bin/nekzusd serve --config $(CONFIG)
 
-test: debs-test venv
+test: debs-test venv lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# Seconds, before the tests: the linter (ruff.toml) and the type checker (setup.cfg [mypy]) over nekzusd/.
+lint: venv
+	$(PY) -m ruff check nekzusd
+	$(PY) -m mypy
 
 # Every benchmark against one private dockerd with 30 containers: one table, and bench/results.json.
 bench: debs-test venv

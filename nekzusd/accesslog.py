@@ -15,6 +15,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .auth import CLIENT, PRINCIPAL
 from .keys import METRICS
@@ -43,7 +44,7 @@ def format_line(request: web.Request, status: int, seconds: float) -> str:
 
 
 @web.middleware
-async def observe(request: web.Request, handler):
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost middleware: sees the final status, including errors rendered by the error middleware."""
     started = time.perf_counter()
     status = 500

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .config import AppConfig
 from .errors import ApiError, EngineError, RuntimeUnavailable
@@ -190,7 +191,7 @@ class HealthTracker:
             containers: list[Container] = []
             for runtime in self.runtimes:
                 try:
-                    containers += await runtime.list()
+                    containers += await runtime.list_containers()
                 except (ApiError, EngineError) as exc:  # an engine being down changes nothing known
                     log.debug("health refresh: %s unavailable: %s", runtime.name, exc)
                     return

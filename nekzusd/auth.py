@@ -1,4 +1,4 @@
-"""Who may do what (DECISIONS §5): local trust, JWT verification and scopes.
+"""Who may do what (docs/api.md, Authentication): local trust, JWT verification and scopes.
 
 Local clients (by the address ``realip`` resolved, with a ``Host`` that names this server, see
 ``hostnames``, and not sent by a page of another site) need no token. Everyone else sends
@@ -15,12 +15,14 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import AuthConfig
 from .errors import ApiError
@@ -290,7 +292,7 @@ def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ..
     app.on_startup.append(learn_names)
 
     @web.middleware
-    async def auth_middleware(request: web.Request, handler):
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         api = request.path.startswith("/api/")
         try:
             principal = authenticate(request, request.app[TOKENS], config.local_networks, names)

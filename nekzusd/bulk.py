@@ -1,4 +1,4 @@
-"""Bulk (`start-all`, `stop-all`, `restart-all`) and batch lifecycle operations (DECISIONS §10).
+"""Bulk (`start-all`, `stop-all`, `restart-all`) and batch lifecycle operations (docs/api.md, Bulk and batch).
 
 Every engine call of every bulk or batch request goes through one semaphore shared by the whole
 process, so two requests at once still run at most ``bulk.concurrency`` operations together. Each
@@ -9,7 +9,8 @@ recorded exactly like a single one.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .apps import Apps
 from .concurrency import gather_all
@@ -23,7 +24,7 @@ ALL_MESSAGES = {
     "restart": "Restart all operation completed",
 }
 BATCH_MESSAGE = "Batch operation completed"
-# Per-container errors in the reference's words (its start-all example says "container already running").
+# Per-container errors in the words existing clients know (e.g. "container already running").
 STATE_ERRORS = {"CONTAINER_ALREADY_STARTED": "container already running",
                 "CONTAINER_ALREADY_STOPPED": "container already stopped"}
 NOT_FOUND = "container not found"
@@ -31,7 +32,7 @@ SELF = "nekzusd does not act on the container it runs in"
 
 
 def all_targets(op: str, containers: Iterable[Container], apps: Apps, runtime: Runtime) -> list[Container]:
-    """§10: start-all takes linked containers that are not running, stop-all and restart-all the linked
+    """start-all takes linked containers that are not running, stop-all and restart-all the linked
     running ones; never nekzusd's own container. Ordered by namespace and name, like the list."""
     if op == "start":
         wanted = [c for c in containers if c.state not in ("running", "restarting", "paused")]
@@ -88,7 +89,7 @@ class Bulk:
         (a name and its id) are refused before anything runs, like literal duplicates."""
         resolved = await gather_all(self._resolve(runtime, ref) for ref in refs)
         seen: dict[str, str] = {}
-        for ref, found in zip(refs, resolved):
+        for ref, found in zip(refs, resolved, strict=True):
             if isinstance(found, Container):
                 if found.id in seen:
                     raise invalid_body(f"Container ids {seen[found.id]!r} and {ref.id!r} name the same container",
@@ -106,5 +107,5 @@ class Bulk:
                 return result(found.id, found.name, STATE_ERRORS.get(exc.code, exc.message))
             return await self._operate(runtime, found, op, timeout)
 
-        results = await gather_all(one(ref, found) for ref, found in zip(refs, resolved))
+        results = await gather_all(one(ref, found) for ref, found in zip(refs, resolved, strict=True))
         return summary(BATCH_MESSAGE, results)

@@ -199,7 +199,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     now = time.time()
     token_id = new_token_id()
     token = tokens.create(args.subject, args.scope, args.ttl, now=now, token_id=token_id)
-    expires = datetime.datetime.fromtimestamp(int(now + args.ttl), datetime.timezone.utc).isoformat()
+    expires = datetime.datetime.fromtimestamp(int(now + args.ttl), datetime.UTC).isoformat()
     if args.json:
         print(json.dumps({"token": token, "id": token_id, "subject": args.subject, "scopes": args.scope,
                           "expiresAt": expires}))

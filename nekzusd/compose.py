@@ -1,4 +1,4 @@
-"""Export of Docker containers to a Compose file (DECISIONS §12).
+"""Export of Docker containers to a Compose file (docs/export.md).
 
 Pure functions over raw Engine inspect JSON: the HTTP layer fetches the container, its image and
 (optionally) its named volumes and user networks, and hands them over as `ServiceSource`s.
@@ -15,8 +15,9 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -180,7 +181,7 @@ class _Placeholders:
         if base in self._conflicted:
             base = f"{self.prefix}_{base}"
         placeholder = self._allocate(base, value, f"environment variable {json.dumps(name)} of {self.where}", False)
-        self.book.add(value, replacement="${%s}" % placeholder)
+        self.book.add(value, replacement=f"${{{placeholder}}}")
         return placeholder
 
     def named(self, kind: str, name: str, value: str) -> str:
@@ -189,12 +190,12 @@ class _Placeholders:
             return self.book.add(value)
         placeholder = self._allocate(variable_name(name).upper(), value,
                                      f"{kind} {json.dumps(name)} of {self.where}", True)
-        return self.book.add(value, replacement="${%s}" % placeholder)
+        return self.book.add(value, replacement=f"${{{placeholder}}}")
 
     def _on_found(self, value: str, hint: str) -> str:
         base = variable_name(f"{self.prefix}_{hint}" if self.prefix else hint).upper()
         placeholder = self._allocate(base, value, f"a secret ({hint}) found in {self.where}", False)
-        return "${%s}" % placeholder
+        return f"${{{placeholder}}}"
 
     def at(self, where: str, prefix: str) -> None:
         self.where, self.prefix = where, variable_name(prefix).upper()
@@ -506,7 +507,7 @@ def _volume_declaration(ctx: _Ctx, name: str, mount: dict, inspect: dict | None)
     driver = (inspect or {}).get("Driver") or mount.get("Driver") or "local"
     if driver != "local":
         decl["driver"] = driver
-    if (inspect or {}).get("Options"):
+    if inspect and inspect.get("Options"):
         decl["driver_opts"] = _secret_options(ctx, "driver option", inspect["Options"], (f"volume {name}", name))
     labels = _user_labels((inspect or {}).get("Labels"))
     if labels:
@@ -588,7 +589,8 @@ def _ipam(ctx: _Ctx, ipam: dict, owner: tuple[str, str]) -> dict:
     out: dict = {}
     if ipam.get("Driver") and ipam["Driver"] != "default":
         out["driver"] = ipam["Driver"]
-    keys = (("subnet", "Subnet"), ("ip_range", "IPRange"), ("gateway", "Gateway"), ("aux_addresses", "AuxiliaryAddresses"))
+    keys = (("subnet", "Subnet"), ("ip_range", "IPRange"), ("gateway", "Gateway"),
+            ("aux_addresses", "AuxiliaryAddresses"))
     config = [{k: c[dk] for k, dk in keys if c.get(dk)} for c in ipam.get("Config") or []]
     if any(config):
         out["config"] = [c for c in config if c]
@@ -772,8 +774,9 @@ def _ulimit(u: dict) -> int | dict:
 
 
 _MAPPERS: tuple[Callable[[_Ctx], dict], ...] = (
-    _map_image, _map_identity, _map_command, _map_environment, _map_ports, _map_mounts, _map_networks, _map_hosts_and_dns,
-    _map_restart, _map_healthcheck, _map_labels, _map_security, _map_process, _map_logging, _map_resources,
+    _map_image, _map_identity, _map_command, _map_environment, _map_ports, _map_mounts, _map_networks,
+    _map_hosts_and_dns, _map_restart, _map_healthcheck, _map_labels, _map_security, _map_process, _map_logging,
+    _map_resources,
 )
 
 
@@ -841,7 +844,7 @@ def _dump(document: dict) -> str:
 def _service_refs(sources: list[ServiceSource], names: list[str]) -> dict[str, str]:
     """Container id and name -> service name, so that `container:` references become `service:`."""
     refs = {}
-    for source, name in zip(sources, names):
+    for source, name in zip(sources, names, strict=True):
         for ref in (source.container.get("Id"), (source.container.get("Name") or "").lstrip("/")):
             if ref:
                 refs[ref] = name
@@ -876,7 +879,7 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
     warnings: list[str] = []
     secrets = _Placeholders(_conflicted_names(sources, sanitize_secrets)) if sanitize_secrets else None
     contexts = [_Ctx(s, n, refs, sanitize_secrets, include_volumes, include_networks, warnings, secrets=secrets)
-                for s, n in zip(sources, names)]
+                for s, n in zip(sources, names, strict=True)]
     services = {}
     for ctx in contexts:
         if secrets is not None:

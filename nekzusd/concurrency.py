@@ -7,17 +7,18 @@ without depending on each other.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Iterable, TypeVar
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+async def gather_all(awaitables: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """All results in order; the first failure cancels the rest (nothing left running unowned) and is
     raised as itself, so that an ApiError still reaches the error middleware."""
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(a) for a in awaitables]
+            tasks: list[asyncio.Task[T]] = [group.create_task(a) for a in awaitables]
     except BaseExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return [t.result() for t in tasks]

@@ -10,9 +10,11 @@ import ipaddress
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import yaml
 
@@ -219,7 +221,7 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             return None
         item_tp = typing.get_args(tp)[0]
         return tuple(_convert(item_tp, item, f"{path}[{i}]", problems) for i, item in enumerate(value))
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):
         return _build(tp, value, path, problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -278,7 +280,7 @@ def _cross_checks(config: Config) -> list[str]:
     return problems
 
 
-def parse(data: Any, env: dict[str, str] | None = None) -> Config:
+def parse(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Build a Config from parsed YAML, applying the NEKZUSD_* environment overrides."""
     env = os.environ if env is None else env
     if data is None:

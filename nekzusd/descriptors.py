@@ -62,7 +62,7 @@ class Budget:
     log_streams: int
 
     @classmethod
-    def for_limit(cls, limit: int, in_use: int = 0) -> "Budget":
+    def for_limit(cls, limit: int, in_use: int = 0) -> Budget:
         spare = max(limit - in_use - RESERVE, 16)
         engine_pool = max(4, min(ENGINE_POOL_MAX, spare // 8))
         log_streams = max(4, min(LOG_STREAMS_MAX, spare // 4))
@@ -72,7 +72,7 @@ class Budget:
         return cls(limit, connections, engine_pool, log_streams)
 
     @classmethod
-    def current(cls) -> "Budget":
+    def current(cls) -> Budget:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         limit = _CEILING if soft == resource.RLIM_INFINITY else soft
         return cls.for_limit(limit, _in_use())

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render ApiError, aiohttp's own HTTP errors and unexpected failures as JSON under /api/."""
     try:
         return await handler(request)

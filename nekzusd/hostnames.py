@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import re
 import socket
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ import logging
 import socket
 import time
 from collections import Counter, deque
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -52,7 +53,7 @@ def _dumps(message: dict[str, Any]) -> str:
 class Client:
     """One WebSocket connection, its ordered send queue and its writer task."""
 
-    def __init__(self, ws: web.WebSocketResponse, address: str, transport: asyncio.BaseTransport | None = None,
+    def __init__(self, ws: web.WebSocketResponse, address: str, transport: asyncio.Transport | None = None,
                  ) -> None:
         self.ws = ws
         self.address = address
@@ -101,7 +102,8 @@ class Client:
         if expires_at is not None:
             delay = max(0.0, expires_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.end_session, "auth_expired", "TOKEN_EXPIRED", "Token expired; connect again with a new token")
+                delay, self.end_session, "auth_expired", "TOKEN_EXPIRED",
+                "Token expired; connect again with a new token")
 
     def end_session(self, type_: str, code: str, message: str, close_code: int = 1008) -> None:
         """End the session: the client's streams end, then ``{"type": type_, "data": {"error": code,

@@ -28,7 +28,8 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -140,7 +141,7 @@ class _Guard(asyncio.Protocol):
     ``_request_count``, ``_waiter``, ``_upgraded`` and ``_current_request``;
     tests/test_attack_connections.py fails if they change meaning."""
 
-    def __init__(self, handler: Any, slot: _Slot, head_timeout: float, listener: "Listener") -> None:
+    def __init__(self, handler: Any, slot: _Slot, head_timeout: float, listener: Listener) -> None:
         self._handler = handler
         self._slot = slot
         self._head_timeout = head_timeout
@@ -247,7 +248,7 @@ def open_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                dual = ipaddress.ip_address(addr[0].split("%", 1)[0]).is_unspecified and len(infos) == 1
+                dual = ipaddress.ip_address(str(addr[0]).split("%", 1)[0]).is_unspecified and len(infos) == 1
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
             if port == 0 and socks[:-1]:  # one port for all, the one the system chose for the first
                 addr = (addr[0], socks[0].getsockname()[1], *addr[2:])

@@ -1,4 +1,4 @@
-"""Container log streaming over the WebSocket (``container.logs.*``, DECISIONS §7 and §11).
+"""Container log streaming over the WebSocket (``container.logs.*``, docs/api.md).
 
 A client subscribes per container; each subscription is one task reading the runtime's log lines and
 queueing pre-encoded messages on the client (``hub.Client``), which drops and counts what a slow client
@@ -47,7 +47,7 @@ REMOTE_SHARE_MIN = 32
 LOCAL_RESERVE_FRACTION = 8
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
 
-_encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C version: a JSON string literal
+_encode = json.encoder.encode_basestring  # C version: a JSON string literal
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Options:
 
 
 def parse_options(data: dict[str, Any]) -> Options:
-    """The subscribe message's options, with the defaults of the reference; tail above 1000 is cut."""
+    """The subscribe message's options, with the defaults of docs/api.md; tail above 1000 is cut."""
     tail = data.get("tail", TAIL_DEFAULT)
     if isinstance(tail, float) and tail.is_integer():
         tail = int(tail)

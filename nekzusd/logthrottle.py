@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 
 class _Bucket:

@@ -8,9 +8,10 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from .errors import ApiError, EngineError
 from .hub import Hub
@@ -56,7 +57,7 @@ class Operation:
 
 
 def check_state(container: Container, op: str) -> None:
-    """The 409s of §8: starting a running container, stopping one that is not running."""
+    """The 409s of docs/api.md (Lifecycle): starting a running container, stopping one that is not running."""
     if op == "start" and container.state in ("running", "restarting", "paused"):
         message = "Container is paused; unpause it instead" if container.state == "paused" \
             else "Container is already running"
@@ -225,7 +226,7 @@ class Operations:
 
 
 def accepted_body(op: str, container: Container, operation_id: str, timeout: int) -> dict[str, Any]:
-    """The 202 body of the reference, plus the operationId of §7."""
+    """The 202 body (docs/api.md, Lifecycle), with the operationId its notification carries too."""
     body: dict[str, Any] = {"status": "accepted", "containerId": container.id,
                             "message": f"Container {op} initiated"}
     if op == "stop":

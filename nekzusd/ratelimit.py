@@ -1,4 +1,4 @@
-"""Rate limiting (DECISIONS §6): a token bucket per client address in each pool, before authentication.
+"""Rate limiting (docs/api.md, Rate limits): a token bucket per client address in each pool, before authentication.
 
 Pools: ``containers`` (every ``/api/v1/containers*`` route), ``apps`` (the apps API and discovery),
 ``websocket`` (the ``/api/v1/ws`` upgrade) and ``status`` (everything else: the status page and /metrics,
@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import IPNetwork, RateLimitConfig, RatePool
 from .errors import ApiError
@@ -154,7 +155,7 @@ def setup(app: web.Application, limiter: RateLimiter) -> None:
     to every response of a pool: successes, errors and the WebSocket upgrade alike."""
 
     @web.middleware
-    async def rate_limit_middleware(request: web.Request, handler):
+    async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         decision = limiter.check(request.path, request[CLIENT])
         if decision is not None:
             request[DECISION] = decision

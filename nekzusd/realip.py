@@ -1,4 +1,4 @@
-"""Who is calling, by address (DECISIONS §5): the one client address that auth and rate limiting share.
+"""Who is calling, by address (docs/api.md, Authentication): the one client address that auth and rate limiting share.
 
 The address is the TCP peer. ``X-Forwarded-For`` is believed only when the peer is a configured trusted
 proxy, and then only up to the right-most hop that is not itself a trusted proxy: everything left of
@@ -15,9 +15,10 @@ carry, so that IPv4 networks in the config apply.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import IPNetwork
 
@@ -72,7 +73,7 @@ def setup(app: web.Application, trusted_proxies: tuple[IPNetwork, ...]) -> None:
     """Install the middleware that stores the client address under ``request[CLIENT]`` for later middlewares."""
 
     @web.middleware
-    async def client_address_middleware(request: web.Request, handler):
+    async def client_address_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[CLIENT] = client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
                                          trusted_proxies)
         return await handler(request)

@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .statedir import give_to_directory_owner, write_private
 
@@ -146,7 +147,7 @@ class TokenFiles:
     """
 
     def __init__(self, tokens: Any, secret_path: Path, revocation_path: Path,
-                 load_secret: Callable[[Path], bytes], on_change: Callable[[], None] | None = None) -> None:
+                 load_secret: Callable[[Path], bytes], on_change: Callable[[], object] | None = None) -> None:
         self.tokens = tokens
         self.secret_path = secret_path
         self.revocation_path = revocation_path

@@ -1,5 +1,5 @@
 """Every route of the daemon, in matching order: literal paths first, then the Docker forms
-/{id}/{action}, then the Kubernetes path form /{namespace}/{pod}/{action} (DECISIONS §13)."""
+/{id}/{action}, then the Kubernetes path form /{namespace}/{pod}/{action} (docs/kubernetes.md)."""
 
 from __future__ import annotations
 

@@ -32,8 +32,9 @@ Dict keys are never rewritten (they are names); a secret used as a key is not hi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
            "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",

@@ -1,4 +1,4 @@
-"""Container statistics: the formulas of DECISIONS §9 and a cache of live per-container samplers.
+"""Container statistics: the formulas of docs/stats.md and a cache of live per-container samplers.
 
 The formulas work on `Sample`, a runtime-neutral reading of cumulative counters; each runtime turns its
 engine's documents into samples (Docker/Podman in ``runtimes/docker``). The first request for a container
@@ -10,10 +10,12 @@ an idle daemon puts no load on the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from .concurrency import gather_all
 from .errors import ApiError, EngineError, RuntimeUnavailable
@@ -71,7 +73,7 @@ def cpu_cores(sample: Sample, previous: Sample | None = None) -> float | None:
 
 
 def as_json(sample: Sample, cores: float) -> dict[str, Any]:
-    """The reference's stats object for one container."""
+    """The API's stats object for one container (docs/stats.md)."""
     used = max(sample.memory_usage - sample.memory_reclaimable, 0)
     limit = sample.memory_limit
     return {
@@ -85,7 +87,7 @@ def as_json(sample: Sample, cores: float) -> dict[str, Any]:
     }
 
 
-SampleSource = Callable[[], AsyncIterator[Sample]]
+SampleSource = Callable[[], AsyncGenerator[Sample, None]]
 
 
 class Sampler:
@@ -174,12 +176,12 @@ class Samplers:
         sampler = self._by_key.get(key)
         if sampler is None or not sampler.alive:
             sampler = self._by_key[key] = Sampler(source, self.runtime, self.idle)
-            sampler.task.add_done_callback(lambda _task, s=sampler: self._forget(s))
+            sampler.task.add_done_callback(functools.partial(self._forget, sampler))
         if alias is not None and alias != key:
             self._by_key[alias] = sampler
         return await sampler.get()
 
-    def _forget(self, sampler: Sampler) -> None:
+    def _forget(self, sampler: Sampler, _task: asyncio.Task[None]) -> None:
         for key in [k for k, s in self._by_key.items() if s is sampler]:
             del self._by_key[key]
 

@@ -139,7 +139,7 @@ def human_duration(seconds: float) -> str:
 async def _list(runtime: Runtime) -> list[Container] | None:
     try:
         async with asyncio.timeout(LIST_TIMEOUT):
-            return await runtime.list()
+            return await runtime.list_containers()
     except Exception:  # shown as "not reachable" on the page; the probe says why
         return None
 
@@ -157,7 +157,7 @@ async def gather(app: web.Application) -> dict[str, Any]:
     reachable = {s.name: s.reachable for s in states}
     containers: list[Container] = []
     by_state: dict[str, dict[str, int]] = {}
-    for runtime, listed in zip(runtimes, lists):
+    for runtime, listed in zip(runtimes, lists, strict=True):
         if listed is None or not reachable.get(runtime.name):
             continue
         containers += listed

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .statedir import create_private, ensure_state_dir, tighten_file
 
@@ -36,6 +37,12 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nekzusd-store")
         self._db: sqlite3.Connection | None = None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -61,7 +68,7 @@ class Store:
 
     async def apps(self) -> list[dict[str, Any]]:
         def query() -> list[dict[str, Any]]:
-            rows = self._db.execute("SELECT id, name, containers FROM apps ORDER BY created, id").fetchall()
+            rows = self._conn.execute("SELECT id, name, containers FROM apps ORDER BY created, id").fetchall()
             return [{"id": r[0], "name": r[1], "containers": json.loads(r[2])} for r in rows]
         return await self._run(query)
 
@@ -69,7 +76,7 @@ class Store:
         """Insert an app; False if the id exists already."""
         def insert() -> bool:
             try:
-                self._db.execute("INSERT INTO apps (id, name, containers, created) VALUES (?, ?, ?, ?)",
+                self._conn.execute("INSERT INTO apps (id, name, containers, created) VALUES (?, ?, ?, ?)",
                                  (app_id, name, json.dumps(containers), created))
             except sqlite3.IntegrityError:
                 return False
@@ -78,5 +85,5 @@ class Store:
 
     async def delete_app(self, app_id: str) -> bool:
         def delete() -> bool:
-            return self._db.execute("DELETE FROM apps WHERE id = ?", (app_id,)).rowcount > 0
+            return self._conn.execute("DELETE FROM apps WHERE id = ?", (app_id,)).rowcount > 0
         return await self._run(delete)

@@ -11,11 +11,12 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
 
-def notify(message: str, env: dict[str, str] | None = None) -> bool:
+def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
     """Send one sd_notify message (e.g. "READY=1"); False when not run by systemd or the send failed.
 
     Never blocks: a full receive queue drops the message, as systemd's own sd_notify does."""
@@ -35,7 +36,7 @@ def notify(message: str, env: dict[str, str] | None = None) -> bool:
     return True
 
 
-def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between watchdog pings (half of WatchdogSec), or None when no watchdog is asked for
     (or it is meant for another process, per $WATCHDOG_PID)."""
     env = os.environ if env is None else env
@@ -52,7 +53,7 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
 class Watchdog:
     """An owned task that pings systemd's watchdog from the event loop."""
 
-    def __init__(self, interval: float, env: dict[str, str] | None = None) -> None:
+    def __init__(self, interval: float, env: Mapping[str, str] | None = None) -> None:
         self.interval = interval
         self._env = env
         self._task: asyncio.Task[None] | None = None

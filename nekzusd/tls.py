@@ -30,7 +30,7 @@ def ensure_self_signed(state_dir: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     hostname = socket.gethostname()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"nekzusd {hostname}")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans = [x509.DNSName("localhost"), x509.DNSName(hostname),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     cert = (
@@ -57,6 +57,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     if tls.mode == "auto":
         cert, key = ensure_self_signed(config.state_path)
     else:
+        assert tls.cert and tls.key  # config checks that mode 'files' names both
         cert, key = Path(tls.cert), Path(tls.key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -7,11 +7,13 @@ duplicate keys or NaN/Infinity is refused rather than interpreted.
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .errors import ApiError, bad_request, invalid_body
 
@@ -29,7 +31,7 @@ class Field:
     type: type | tuple[type, ...]
     required: bool = False
     default: Any = None
-    item_type: type | None = None  # for lists
+    item_type: builtins.type | None = None  # for lists (the field `type` hides the builtin here)
     max_items: int | None = None
     max_length: int | None = None  # for strings, and string items of lists
 
@@ -48,7 +50,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        for duplicate, _ in pairs:
+            if duplicate in seen:
+                break
+            seen.add(duplicate)
         raise invalid_body(f"Duplicate field: {duplicate[:64]}", field=duplicate[:64])
     return out
 
@@ -143,8 +148,8 @@ def timeout_param(value: str | None, default: int = 10) -> int:
 
 
 def timeout_value(value: Any, default: int = 10) -> int:
-    """The grace period from a JSON body, where the reference types it "number": a whole number of
-    seconds in 1..300 (15.0 is 15). Any other value, of any JSON type, is INVALID_TIMEOUT (DECISIONS §4)."""
+    """The grace period from a JSON body, where the API types it "number": a whole number of
+    seconds in 1..300 (15.0 is 15). Any other value, of any JSON type, is INVALID_TIMEOUT (docs/api.md)."""
     if value is None:
         return default
     if isinstance(value, float) and value.is_integer():
@@ -172,7 +177,7 @@ def setup(app: web.Application) -> None:
     parameter given twice under /api/ (which value counts would depend on who reads it)."""
 
     @web.middleware
-    async def input_limits_middleware(request: web.Request, handler):
+    async def input_limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise too_large()
         if request.path.startswith("/api/") and len(request.query) != len(set(request.query)):

@@ -7,7 +7,8 @@ What a client sends is hostile until proven otherwise, authenticated or not:
 - a message is decoded by orjson, which refuses nesting beyond 1,024 levels with a decode error (the
   standard library raised RecursionError, a traceback, on a frame of 60,000 ``[``), then refused if nested
   deeper than ``MAX_DEPTH`` (no message type needs more, and handlers may ``str()`` parts of ``data``);
-  anything undecodable is ``INVALID_MESSAGE``, the connection stays. Frames over ``MAX_MESSAGE`` are closed by aiohttp with 1009, invalid UTF-8 in a text frame with 1007;
+  anything undecodable is ``INVALID_MESSAGE``, the connection stays. Frames over ``MAX_MESSAGE`` are closed by
+  aiohttp with 1009, invalid UTF-8 in a text frame with 1007;
 - every data frame (text or binary, valid or not, before and after authentication) spends a token of the
   connection's bucket (``RATE_BURST``, ``RATE_PER_SECOND``): over it, the message is not handled and the
   client gets ``RATE_LIMITED``; a client that keeps going (``STRIKES_TO_CLOSE`` refusals, forgiven at one
@@ -23,7 +24,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -212,7 +214,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         while not ws.closed:
             timeout = None
-            if not client.authenticated:
+            if not client.authenticated and deadline is not None:
                 timeout = max(deadline - loop.time(), 0.0)
             try:
                 msg = await ws.receive(timeout=timeout)

@@ -1,4 +1,4 @@
-"""JWT verification, scopes, the secret file, and what must never reach a log (DECISIONS §5, issue 6)."""
+"""JWT verification, scopes, the secret file, and what must never reach a log (docs/api.md, issue 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who may call what, from a non-local address (DECISIONS §5): every kind of credential × every kind of route.
+"""Who may call what, from a non-local address (docs/api.md, scopes): every kind of credential × every kind of route.
 
 The client connects from 127.0.0.2 while only 127.0.0.1 is local, so the daemon sees a remote caller on
 a real socket. Each cell states the exact status and code; a route that went missing fails its cells.

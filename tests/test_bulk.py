@@ -121,7 +121,7 @@ BAD_BODIES = [
     ({"action": "stop", "containerIds": ["bad id!"]}, "INVALID_CONTAINER_ID"),
     ({"action": "stop", "containerIds": ["x"], "timeout": 0}, "INVALID_TIMEOUT"),
     ({"action": "stop", "containerIds": ["x"], "timeout": 301}, "INVALID_TIMEOUT"),
-    # The reference types timeout "number"; §10 validates it as §4 does: anything but a whole number of
+    # The API types timeout "number"; batch validates it as the query parameter: anything but a whole number of
     # seconds in 1..300 is INVALID_TIMEOUT, whatever its JSON type.
     ({"action": "stop", "containerIds": ["x"], "timeout": "abc"}, "INVALID_TIMEOUT"),
     ({"action": "stop", "containerIds": ["x"], "timeout": "15"}, "INVALID_TIMEOUT"),

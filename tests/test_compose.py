@@ -1,4 +1,4 @@
-"""Compose export (DECISIONS §12) over inspect JSON recorded from a real dockerd 20.10 (tests/data/inspect).
+"""Compose export (docs/export.md) over inspect JSON recorded from a real dockerd 20.10 (tests/data/inspect).
 
 Fixtures: container-web (running; user network + second network with aliases, ports on several addresses
 and IPv6, secrets, limits, …), container-db (busybox image without config; healthcheck, named + anonymous

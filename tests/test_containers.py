@@ -302,7 +302,7 @@ async def test_namespace_path_form_without_kubernetes_is_not_found(client):
 
 
 async def test_lifecycle_checks_run_in_the_documented_order(client, engine):
-    """DECISIONS §8: runtime, then timeout, then the container, then its state."""
+    """docs/api.md (Lifecycle): runtime, then timeout, then the container, then its state."""
     cid = await run_container(engine, unique("order"))
     cases = [("nosuch/stop?runtime=lxc&timeout=0", 400, "INVALID_RUNTIME"),
              ("nosuch/stop?timeout=0", 400, "INVALID_TIMEOUT"),

@@ -139,7 +139,7 @@ def mapped_fields(doc: dict, image_cmd: list[str] | None = None) -> dict:
 
 
 async def build_stack(engine, scratch, tmp_path: Path) -> dict:
-    """Two containers using every field §12 maps; returns names, secrets and ports for the checks."""
+    """Two containers using every field docs/export.md lists as mapped; returns names, secrets and ports for the checks."""
     tag = unique("rt")
     network, volume = f"{tag}-net", f"{tag}-data"
     await api(engine, "POST", "/networks/create", {"Name": network, "Labels": {"org.example.stack": tag}},

@@ -3,7 +3,7 @@
 The daemon is a real subprocess talking to the session's dockerd, with a few linked containers
 (running and stopped) so that generated requests meet real objects. Every response must conform to the
 document (status, content type, headers, body schema) and no request may cause a 5xx, except the one the
-API reference itself prescribes: 500 NO_RUNTIME for the Kubernetes runtime, which is not enabled here.
+API contract (docs/api.md) prescribes: 500 NO_RUNTIME for the Kubernetes runtime, which is not enabled here.
 Bounded (examples per operation, no shrinking) so that it runs in CI in about a minute.
 """
 
@@ -29,7 +29,7 @@ from tests.engines import Engine
 
 DOC = json.loads(resources.files("nekzusd").joinpath("openapi.json").read_text())
 EXAMPLES = int(os.environ.get("NEKZUSD_FUZZ_EXAMPLES", "40"))  # per operation and mode
-PRESCRIBED_5XX = {"NO_RUNTIME"}  # container-api.md: 500 when the named runtime is not configured
+PRESCRIBED_5XX = {"NO_RUNTIME"}  # docs/api.md: 500 when the named runtime is not enabled
 
 schema = schemathesis.openapi.from_dict(DOC)
 
@@ -91,7 +91,7 @@ def daemon(docker_engine: Engine, tmp_path_factory) -> str:
 
 @schemathesis.check
 def no_unexpected_server_error(ctx, response, case):
-    """No 5xx, but the one the API reference prescribes; and every error body is the API's JSON error."""
+    """No 5xx, but the one docs/api.md prescribes; and every error body is the API's JSON error."""
     if response.status_code >= 500:
         try:
             code = json.loads(response.content).get("error")

@@ -1,4 +1,4 @@
-"""Rate limiting (DECISIONS §6): token buckets with an injected clock, memory bounds, and the live pools."""
+"""Rate limiting (docs/api.md, Rate limits): token buckets with an injected clock, memory bounds, and the live pools."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client address (DECISIONS §5): the TCP peer, X-Forwarded-For only from trusted proxies, IPv4/IPv6/mapped.
+"""The client address (docs/api.md): the TCP peer, X-Forwarded-For only from trusted proxies, IPv4/IPv6/mapped.
 
 Pure functions first, then the running daemon seen from real sockets: 127.0.0.2 (remote in these
 configs), a dual-stack listener that sees IPv4 clients as ::ffff:a.b.c.d, and IPv6 loopback.

@@ -1,4 +1,4 @@
-"""Secret detection rules (DECISIONS §12): names by their parts, values by their shape."""
+"""Secret detection rules (docs/export.md, Secrets): names by their parts, values by their shape."""
 
 import json
 
@@ -24,7 +24,7 @@ def test_secret_names(name):
 
 
 @pytest.mark.parametrize("name", [
-    # §12's false positives: a substring is not a part.
+    # The false positives docs/export.md names: a substring is not a part.
     "AUTHOR", "PWD", "PATH", "KEYBOARD", "KEYBOARD_LAYOUT", "MONKEY",
     "PASSPORT_NUMBER", "BYPASS_CACHE", "PGPASSFILE", "TOKENIZER_MODEL", "SECRETARY_NAME", "COMPASS",
     # KEY alone is not enough: it needs API/ACCESS/PRIVATE/SECRET (or a like word) before it.

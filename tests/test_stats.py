@@ -84,14 +84,14 @@ async def check_busy_stats(client, engine: Engine, full_id: str, path_id: str) -
     assert response.status == 200, await response.text()
     stats = await response.json()
     after = await asyncio.to_thread(cpu_reading, engine, full_id)
-    # §9's formula over the request's window, from counters the engine did not report.
+    # The formula of docs/stats.md over the request's window, from counters the engine did not report.
     reference = (after[0] - before[0]) / (after[1] - before[1]) * os.cpu_count()
     check_shape(stats)
     assert stats["containerId"] == full_id[:12]
     cpu = stats["cpu"]
     assert cpu["totalCores"] == float(os.cpu_count())
-    # The quota caps the container's CPU time, but §9 divides by the host's counted CPU time, which on
-    # this loaded VM jumps by up to ±40 % between 1 s windows (the engine's window is not the reference's).
+    # The quota caps the container's CPU time, but the formula divides by the host's counted CPU time, which on
+    # this loaded VM jumps by up to ±40 % between 1 s windows (the engine's window is not this test's).
     # The bands catch wrong fields and scales; the exact arithmetic is checked on captured documents in
     # test_stats_formulas.py.
     assert 0.5 * CPU_QUOTA <= cpu["coresUsed"] <= 2 * CPU_QUOTA, (cpu, reference)
@@ -285,7 +285,7 @@ def podman_document(read: str, cpu_ns: int, busy_ns: int) -> dict:
 def test_podman_cpu_is_measured_against_elapsed_time_not_the_hosts_busy_time() -> None:
     """The cause of a flaky test_podman_stats (1.86 cores for a 0.2-core quota): over one second of a
     quiet 2-core host, the container used 0.2 s and everything else 0.01 s. Dividing by Podman's busy
-    time says the container used nearly both cores; §9 divides by elapsed CPU time, as dockerd's is."""
+    time says the container used nearly both cores; docs/stats.md divides by elapsed CPU time, as dockerd's is."""
     first = podman_document("2026-01-01T00:00:00.000000000Z", 50_000_000_000, 7_000_000_000_000)
     second = podman_document("2026-01-01T00:00:01.000000000Z", 50_200_000_000, 7_000_210_000_000)
     raw = cpu_cores(sample_from_stats(second), sample_from_stats(first))

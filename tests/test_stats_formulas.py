@@ -1,4 +1,4 @@
-"""The §9 formulas on stats documents captured from the real dockerd and Podman (tests/data/stats)."""
+"""The formulas of docs/stats.md on stats documents captured from the real dockerd and Podman (tests/data/stats)."""
 
 from __future__ import annotations
 

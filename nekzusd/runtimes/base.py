@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, ClassVar
 
-# States of the API reference; engines' own words are mapped onto these.
+# States of the API (docs/api.md); engines' own words are mapped onto these.
 STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
 
 
@@ -90,10 +91,10 @@ class Runtime(abc.ABC):
 
     name: ClassVar[str]
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 -- an optional hook, a no-op unless a runtime needs it
         """Prepare clients; must not fail when the engine is down (the daemon starts anyway)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 -- an optional hook, a no-op unless a runtime needs it
         """Release clients and background resources."""
 
     @abc.abstractmethod
@@ -105,7 +106,7 @@ class Runtime(abc.ABC):
         """Check the id (and namespace) against the engine's own syntax before any engine call."""
 
     @abc.abstractmethod
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         """Every container (all states) of the runtime, or of one namespace."""
 
     @abc.abstractmethod
@@ -129,11 +130,11 @@ class Runtime(abc.ABC):
         """Resource usage in the API's stats shape."""
         raise NotImplementedError
 
-    def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
+    def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
         """Log lines, oldest first; ends when the container stops (follow) or the tail is done."""
         raise NotImplementedError
 
-    def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncGenerator[Event, None]:
         """Container state changes until cancelled; raises RuntimeUnavailable when the engine goes away."""
         raise NotImplementedError
 
@@ -150,6 +151,6 @@ class Runtime(abc.ABC):
         """True for the container nekzusd itself runs in (bulk operations never touch it)."""
         return False
 
-    async def check_operation(self, container: Container, op: str) -> None:
+    async def check_operation(self, container: Container, op: str) -> None:  # noqa: B027 -- optional hook
         """Runtime-specific refusals before an operation is accepted (raise ApiError/EngineError), e.g. a
         Kubernetes pod without a workload to scale. Runs after the generic state check."""

@@ -9,7 +9,8 @@ import time
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiodocker
@@ -307,7 +308,7 @@ class DockerRuntime(Runtime):
                            "at most 128 characters)", {"containerId": ref.id[:200]})
         return Ref(ref.id)
 
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers",
                                limit=MAX_LIST_ANSWER)
         await self._learn_labels(rows)
@@ -353,7 +354,7 @@ class DockerRuntime(Runtime):
         await self._container_json(ref, "POST", "restart", params={"t": timeout}, what="restart",
                                    timeout=timeout + ENGINE_MARGIN)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         params = {"filters": json.dumps({"type": ["container"]})}
         async with self._call("events", timeout=None):
             async with self._stream_client()._query("events", params=params, timeout=None) as response:
@@ -368,7 +369,7 @@ class DockerRuntime(Runtime):
                         yield Event(short_id(cid), action)
         raise RuntimeUnavailable(self.name, "event stream ended")
 
-    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
         """The container's log lines; a follow stream ends when the container stops (or is removed),
         and raises RuntimeUnavailable when the engine goes away instead.
 
@@ -410,7 +411,7 @@ class DockerRuntime(Runtime):
                 raise
 
     async def _log_reads(self, container_id: str, multiplexed: bool, params: dict[str, str],
-                         ) -> AsyncIterator[list[tuple[str, str]]]:
+                         ) -> AsyncGenerator[list[tuple[str, str]], None]:
         """The stamped lines of one logs request, per read. A follow stream may idle, and a line it ends
         in is left to the catch-up read, which has it whole; other reads may not idle and end with the
         unfinished lines."""
@@ -498,7 +499,7 @@ class DockerRuntime(Runtime):
             raise ContainerNotRunning(container.id)
         return await self.samplers.get(container.id, lambda: self._stat_samples(container), alias=ref.id)
 
-    async def _stat_samples(self, container: Container) -> AsyncIterator[Sample]:
+    async def _stat_samples(self, container: Container) -> AsyncGenerator[Sample, None]:
         """Samples about once a second until the container stops (ContainerNotRunning).
 
         dockerd streams one a second with its previous reading filled in; Podman streams only every 5 s

@@ -1,6 +1,6 @@
 """Kubernetes objects (as the API server's JSON) mapped to the API's shapes: pure functions, no I/O.
 
-Kept apart from the runtime so that the mapping rules of DECISIONS §13 can be read, and tested, alone.
+Kept apart from the runtime so that the mapping rules of docs/kubernetes.md can be read, and tested, alone.
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ def container_from_workload(workload: Workload) -> Container:
 # ---------------------------------------------------------------------------------------- inspect
 
 def _env(container: dict[str, Any]) -> list[dict[str, Any]]:
-    """Literal values, masked when they look secret; ``valueFrom``/``envFrom`` as the references they
-    are (nekzusd never resolves a Secret for display)."""
+    """Literal values, masked when they look secret; ``valueFrom``/``envFrom`` shown as what they
+    are, references (nekzusd never resolves a Secret for display)."""
     out: list[dict[str, Any]] = []
     for var in container.get("env") or []:
         if "valueFrom" in var:

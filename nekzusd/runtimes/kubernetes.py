@@ -1,5 +1,5 @@
 """Kubernetes through kubernetes-asyncio: pods as containers, their Deployment/StatefulSet as the thing
-that is stopped, started and restarted (DECISIONS §13).
+that is stopped, started and restarted (docs/kubernetes.md).
 
 kubernetes-asyncio supplies the configuration (kubeconfig or in-cluster service account, token refresh)
 and the HTTP client; answers are read as plain JSON, which is much cheaper than its generated models and
@@ -12,10 +12,11 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import yaml
@@ -168,7 +169,7 @@ class KubernetesRuntime(Runtime):
         return Ref(ref.id, self._namespace(ref.namespace))
 
     # ------------------------------------------------------------------------------- reading
-    async def list(self, namespace: str | None = None) -> list[Container]:
+    async def list_containers(self, namespace: str | None = None) -> list[Container]:
         namespaces = [self._namespace(namespace)] if namespace else list(self.namespaces)
         per_namespace = await asyncio.gather(*(self._list_namespace(ns) for ns in namespaces))
         return [c for rows in per_namespace for c in rows]
@@ -335,7 +336,7 @@ class KubernetesRuntime(Runtime):
             annotations = (w.template.get("metadata") or {}).get("annotations") or {}
             if (k8s.parse_time(annotations.get(k8s.RESTARTED_AT_ANNOTATION)) or 0) >= asked - 1:
                 return None  # a concurrent restart (restart-all on two pods of one owner) rolls it already
-            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             return {"spec": {"template": {"metadata": {"annotations": {k8s.RESTARTED_AT_ANNOTATION: stamp}}}}}
 
         workload = await self._change(workload, roll)
@@ -437,7 +438,7 @@ class KubernetesRuntime(Runtime):
                 node = None
         return k8s.pod_stats(pod, metrics, node, time.time())
 
-    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncIterator[LogLine]:
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
         """The log of the pod's first container (the API insists on one when a pod has several), raw text
         split into lines, all as "stdout" (the API does not tell the streams apart). A follow stream ends
         when the container stops."""
@@ -469,10 +470,10 @@ class KubernetesRuntime(Runtime):
                 if not chunk:
                     break
 
-    def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncGenerator[Event, None]:
         return self._events()
 
-    async def _events(self) -> AsyncIterator[Event]:
+    async def _events(self) -> AsyncGenerator[Event, None]:
         """Pod changes in every configured namespace, from one watch per namespace merged into a bounded
         queue. Raises RuntimeUnavailable when a watch ends, so the caller re-lists and watches again."""
         queue: asyncio.Queue[Event | BaseException] = asyncio.Queue(EVENT_QUEUE)
@@ -520,7 +521,7 @@ def _controller(meta: dict[str, Any]) -> dict[str, str] | None:
 
 
 def _has_limits(pod: dict[str, Any]) -> bool:
-    return all({"cpu", "memory"} <= set(((c.get("resources") or {}).get("limits") or {}))
+    return all({"cpu", "memory"} <= set((c.get("resources") or {}).get("limits") or {})
                for c in (pod.get("spec") or {}).get("containers") or [])
 
 

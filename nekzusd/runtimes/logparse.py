@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
-from typing import AnyStr, Callable
+from typing import AnyStr
 
 from .base import LogLine
 
@@ -245,7 +246,7 @@ class LogCursor:
             nonlocal skip, found
             if not found:
                 line_key = stamp_key(_stamp_of(pair[1]))
-                if line_key is None or line_key < key:
+                if line_key is None or key is None or line_key < key:
                     return False
                 if line_key == key and (skip is None or skip):
                     skip = None if skip is None else skip - 1

@@ -1,4 +1,4 @@
-"""Approved apps (§3) and discovery of containers asking to be managed."""
+"""Approved apps (docs/api.md) and discovery of containers asking to be managed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 
 from aiohttp import web
 
+from ..apps import App
 from ..auth import WRITE, requires
 from ..config import check_app_id
 from ..errors import invalid_body
@@ -41,7 +42,7 @@ def _check_containers(names: list[str]) -> list[str]:
     return names
 
 
-def _app_json(request: web.Request, app) -> dict:
+def _app_json(request: web.Request, app: App) -> dict:
     return {**app.as_json(), "health": request.app[HEALTH].status.get(app.id, "unknown")}
 
 

@@ -28,7 +28,7 @@ async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
     """The runtime a request names and all its containers (of ``?namespace=`` if given)."""
     runtime = runtime_of(request)
     try:
-        return runtime, await runtime.list(request.query.get("namespace") or None)
+        return runtime, await runtime.list_containers(request.query.get("namespace") or None)
     except EngineError as exc:
         raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
 

@@ -33,7 +33,7 @@ async def inspect_container(request: web.Request) -> web.Response:
 @requires(WRITE)
 async def lifecycle(request: web.Request) -> web.Response:
     op = request.match_info["action"]
-    runtime = runtime_of(request)  # checked in the order of DECISIONS §8: runtime, timeout, container, state
+    runtime = runtime_of(request)  # checked in the order of docs/api.md: runtime, timeout, container, state
     timeout = timeout_param(request.query.get("timeout"))
     runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]

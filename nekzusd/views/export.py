@@ -1,4 +1,4 @@
-"""Compose export endpoints (DECISIONS §12): one container or a batch, as JSON or as a zip.
+"""Compose export endpoints (docs/export.md): one container or a batch, as JSON or as a zip.
 
 The handlers only parse and answer; `export_one` and `export_batch` do the work and can be called by tests.
 """
@@ -85,7 +85,7 @@ async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, optio
     sources: list[ServiceSource] = []
     repeated: list[str] = []
     seen: set[str] = set()
-    for ref, result in zip(refs, results):
+    for ref, result in zip(refs, results, strict=True):
         if isinstance(result, str):
             continue
         full_id = result.container.get("Id") or ref.id
