@@ -176,7 +176,9 @@ class Tokens:
 
 
 def new_token_id() -> str:
-    return secrets.token_urlsafe(12)
+    """A token's ``jti``: hex, so that it never starts with ``-`` (``token revoke --id -x…`` would be read as an
+    option) and survives copying from a terminal."""
+    return secrets.token_hex(12)
 
 
 def unauthorized(message: str, invalid: bool = False) -> ApiError:
