@@ -45,7 +45,7 @@ run: debs-run venv
 	NEKZUSD_STATE_DIR=$${NEKZUSD_STATE_DIR:-.state} $(VENV)/bin/nekzusd serve --config $(CONFIG)
 
 test: debs-test venv lint
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
 # Seconds, before the tests: the linter (ruff.toml) and the type checker (setup.cfg [mypy]) over nekzusd/.
 lint: venv
