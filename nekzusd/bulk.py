@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from .actions import Action
 from .apps import Apps
 from .concurrency import gather_all
 from .errors import ApiError, EngineError, invalid_body
-from .actions import Action
 from .operations import Operations, check
 from .runtimes.base import Container, Ref, Runtime
 
