@@ -64,7 +64,7 @@ class Target:
 
 class KubernetesRuntime(Runtime):
     name = "kubernetes"
-    # No pause: the Kubernetes API has no way to freeze a pod's processes (kubelet would need cgroup access).
+    # No pause or unpause: the Kubernetes API has no way to freeze a pod's processes.
     actions = frozenset({"start", "stop", "restart"})
 
     def __init__(self, config: KubernetesConfig) -> None:

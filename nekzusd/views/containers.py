@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..actions import ACTIONS
 from ..auth import WRITE, requires
 from ..errors import ApiError, EngineError
 from ..keys import APPS, OPERATIONS
-from ..actions import ACTIONS
 from ..operations import accepted_body
 from ..validation import bool_param, timeout_param
 from .common import json_response, listed, runtime_of, target
@@ -34,7 +34,7 @@ async def inspect_container(request: web.Request) -> web.Response:
 @requires(WRITE)
 async def lifecycle(request: web.Request) -> web.Response:
     action = ACTIONS[request.match_info["action"]]  # the route matches only the table's names
-    runtime = runtime_of(request)  # checked in the order of docs/api.md: runtime, timeout, container, state
+    runtime = runtime_of(request)  # checked in the order of docs/api.md: runtime, timeout, action, container, state
     timeout = timeout_param(request.query.get("timeout"))
     runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]
