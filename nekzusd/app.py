@@ -53,8 +53,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await token_files.start()
     app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
     health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
-    app[OPERATIONS] = Operations(hub, on_done=health.poke)
-    app[OPERATIONS].listeners.append(app[METRICS].observe_operation)
+    app[OPERATIONS] = Operations(hub)
+    app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
     app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
     health.start()
     try:

@@ -1,9 +1,10 @@
-"""Bulk (`start-all`, `stop-all`, `restart-all`) and batch lifecycle operations (docs/api.md, Bulk and batch).
+"""Bulk (`<action>-all`) and batch lifecycle operations (docs/api.md, Bulk and batch).
 
 Every engine call of every bulk or batch request goes through one semaphore shared by the whole
 process, so two requests at once still run at most ``bulk.concurrency`` operations together. Each
-operation is an ordinary lifecycle operation (`Operations.run`): it is announced on the WebSocket and
-recorded exactly like a single one.
+operation is an ordinary lifecycle operation: refused by the same checks as a single one
+(`operations.check`, before the engine is called and without a notification), else run by
+`Operations.run`, announced on the WebSocket and recorded exactly like a single one.
 """
 
 from __future__ import annotations
@@ -12,32 +13,22 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from .actions import Action
 from .apps import Apps
 from .concurrency import gather_all
 from .errors import ApiError, EngineError, invalid_body
-from .operations import Operations, check_state
+from .operations import Operations, check
 from .runtimes.base import Container, Ref, Runtime
 
-ALL_MESSAGES = {
-    "start": "Start all operation completed",
-    "stop": "Stop all operation completed",
-    "restart": "Restart all operation completed",
-}
 BATCH_MESSAGE = "Batch operation completed"
-# Per-container errors in the words existing clients know (e.g. "container already running").
-STATE_ERRORS = {"CONTAINER_ALREADY_STARTED": "container already running",
-                "CONTAINER_ALREADY_STOPPED": "container already stopped"}
 NOT_FOUND = "container not found"
 SELF = "nekzusd does not act on the container it runs in"
 
 
-def all_targets(op: str, containers: Iterable[Container], apps: Apps, runtime: Runtime) -> list[Container]:
-    """start-all takes linked containers that are not running, stop-all and restart-all the linked
-    running ones; never nekzusd's own container. Ordered by namespace and name, like the list."""
-    if op == "start":
-        wanted = [c for c in containers if c.state not in ("running", "restarting", "paused")]
-    else:
-        wanted = [c for c in containers if c.running]
+def all_targets(action: Action, containers: Iterable[Container], apps: Apps, runtime: Runtime) -> list[Container]:
+    """The linked containers ``action.picks`` (start-all: those not running; stop-all and restart-all: the
+    running ones); never nekzusd's own container. Ordered by namespace and name, like the list."""
+    wanted = [c for c in containers if action.picks(c)]
     targets = [c for c in apps.linked(wanted) if not runtime.is_self(c)]
     return sorted(targets, key=lambda c: (c.namespace, c.name))
 
@@ -62,14 +53,25 @@ class Bulk:
         self.operations = operations
         self.semaphore = asyncio.Semaphore(concurrency)
 
-    async def _operate(self, runtime: Runtime, container: Container, op: str, timeout: int) -> dict[str, Any]:
+    async def _operate(self, runtime: Runtime, container: Container, action: Action, timeout: int) -> dict[str, Any]:
+        """One container: the checks of a single operation (a refusal is a failed result, with the
+        single 409's message, or the clients' short wording for a state), then the operation."""
         async with self.semaphore:
-            operation = await self.operations.run(runtime, container, op, timeout)
+            try:
+                await check(runtime, container, action)
+            except ApiError as exc:
+                refusal = action.refusal(container)
+                return result(container.id, container.name, refusal.short if refusal else exc.message)
+            except EngineError as exc:
+                return result(container.id, container.name, str(exc))
+            operation = await self.operations.run(runtime, container, action, timeout)
         return result(container.id, container.name, None if operation.ok else operation.error)
 
-    async def run_all(self, runtime: Runtime, targets: list[Container], op: str, timeout: int) -> dict[str, Any]:
-        results = await gather_all(self._operate(runtime, c, op, timeout) for c in targets)
-        return summary(ALL_MESSAGES[op], results)
+    async def run_all(self, runtime: Runtime, targets: list[Container], action: Action,
+                      timeout: int) -> dict[str, Any]:
+        action.check_runtime(runtime)
+        results = await gather_all(self._operate(runtime, c, action, timeout) for c in targets)
+        return summary(action.all_message, results)
 
     async def _resolve(self, runtime: Runtime, ref: Ref) -> Container | str:
         """The container a batch id names, or why it cannot be acted on (a failed result, not a 404:
@@ -84,9 +86,10 @@ class Bulk:
                     return NOT_FOUND
                 raise
 
-    async def batch(self, runtime: Runtime, refs: list[Ref], op: str, timeout: int) -> dict[str, Any]:
+    async def batch(self, runtime: Runtime, refs: list[Ref], action: Action, timeout: int) -> dict[str, Any]:
         """Act on the given containers; results in the request's order. Two ids naming one container
         (a name and its id) are refused before anything runs, like literal duplicates."""
+        action.check_runtime(runtime)
         resolved = await gather_all(self._resolve(runtime, ref) for ref in refs)
         seen: dict[str, str] = {}
         for ref, found in zip(refs, resolved, strict=True):
@@ -101,11 +104,7 @@ class Bulk:
                 return result(ref.id, "", found)
             if runtime.is_self(found):
                 return result(found.id, found.name, SELF)
-            try:
-                check_state(found, op)
-            except ApiError as exc:
-                return result(found.id, found.name, STATE_ERRORS.get(exc.code, exc.message))
-            return await self._operate(runtime, found, op, timeout)
+            return await self._operate(runtime, found, action, timeout)
 
         results = await gather_all(one(ref, found) for ref, found in zip(refs, resolved, strict=True))
         return summary(BATCH_MESSAGE, results)

@@ -52,9 +52,9 @@ class Metrics:
 
     def observe_operation(self, operation: Operation) -> None:
         """An ``Operations.listeners`` entry."""
-        self.operations.labels(operation.op, "success" if operation.ok else "failure").inc()
+        self.operations.labels(operation.action.name, "success" if operation.ok else "failure").inc()
         if operation.duration is not None:
-            self.operation_latency.labels(operation.op).observe(operation.duration)
+            self.operation_latency.labels(operation.action.name).observe(operation.duration)
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)

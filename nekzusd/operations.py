@@ -1,5 +1,5 @@
 """Lifecycle operations: synchronous checks, then the engine call in the background with a deadline,
-and its result announced to every WebSocket client as ``container.<op>.completed|failed``."""
+and its result announced to every WebSocket client as ``container.<action>.completed|failed``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .actions import Action
 from .errors import ApiError, EngineError
 from .hub import Hub
 from .runtimes.base import Container, Ref, Runtime
@@ -25,23 +26,10 @@ RECENT = 20
 MAX_IN_FLIGHT = 256  # background operations at once; beyond, a 503 rather than an unbounded pile-up
 
 
-@dataclass(frozen=True)
-class Kind:
-    op: str            # "start"
-    done_status: str   # "started"
-
-    @property
-    def error_code(self) -> str:
-        return f"CONTAINER_{self.op.upper()}_FAILED"
-
-
-KINDS = {k.op: k for k in (Kind("start", "started"), Kind("stop", "stopped"), Kind("restart", "restarted"))}
-
-
 @dataclass
 class Operation:
     id: str
-    op: str
+    action: Action
     runtime: str
     container_id: str
     name: str
@@ -56,28 +44,18 @@ class Operation:
         return None if self.finished is None else self.finished - self.started
 
 
-def check_state(container: Container, op: str) -> None:
-    """The 409s of docs/api.md (Lifecycle): starting a running container, stopping one that is not running."""
-    if op == "start" and container.state in ("running", "restarting", "paused"):
-        message = "Container is paused; unpause it instead" if container.state == "paused" \
-            else "Container is already running"
-        raise ApiError(409, "CONTAINER_ALREADY_STARTED", message,
-                       {"containerId": container.id, "state": container.state})
-    if op == "stop" and container.state not in ("running", "restarting", "paused"):
-        raise ApiError(409, "CONTAINER_ALREADY_STOPPED", "Container is already stopped",
-                       {"containerId": container.id, "state": container.state})
+async def check(runtime: Runtime, container: Container, action: Action) -> None:
+    """Every refusal that comes before the engine is called, the same for single, bulk and batch operations:
+    the state check (docs/api.md, Lifecycle), then the runtime's own (a Kubernetes pod without an owner).
+    Raises ApiError (or EngineError when the runtime could not tell)."""
+    action.check_state(container)
+    await runtime.check_operation(container, action.name)
 
 
-async def call(runtime: Runtime, ref: Ref, op: str, timeout: int) -> None:
+async def call(runtime: Runtime, ref: Ref, action: Action, timeout: int) -> None:
     """Run one engine operation within its deadline."""
-    deadline = timeout + DEADLINE_MARGIN
-    async with asyncio.timeout(deadline):
-        if op == "start":
-            await runtime.start(ref)
-        elif op == "stop":
-            await runtime.stop(ref, timeout)
-        else:
-            await runtime.restart(ref, timeout)
+    async with asyncio.timeout(timeout + DEADLINE_MARGIN):
+        await action.invoke(runtime, ref, timeout)
 
 
 SECRET_LOOKUP_TIMEOUT = 10.0  # seconds for the inspect that learns a failed container's secrets
@@ -118,23 +96,22 @@ class KeyedLocks:
 
 
 class Operations:
-    def __init__(self, hub: Hub, on_done: Callable[[], Any] | None = None) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.on_done = on_done
         self.recent: deque[Operation] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._per_container = KeyedLocks()
-        self.listeners: list[Callable[[Operation], Any]] = []  # metrics and the status page
+        # Told of every finished operation, after its notification: metrics, app health.
+        self.listeners: list[Callable[[Operation], Any]] = []
 
-    async def run(self, runtime: Runtime, container: Container, op: str, timeout: int,
+    async def run(self, runtime: Runtime, container: Container, action: Action, timeout: int,
                   operation_id: str | None = None) -> Operation:
         """Run an operation now, announce and record its result. Never raises for engine failures.
 
         Operations on one container run one after another, in the order they were asked for (a double
         tap on "stop", or "stop" then "start", must not race in the engine). Bulk operations run here too,
         so the task is registered for the shutdown drain whoever started it."""
-        kind = KINDS[op]
-        operation = Operation(operation_id or uuid.uuid4().hex, op, runtime.name, container.id, container.name,
+        operation = Operation(operation_id or uuid.uuid4().hex, action, runtime.name, container.id, container.name,
                               timeout)
         task = asyncio.current_task()
         if task is not None:
@@ -142,7 +119,7 @@ class Operations:
         try:
             async with self._per_container.hold((runtime.name, container.namespace, container.id)):
                 operation.started = time.time()
-                await call(runtime, Ref(container.id, container.namespace), op, timeout)
+                await call(runtime, Ref(container.id, container.namespace), action, timeout)
             operation.ok = True
         except (ApiError, EngineError) as exc:
             message = getattr(exc, "message", None) or str(exc)
@@ -150,53 +127,53 @@ class Operations:
             try:
                 operation.error = await scrub_failure(runtime, Ref(container.id, container.namespace), message)
             except asyncio.CancelledError:
-                self._finish(kind, operation, container)
+                self._finish(operation, container)
                 raise
         except TimeoutError:
             operation.ok, operation.error = False, f"Operation did not finish within {timeout + DEADLINE_MARGIN:g} s"
         except asyncio.CancelledError:  # shutdown cut it short: clients still hear how it ended
             operation.ok, operation.error = False, "Cancelled: nekzusd is shutting down"
-            self._finish(kind, operation, container)
+            self._finish(operation, container)
             raise
         except Exception as exc:  # a bug, not an engine failure: say so, and still tell the clients
-            log.exception("%s of %s failed unexpectedly", op, container.id)
+            log.exception("%s of %s failed unexpectedly", action.name, container.id)
             operation.ok, operation.error = False, f"internal error: {type(exc).__name__}"
         finally:
             if task is not None:
                 self._tasks.discard(task)
-        self._finish(kind, operation, container)
+        self._finish(operation, container)
         return operation
 
-    def _finish(self, kind: Kind, operation: Operation, container: Container) -> None:
+    def _finish(self, operation: Operation, container: Container) -> None:
         operation.finished = time.time()
-        self._announce(kind, operation, container)
+        self._announce(operation, container)
         self.recent.append(operation)
         for listener in self.listeners:
             listener(operation)
-        if self.on_done is not None:
-            self.on_done()
 
-    def _announce(self, kind: Kind, operation: Operation, container: Container) -> None:
+    def _announce(self, operation: Operation, container: Container) -> None:
         data: dict[str, Any] = {"containerId": container.id, "operationId": operation.id}
         if container.namespace:
             data["namespace"] = container.namespace
+        action = operation.action
         if operation.ok:
-            data.update(status=kind.done_status, message=f"Container {kind.done_status} successfully")
-            type_ = f"container.{kind.op}.completed"
+            data.update(status=action.done, message=f"Container {action.done} successfully")
+            type_ = f"container.{action.name}.completed"
         else:
-            data.update(error=kind.error_code, message=f"Failed to {kind.op} container: {operation.error}")
-            type_ = f"container.{kind.op}.failed"
+            data.update(error=action.error_code, message=f"Failed to {action.name} container: {operation.error}")
+            type_ = f"container.{action.name}.failed"
         data["timestamp"] = int(operation.finished or time.time())
         self.hub.broadcast(type_, data)
 
-    async def prepare(self, runtime: Runtime, ref: Ref, op: str) -> Container:
-        """The synchronous checks before a 202: the container exists and its state allows the operation."""
+    async def prepare(self, runtime: Runtime, ref: Ref, action: Action) -> Container:
+        """The synchronous checks before a 202: the runtime can do the action, the container exists, and
+        ``check`` lets it through."""
+        action.check_runtime(runtime)
         container = await runtime.get(ref)
-        check_state(container, op)
-        await runtime.check_operation(container, op)
+        await check(runtime, container, action)
         return container
 
-    def submit(self, runtime: Runtime, container: Container, op: str, timeout: int) -> str:
+    def submit(self, runtime: Runtime, container: Container, action: Action, timeout: int) -> str:
         """Start the operation in the background; returns its operationId. A slow engine must not let
         local callers (who are not rate limited) queue unbounded work: past MAX_IN_FLIGHT it is a 503."""
         if len(self._tasks) >= MAX_IN_FLIGHT:
@@ -204,8 +181,8 @@ class Operations:
                            f"{MAX_IN_FLIGHT} operations are already running; try again shortly",
                            headers={"Retry-After": "5"})
         operation_id = uuid.uuid4().hex
-        task = asyncio.create_task(self.run(runtime, container, op, timeout, operation_id),
-                                   name=f"{op}-{container.id}")
+        task = asyncio.create_task(self.run(runtime, container, action, timeout, operation_id),
+                                   name=f"{action.name}-{container.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return operation_id
@@ -225,11 +202,11 @@ class Operations:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-def accepted_body(op: str, container: Container, operation_id: str, timeout: int) -> dict[str, Any]:
+def accepted_body(action: Action, container: Container, operation_id: str, timeout: int) -> dict[str, Any]:
     """The 202 body (docs/api.md, Lifecycle), with the operationId its notification carries too."""
     body: dict[str, Any] = {"status": "accepted", "containerId": container.id,
-                            "message": f"Container {op} initiated"}
-    if op == "stop":
+                            "message": f"Container {action.name} initiated"}
+    if action.echoes_timeout:
         body["timeout"] = timeout
     body["timestamp"] = int(time.time())
     body["operationId"] = operation_id

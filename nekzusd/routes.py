@@ -8,13 +8,14 @@ from typing import Any
 from aiohttp import web
 
 from . import ws
+from .actions import ACTIONS
 from .auth import PUBLIC, requires
 from .views import apps, bulk, containers, export, openapi, stats
 from .views import status as operator
 
 API = "/api/v1"
 C = f"{API}/containers"
-LIFECYCLE = "{action:start|stop|restart}"
+LIFECYCLE = "{action:" + "|".join(ACTIONS) + "}"  # only the names of the table ever match
 
 
 def setup_routes(app: web.Application) -> None:
@@ -33,9 +34,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(C, containers.list_containers)
     # Literal paths answer 405 to other methods rather than falling through to /{id} or /{namespace}/{pod}.
     literal(app, "GET", f"{C}/stats", stats.all_stats)
-    literal(app, "POST", f"{C}/start-all", bulk.start_all)
-    literal(app, "POST", f"{C}/stop-all", bulk.stop_all)
-    literal(app, "POST", f"{C}/restart-all", bulk.restart_all)
+    for action in ACTIONS.values():
+        literal(app, "POST", f"{C}/{action.name}-all", bulk.all_handler(action))
     literal(app, "POST", f"{C}/batch", bulk.batch)
     literal(app, "POST", f"{C}/batch/export", export.export_containers)
     literal(app, "POST", f"{C}/batch/export/preview", export.preview_containers)

@@ -174,7 +174,7 @@ async def gather(app: web.Application) -> dict[str, Any]:
             for a in apps_registry.all()]
 
     operations = app[OPERATIONS]
-    recent = [{"id": o.id, "kind": o.op, "containerId": o.container_id, "container": o.name,
+    recent = [{"id": o.id, "kind": o.action.name, "containerId": o.container_id, "container": o.name,
                "runtime": o.runtime, "result": "success" if o.ok else "failure", "error": scrub_text(o.error or ""),
                "durationMs": None if o.duration is None else round(o.duration * 1000),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o.finished or o.started))}

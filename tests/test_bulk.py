@@ -245,3 +245,41 @@ async def test_gather_all_keeps_order_and_a_failure_cancels_the_rest() -> None:
     with pytest.raises(ApiError) as raised:  # itself, not an exception group
         await gather_all([waits(), fails()])
     assert raised.value.code == "CONTAINER_ALREADY_STOPPED" and cancelled.is_set()
+
+
+async def test_pause_all_unpause_all_and_batch_pause(engine: Engine, client) -> None:
+    """pause-all takes the linked running containers, unpause-all the linked paused ones; a batch pause of a
+    stopped container is a failed result in the clients' wording, with no notification."""
+    a = await run_container(engine, unique("pa"), labels=APP)
+    b = await run_container(engine, unique("pb"), labels=APP)
+    stopped = (await asyncio.to_thread(engine.run, unique("ps"), labels=APP, start=False))[:12]
+    unlinked = await run_container(engine, unique("pu"))
+    ws = await ws_connect(client)
+
+    body = await (await client.post("/api/v1/containers/pause-all")).json()
+    assert body["message"] == "Pause all operation completed"
+    assert (body["total"], body["success"], body["failed"]) == (2, 2, 0), body
+    assert {r["id"] for r in body["results"]} == {a, b}
+    assert await states(engine, [a, b, stopped, unlinked]) == ["paused", "paused", "created", "running"]
+    announced = {(await next_message(ws, "container.pause.completed"))["data"]["containerId"] for _ in range(2)}
+    assert announced == {a, b}
+
+    name_of = {cid: (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["Name"][1:]
+               for cid in (stopped, a)}
+    response = await client.post("/api/v1/containers/batch", json={"action": "pause", "containerIds": [stopped, a]})
+    assert (await response.json())["results"] == [
+        {"id": stopped, "name": name_of[stopped], "success": False, "error": "container not running"},
+        {"id": a, "name": name_of[a], "success": False, "error": "container already paused"},
+    ]
+
+    body = await (await client.post("/api/v1/containers/unpause-all")).json()
+    assert body["message"] == "Unpause all operation completed"
+    assert (body["total"], body["success"], body["failed"]) == (2, 2, 0), body
+    assert await states(engine, [a, b]) == ["running", "running"]
+    # Only the unpauses were announced: the refused batch sent nothing.
+    seen = []
+    async with asyncio.timeout(15):
+        while sum(t == "container.unpause.completed" for t in seen) < 2:
+            seen.append((await ws.receive_json())["type"])
+    assert not [t for t in seen if t.startswith("container.pause")], seen
+    await ws.close()

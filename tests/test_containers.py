@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 
-from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+from nekzusd.actions import ACTIONS
+from nekzusd.keys import OPERATIONS, RUNTIMES
+from nekzusd.runtimes import Ref
+from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
 
 GRAFANA = {"nekzus.app.id": "grafana"}
 
@@ -325,3 +328,66 @@ async def test_background_operations_are_bounded(client, engine, monkeypatch):
     response = await client.post(f"/api/v1/containers/{other}/stop")
     assert response.status == 503
     assert (await response.json())["error"] == "TOO_MANY_OPERATIONS" and response.headers["Retry-After"] == "5"
+
+
+async def pause_and_unpause(client, engine, name: str) -> None:
+    """pause and unpause through the daemon, their notifications, the engine's state, and their 409s."""
+    cid = await run_container(engine, name)
+    ws = await ws_connect(client)
+    response = await client.post(f"/api/v1/containers/{name}/pause")
+    assert response.status == 202
+    body = await response.json()
+    assert body["message"] == "Container pause initiated" and body["containerId"] == cid and "timeout" not in body
+    done = await next_message(ws, "container.pause.completed")
+    assert done["data"]["operationId"] == body["operationId"] and done["data"]["status"] == "paused"
+    assert done["data"]["message"] == "Container paused successfully"
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Paused"] is True and state["Status"] == "paused"
+
+    for action, code in (("pause", "CONTAINER_ALREADY_PAUSED"), ("start", "CONTAINER_ALREADY_STARTED")):
+        response = await client.post(f"/api/v1/containers/{cid}/{action}")
+        assert (response.status, (await response.json())["error"]) == (409, code)
+
+    response = await client.post(f"/api/v1/containers/{cid}/unpause")
+    assert response.status == 202
+    body = await response.json()
+    done = await next_message(ws, "container.unpause.completed")
+    assert done["data"]["operationId"] == body["operationId"] and done["data"]["status"] == "unpaused"
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Paused"] is False and state["Running"] is True
+
+    response = await client.post(f"/api/v1/containers/{cid}/unpause")
+    body = await response.json()
+    assert (response.status, body["error"]) == (409, "CONTAINER_NOT_PAUSED")
+    assert body["details"] == {"containerId": cid, "state": "running"}
+    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
+    response = await client.post(f"/api/v1/containers/{cid}/pause")
+    assert (response.status, (await response.json())["error"]) == (409, "CONTAINER_NOT_RUNNING")
+    await ws.close()
+
+
+async def test_pause_and_unpause_with_notifications(client, engine):
+    await pause_and_unpause(client, engine, unique("pause"))
+
+
+async def test_pause_and_unpause_on_podman(podman_engine, make_client, tmp_path):
+    client = await make_client(base_config(podman_engine, tmp_path / "state"))
+    try:
+        await pause_and_unpause(client, podman_engine, unique("ppause"))
+    finally:
+        await asyncio.to_thread(podman_engine.remove_all)
+
+
+async def test_a_failed_pause_is_announced(client, engine):
+    """The container goes between the 202 and the engine call: container.pause.failed, CONTAINER_PAUSE_FAILED."""
+    name = unique("gone")
+    cid = await run_container(engine, name)
+    ws = await ws_connect(client)
+    runtime, operations = client.app[RUNTIMES].pick("docker"), client.app[OPERATIONS]
+    container = await operations.prepare(runtime, Ref(cid), ACTIONS["pause"])
+    await asyncio.to_thread(engine.api_json, "DELETE", f"/containers/{cid}?force=1", expect=(204,))
+    operations.submit(runtime, container, ACTIONS["pause"], 10)
+    failed = await next_message(ws, "container.pause.failed")
+    assert failed["data"]["containerId"] == cid and failed["data"]["error"] == "CONTAINER_PAUSE_FAILED"
+    assert failed["data"]["message"].startswith("Failed to pause container: ")
+    await ws.close()

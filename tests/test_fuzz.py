@@ -1,4 +1,4 @@
-"""Schemathesis against a running `nekzusd serve`, driven by the packaged OpenAPI document.
+"""Schemathesis against a running `nekzusd serve`, driven by the served OpenAPI document.
 
 The daemon is a real subprocess talking to the session's dockerd, with a few linked containers
 (running and stopped) so that generated requests meet real objects. Every response must conform to the
@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,10 @@ import yaml
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi import checks as openapi_checks
 
+from nekzusd.apidoc import DOCUMENT
 from tests.engines import Engine
 
-DOC = json.loads(resources.files("nekzusd").joinpath("openapi.json").read_text())
+DOC = json.loads(json.dumps(DOCUMENT))  # the served document (the packaged file plus the lifecycle paths)
 EXAMPLES = int(os.environ.get("NEKZUSD_FUZZ_EXAMPLES", "40"))  # per operation and mode
 PRESCRIBED_5XX = {"NO_RUNTIME"}  # docs/api.md: 500 when the named runtime is not enabled
 

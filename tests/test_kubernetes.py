@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from nekzusd.errors import ApiError
-from nekzusd.keys import HEALTH, RUNTIMES
+from nekzusd.keys import HEALTH, OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
 from tests.conftest import next_message, wait_for, ws_connect
 from tests.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_config,  # noqa: F401
@@ -347,3 +347,38 @@ def test_quantities_and_selectors():
     assert selector_string({"matchLabels": {"b": "2", "a": "1"}, "matchExpressions": [
         {"key": "tier", "operator": "In", "values": ["web", "api"]}, {"key": "legacy", "operator": "DoesNotExist"}]}) \
         == "a=1,b=2,tier in (web,api),!legacy"
+
+
+async def test_a_batch_refuses_a_pod_without_an_owner_like_a_single_operation(k8s_client, k8s_api, k8s_cluster):
+    """One path of preconditions: the batch's failed result carries the single 409's message, decided before
+    the engine is called, so no operation runs or is announced."""
+    await _create(k8s_api, "team-a", bare_pod("loner", k8s_cluster.info.node_name))
+    await k8s_cluster.mark_pods_running("team-a")
+    for action in ("stop", "restart"):
+        single = await k8s_client.post(f"/api/v1/containers/team-a/loner/{action}")
+        refused = await single.json()
+        assert single.status == 409 and refused["error"] == "POD_NOT_SCALABLE", refused
+        resp = await k8s_client.post(f"/api/v1/containers/batch?{K8S}&namespace=team-a",
+                                     json={"action": action, "containerIds": ["loner"], "timeout": 5})
+        body = await resp.json()
+        assert resp.status == 200 and body["results"] == [
+            {"id": "loner", "name": "loner", "success": False, "error": refused["message"]}], body
+    operations = k8s_client.app[OPERATIONS]
+    assert list(operations.recent) == [] and operations.in_flight == 0  # nothing ran, nothing to announce
+
+
+async def test_pause_is_not_supported_by_kubernetes(k8s_client, k8s_api, k8s_cluster):
+    """501 ACTION_NOT_SUPPORTED before any lookup, for one pod, for pause-all and for a batch."""
+    await _create(k8s_api, "default", deployment("web", 1))
+    async with k8s_cluster.fake_kubelet(namespaces=("default",)):
+        pod = (await running_pods(k8s_api, "default", "web", 1))[0]
+    for method_path, body in ((f"/api/v1/containers/default/{pod}/pause", None),
+                              (f"/api/v1/containers/default/{pod}/unpause", None),
+                              (f"/api/v1/containers/pause-all?{K8S}", None),
+                              (f"/api/v1/containers/batch?{K8S}&namespace=default",
+                               {"action": "unpause", "containerIds": [pod]})):
+        resp = await k8s_client.post(method_path, json=body)
+        answer = await resp.json()
+        assert resp.status == 501 and answer["error"] == "ACTION_NOT_SUPPORTED", (method_path, answer)
+        assert answer["details"]["runtime"] == "kubernetes"
+    assert list(k8s_client.app[OPERATIONS].recent) == []

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from nekzusd.actions import ACTIONS
 from nekzusd.auth import Tokens
 from nekzusd.keys import OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
@@ -74,10 +75,10 @@ async def test_recent_operations_are_the_last_twenty_newest_first(busy_client, e
     app = busy_client.server.app
     web_id = busy_client.ids["web"]
     operations, docker = app[OPERATIONS], app[RUNTIMES].pick("docker")
-    container = await operations.prepare(docker, Ref(web_id), "stop")
+    container = await operations.prepare(docker, Ref(web_id), ACTIONS["stop"])
     for _ in range(11):  # 22 more operations, alternating stop and start on one container
-        await operations.run(docker, container, "stop", 1)
-        await operations.run(docker, container, "start", 1)
+        await operations.run(docker, container, ACTIONS["stop"], 1)
+        await operations.run(docker, container, ACTIONS["start"], 1)
     recent = (await gather(app))["operations"]["recent"]
     assert len(recent) == 20
     assert [o["kind"] for o in recent[:2]] == ["start", "stop"]

@@ -90,6 +90,8 @@ class Runtime(abc.ABC):
     errors.ApiError(404 CONTAINER_NOT_FOUND) for unknown containers and errors.EngineError otherwise."""
 
     name: ClassVar[str]
+    # The lifecycle actions (nekzusd.actions.ACTIONS) this runtime can do; any other is a 501 before anything runs.
+    actions: ClassVar[frozenset[str]]
 
     async def open(self) -> None:  # noqa: B027 -- an optional hook, a no-op unless a runtime needs it
         """Prepare clients; must not fail when the engine is down (the daemon starts anyway)."""
@@ -126,6 +128,13 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def restart(self, ref: Ref, timeout: int) -> None: ...
 
+    async def pause(self, ref: Ref) -> None:
+        """Freeze the container's processes; only runtimes that list "pause" in ``actions`` are asked."""
+        raise NotImplementedError
+
+    async def unpause(self, ref: Ref) -> None:
+        raise NotImplementedError
+
     async def stats(self, ref: Ref) -> dict[str, Any]:
         """Resource usage in the API's stats shape."""
         raise NotImplementedError
@@ -151,6 +160,6 @@ class Runtime(abc.ABC):
         """True for the container nekzusd itself runs in (bulk operations never touch it)."""
         return False
 
-    async def check_operation(self, container: Container, op: str) -> None:  # noqa: B027 -- optional hook
+    async def check_operation(self, container: Container, action: str) -> None:  # noqa: B027 -- optional hook
         """Runtime-specific refusals before an operation is accepted (raise ApiError/EngineError), e.g. a
         Kubernetes pod without a workload to scale. Runs after the generic state check."""

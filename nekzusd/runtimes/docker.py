@@ -214,6 +214,7 @@ def podman_sample(doc: dict[str, Any]) -> Sample | None:
 
 class DockerRuntime(Runtime):
     name = "docker"
+    actions = frozenset({"start", "stop", "restart", "pause", "unpause"})
 
     def __init__(self, url: str, pool_limit: int = 100) -> None:
         self.url = url
@@ -353,6 +354,12 @@ class DockerRuntime(Runtime):
     async def restart(self, ref: Ref, timeout: int) -> None:
         await self._container_json(ref, "POST", "restart", params={"t": timeout}, what="restart",
                                    timeout=timeout + ENGINE_MARGIN)
+
+    async def pause(self, ref: Ref) -> None:
+        await self._container_json(ref, "POST", "pause", what="pause")
+
+    async def unpause(self, ref: Ref) -> None:
+        await self._container_json(ref, "POST", "unpause", what="unpause")
 
     async def events(self) -> AsyncGenerator[Event, None]:
         params = {"filters": json.dumps({"type": ["container"]})}

@@ -64,6 +64,8 @@ class Target:
 
 class KubernetesRuntime(Runtime):
     name = "kubernetes"
+    # No pause or unpause: the Kubernetes API has no way to freeze a pod's processes.
+    actions = frozenset({"start", "stop", "restart"})
 
     def __init__(self, config: KubernetesConfig) -> None:
         self.config = config
@@ -230,19 +232,19 @@ class KubernetesRuntime(Runtime):
         return k8s.pod_details(target.pod, target.owner)
 
     # ------------------------------------------------------------------------------- lifecycle
-    async def check_operation(self, container: Container, op: str) -> None:
+    async def check_operation(self, container: Container, action: str) -> None:
         """The refusals that must come before the 202: no workload to act on (409), a workload that
         already runs (409), and rights nekzusd's account lacks (RBAC)."""
         target = await self._resolve(Ref(container.id, container.namespace))
         workload = target.workload
-        if op == "restart" and workload is None:
+        if action == "restart" and workload is None:
             if target.owner is None or target.owner["kind"] == "Job":
                 raise _not_recreated(container, target.owner)
             await self._require("delete", "", "pods", container.namespace, container.id)
             return
         if workload is None:
             raise _not_scalable(container, target.owner)
-        if op == "start" and workload.replicas > 0:
+        if action == "start" and workload.replicas > 0:
             raise ApiError(409, "CONTAINER_ALREADY_STARTED",
                            f"{workload.describe()} already runs {workload.replicas} replica(s); "
                            f"pod {container.id} is {container.state}",

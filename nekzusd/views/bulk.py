@@ -1,9 +1,10 @@
-"""start-all, stop-all, restart-all and batch: lifecycle operations on many containers at once."""
+"""`<action>-all` and batch: lifecycle operations on many containers at once."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..actions import ACTIONS, Action
 from ..auth import WRITE, requires
 from ..bulk import all_targets
 from ..errors import bad_request, invalid_body
@@ -17,29 +18,21 @@ _BATCH_FIELDS = {
     "containerIds": Field(list, item_type=str, max_items=MAX_IDS),
     "timeout": Field(object),  # any JSON value: timeout_value answers INVALID_TIMEOUT, as for the query
 }
-_ACTIONS = ("start", "stop", "restart")
+_ACTION_LIST = ", ".join(ACTIONS)
 
 
-async def _all(request: web.Request, op: str) -> web.Response:
-    timeout = timeout_param(request.query.get("timeout"))
-    runtime, containers = await listed(request)
-    targets = all_targets(op, containers, request.app[APPS], runtime)
-    return json_response(await request.app[BULK].run_all(runtime, targets, op, timeout))
+def all_handler(action: Action) -> web.RequestHandler:
+    """The handler of `POST /containers/<action>-all`."""
 
+    @requires(WRITE)
+    async def act_on_all(request: web.Request) -> web.Response:
+        timeout = timeout_param(request.query.get("timeout"))
+        runtime, containers = await listed(request)
+        targets = all_targets(action, containers, request.app[APPS], runtime)
+        return json_response(await request.app[BULK].run_all(runtime, targets, action, timeout))
 
-@requires(WRITE)
-async def start_all(request: web.Request) -> web.Response:
-    return await _all(request, "start")
-
-
-@requires(WRITE)
-async def stop_all(request: web.Request) -> web.Response:
-    return await _all(request, "stop")
-
-
-@requires(WRITE)
-async def restart_all(request: web.Request) -> web.Response:
-    return await _all(request, "restart")
+    act_on_all.__name__ = f"{action.name}_all"
+    return act_on_all
 
 
 def batch_refs(ids: list[str], namespace: str, runtime: Runtime) -> list[Ref]:
@@ -58,13 +51,13 @@ def batch_refs(ids: list[str], namespace: str, runtime: Runtime) -> list[Ref]:
 @requires(WRITE)
 async def batch(request: web.Request) -> web.Response:
     body = await read_json(request, _BATCH_FIELDS)
-    op = body["action"]
-    if op not in _ACTIONS:
-        details = {"action": op[:40]} if op is not None else {}
-        raise bad_request("INVALID_ACTION", "Action must be start, stop, or restart", **details)
+    name = body["action"]
+    if name not in ACTIONS:
+        details = {"action": name[:40]} if name is not None else {}
+        raise bad_request("INVALID_ACTION", f"Action must be one of: {_ACTION_LIST}", **details)
     if not body["containerIds"]:
         raise bad_request("EMPTY_CONTAINER_LIST", "At least one container ID is required")
     timeout = timeout_value(body["timeout"])
     runtime = runtime_of(request)
     refs = batch_refs(body["containerIds"], request.query.get("namespace", ""), runtime)
-    return json_response(await request.app[BULK].batch(runtime, refs, op, timeout))
+    return json_response(await request.app[BULK].batch(runtime, refs, ACTIONS[name], timeout))

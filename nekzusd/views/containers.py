@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..actions import ACTIONS
 from ..auth import WRITE, requires
 from ..errors import ApiError, EngineError
 from ..keys import APPS, OPERATIONS
-from ..operations import KINDS, accepted_body
+from ..operations import accepted_body
 from ..validation import bool_param, timeout_param
 from .common import json_response, listed, runtime_of, target
 
@@ -32,14 +33,14 @@ async def inspect_container(request: web.Request) -> web.Response:
 
 @requires(WRITE)
 async def lifecycle(request: web.Request) -> web.Response:
-    op = request.match_info["action"]
-    runtime = runtime_of(request)  # checked in the order of docs/api.md: runtime, timeout, container, state
+    action = ACTIONS[request.match_info["action"]]  # the route matches only the table's names
+    runtime = runtime_of(request)  # checked in the order of docs/api.md: runtime, timeout, action, container, state
     timeout = timeout_param(request.query.get("timeout"))
     runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]
     try:
-        container = await operations.prepare(runtime, ref, op)
+        container = await operations.prepare(runtime, ref, action)
     except EngineError as exc:
-        raise ApiError(500, KINDS[op].error_code, f"Failed to {op} container: {exc}") from None
-    operation_id = operations.submit(runtime, container, op, timeout)
-    return json_response(accepted_body(op, container, operation_id, timeout), status=202)
+        raise ApiError(500, action.error_code, f"Failed to {action.name} container: {exc}") from None
+    operation_id = operations.submit(runtime, container, action, timeout)
+    return json_response(accepted_body(action, container, operation_id, timeout), status=202)

@@ -1,17 +1,18 @@
-"""GET /api/v1/openapi.json: the API description shipped in the package (nekzusd/openapi.json).
+"""GET /api/v1/openapi.json: the API description (nekzusd.apidoc: the packaged file plus the lifecycle paths).
 
-The file is read and encoded once, when the route is set up, so serving it costs no disk I/O.
+The document is built and encoded once, at import, so serving it costs no disk I/O.
 """
 
 from __future__ import annotations
 
-from importlib import resources
+import json
 
 from aiohttp import web
 
+from ..apidoc import DOCUMENT
 from ..auth import PUBLIC, requires
 
-_DOCUMENT = resources.files("nekzusd").joinpath("openapi.json").read_bytes()
+_DOCUMENT = json.dumps(DOCUMENT, indent=1).encode()
 
 
 @requires(PUBLIC)  # it describes the API, it reveals nothing about the server's containers
