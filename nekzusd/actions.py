@@ -34,6 +34,7 @@ class Action:
     invoke: Callable[[Runtime, Ref, int], Awaitable[None]]  # the Runtime method, given the grace period
     refusal: Callable[[Container], Refusal | None]  # None: the state allows it
     picks: Callable[[Container], bool]  # which linked containers `<name>-all` acts on
+    leaves: str  # the state the container is in once it succeeded: what a request queued behind it is checked against
     grace: bool = False  # waits a grace period: ?timeout= is documented for it (every action validates it)
     echoes_timeout: bool = False  # its 202 carries "timeout" (stop only: the clients' existing format)
 
@@ -120,10 +121,11 @@ def _running(c: Container) -> bool:
 
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
-    Action("start", "started", _start, _start_refusal, picks=lambda c: c.state not in ACTIVE),
-    Action("stop", "stopped", _stop, _stop_refusal, picks=_running, grace=True,
+    Action("start", "started", _start, _start_refusal, picks=lambda c: c.state not in ACTIVE, leaves="running"),
+    Action("stop", "stopped", _stop, _stop_refusal, picks=_running, leaves="exited", grace=True,
            echoes_timeout=True),
-    Action("restart", "restarted", _restart, _any_state, picks=_running, grace=True),
-    Action("pause", "paused", _pause, _pause_refusal, picks=_running),
-    Action("unpause", "unpaused", _unpause, _unpause_refusal, picks=lambda c: c.state == "paused"),
+    Action("restart", "restarted", _restart, _any_state, picks=_running, leaves="running", grace=True),
+    Action("pause", "paused", _pause, _pause_refusal, picks=_running, leaves="paused"),
+    Action("unpause", "unpaused", _unpause, _unpause_refusal, picks=lambda c: c.state == "paused",
+           leaves="running"),
 )}

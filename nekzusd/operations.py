@@ -10,7 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .actions import Action
@@ -101,6 +101,10 @@ class Operations:
         self.recent: deque[Operation] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._per_container = KeyedLocks()
+        # Per container with operations queued or running: the state the last of them leaves it in, and how
+        # many there are. A request that comes behind them is checked against that state, not the engine's
+        # passing one (stop right after restart must not see the restart's brief "exited" and answer 409).
+        self._pending: dict[tuple[str, str, str], tuple[str, int]] = {}
         # Told of every finished operation, after its notification: metrics, app health.
         self.listeners: list[Callable[[Operation], Any]] = []
 
@@ -116,8 +120,10 @@ class Operations:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        key = (runtime.name, container.namespace, container.id)
+        self._pending[key] = (action.leaves, self._pending.get(key, ("", 0))[1] + 1)
         try:
-            async with self._per_container.hold((runtime.name, container.namespace, container.id)):
+            async with self._per_container.hold(key):
                 operation.started = time.time()
                 await call(runtime, Ref(container.id, container.namespace), action, timeout)
             operation.ok = True
@@ -141,6 +147,11 @@ class Operations:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+            state, count = self._pending[key]
+            if count > 1:
+                self._pending[key] = (state, count - 1)
+            else:
+                del self._pending[key]
         self._finish(operation, container)
         return operation
 
@@ -170,7 +181,8 @@ class Operations:
         ``check`` lets it through."""
         action.check_runtime(runtime)
         container = await runtime.get(ref)
-        await check(runtime, container, action)
+        pending = self._pending.get((runtime.name, container.namespace, container.id))
+        await check(runtime, replace(container, state=pending[0]) if pending else container, action)
         return container
 
     def submit(self, runtime: Runtime, container: Container, action: Action, timeout: int) -> str:

@@ -258,6 +258,27 @@ async def test_operations_on_one_container_run_in_the_order_asked(client, engine
     await ws.close()
 
 
+async def test_a_request_queued_behind_an_operation_is_checked_against_the_state_it_leaves(client, engine):
+    """stop of a container that takes 2 s to stop, then start at once: the start waits its turn and is checked
+    against "exited" (what the stop leaves), not the engine's "running" of the moment; a second stop is the 409
+    the first one makes true."""
+    cid = await run_container(engine, unique("queued"), ["sh", "-c", "trap 'sleep 2; exit 0' TERM; "
+                                                          "while :; do sleep 0.2; done"])
+    ws = await ws_connect(client)
+    stop = await client.post(f"/api/v1/containers/{cid}/stop?timeout=10")
+    again = await client.post(f"/api/v1/containers/{cid}/stop?timeout=10")
+    start = await client.post(f"/api/v1/containers/{cid}/start")
+    assert (stop.status, again.status, start.status) == (202, 409, 202)
+    assert (await again.json())["error"] == "CONTAINER_ALREADY_STOPPED"
+    assert (await stop.json())["operationId"] == \
+        (await next_message(ws, "container.stop.completed"))["data"]["operationId"]
+    assert (await start.json())["operationId"] == \
+        (await next_message(ws, "container.start.completed"))["data"]["operationId"]
+    state = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["State"]
+    assert state["Running"] is True
+    await ws.close()
+
+
 async def test_starting_a_paused_container_is_refused_before_202(client, engine):
     cid = await run_container(engine, unique("paused"))
     await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/pause", expect=(204,))
