@@ -17,10 +17,10 @@ import aiodocker
 import aiohttp
 import orjson
 
-from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
+from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
-from ..stats import ContainerNotRunning, Sample, Samplers
+from ..stats import Sample, Samplers
 from .base import Container, Event, LogLine, Port, Ref, Runtime
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
@@ -294,7 +294,7 @@ class DockerRuntime(Runtime):
                                     timeout=timeout)
         except EngineError as exc:
             if exc.status == 404:
-                raise container_not_found(ref.id) from None
+                raise ContainerNotFound(ref.id) from None
             raise
 
     async def ping(self) -> dict[str, Any]:
@@ -317,18 +317,16 @@ class DockerRuntime(Runtime):
     async def _learn_labels(self, rows: list[dict[str, Any]]) -> None:
         """Masked labels of the listed containers not seen before: the list carries no environment, yet a
         label may repeat a secret of it, so each new container with labels is inspected once."""
-        gate = asyncio.Semaphore(SECRET_LOOKUP_CONCURRENCY)
-
         async def learn(full_id: str, labels: dict[str, str]) -> None:
-            async with gate:
-                try:
-                    doc = await self._json("GET", engine_path("containers", full_id, "json"), what="inspect")
-                except EngineError:  # gone meanwhile: its row is masked by name and shape only
-                    return
+            try:
+                doc = await self._json("GET", engine_path("containers", full_id, "json"), what="inspect")
+            except EngineError:  # gone meanwhile: its row is masked by name and shape only
+                return
             self._row_labels[full_id] = mask_labels(labels, secret_values_of(doc or {}))
 
-        await gather_all(learn(row["Id"], row["Labels"]) for row in rows
-                         if row.get("Labels") and row.get("Id") and row["Id"] not in self._row_labels)
+        await gather_all((learn(row["Id"], row["Labels"]) for row in rows
+                          if row.get("Labels") and row.get("Id") and row["Id"] not in self._row_labels),
+                         limit=SECRET_LOOKUP_CONCURRENCY)
         if len(self._row_labels) > len(rows):
             listed = {row.get("Id") for row in rows}
             for full_id in [i for i in self._row_labels if i not in listed]:
@@ -513,7 +511,7 @@ class DockerRuntime(Runtime):
                             body = await _read_bounded(response, MAX_ANSWER, "stats")
                 except EngineError as exc:
                     if exc.status == 404:
-                        raise container_not_found(container.id) from None
+                        raise ContainerNotFound(container.id) from None
                     raise
                 yield self._sample_or_stop(json.loads(body) if body.strip() else {}, container.id, podman_sample)
                 await asyncio.sleep(STATS_POLL_INTERVAL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import WRITE, requires
-from ..errors import ApiError, EngineError
+from ..errors import engine_errors
 from ..keys import APPS, OPERATIONS
 from ..operations import KINDS, accepted_body
 from ..validation import bool_param, timeout_param
@@ -23,10 +23,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def inspect_container(request: web.Request) -> web.Response:
     runtime, ref = target(request)
-    try:
+    with engine_errors("CONTAINER_INSPECT_FAILED", "Failed to inspect container"):
         details = await runtime.inspect(ref)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_INSPECT_FAILED", f"Failed to inspect container: {exc}") from None
     return json_response(details)
 
 
@@ -37,9 +35,7 @@ async def lifecycle(request: web.Request) -> web.Response:
     timeout = timeout_param(request.query.get("timeout"))
     runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]
-    try:
+    with engine_errors(KINDS[op].error_code, f"Failed to {op} container"):
         container = await operations.prepare(runtime, ref, op)
-    except EngineError as exc:
-        raise ApiError(500, KINDS[op].error_code, f"Failed to {op} container: {exc}") from None
     operation_id = operations.submit(runtime, container, op, timeout)
     return json_response(accepted_body(op, container, operation_id, timeout), status=202)
