@@ -398,5 +398,7 @@ async def _named_otherwise(request: web.Request, data: dict[str, Any],
     return [] if sub is None else [sub]
 
 
-ws.MESSAGE_HANDLERS["container.logs.subscribe"] = handle_subscribe
-ws.MESSAGE_HANDLERS["container.logs.unsubscribe"] = handle_unsubscribe
+MESSAGE_TYPES: dict[str, ws.MessageHandler] = {
+    "container.logs.subscribe": handle_subscribe,
+    "container.logs.unsubscribe": handle_unsubscribe,
+}
