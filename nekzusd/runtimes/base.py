@@ -9,10 +9,6 @@ from typing import Any, ClassVar
 
 from ..errors import NotSupported
 
-# States of the API (docs/api.md); engines' own words are mapped onto these.
-STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
-
-
 @dataclass(frozen=True, slots=True)
 class Port:
     ip: str
