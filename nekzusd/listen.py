@@ -35,24 +35,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import IPNetwork
 from .logthrottle import Throttle, printable, suppressed_note
+from .realip import IPAddress, peer_address
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ACCEPT_RETRY = 0.5  # seconds accepting pauses after the descriptor table was full
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-def peer_address(host: str) -> IPAddress | None:
-    """A socket's peer as an address; IPv4-mapped IPv6 as the IPv4 it carries (so IPv4 networks apply)."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
