@@ -188,7 +188,7 @@ class DockerRuntime(Runtime):
         return mask_inspect(await self._container_json(ref, "GET", "json", what="inspect"))
 
     async def secret_values(self, ref: Ref) -> tuple[str, ...]:
-        return secret_values_of(await self._container_json(ref, "GET", "/json", what="inspect") or {})
+        return secret_values_of(await self._container_json(ref, "GET", "json", what="inspect") or {})
 
     async def start(self, ref: Ref) -> None:
         await self._container_json(ref, "POST", "start", what="start", timeout=60)
