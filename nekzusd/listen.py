@@ -75,9 +75,6 @@ class ConnectionLimits:
     def exempt(self, addr: IPAddress | None) -> bool:
         return addr is not None and any(addr.version == n.version and addr in n for n in self._exempt)
 
-    def open_count(self, addr: IPAddress | None) -> int:
-        return self._open.get(client_key(addr), 0)
-
     def admit(self, addr: IPAddress | None) -> str | None:
         """Count a new connection, or say why it is refused ("per_client" or "total")."""
         key = client_key(addr)
@@ -272,8 +269,6 @@ class Listener:
             "total": _refusal(503, "Service Unavailable", "TOO_MANY_CONNECTIONS",
                               "The daemon holds all the connections it can; try again later"),
         }
-        self.timeouts = 0
-        self.accept_errors = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -299,7 +294,6 @@ class Listener:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def timed_out(self, addr: IPAddress | None, why: str) -> None:
-        self.timeouts += 1
         self._throttle.log(("timeout", addr), logging.INFO, "closed a connection from %s: %s", addr, why)
 
     def _accept(self, sock: socket.socket) -> None:
@@ -312,7 +306,6 @@ class Listener:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                self.accept_errors += 1
                 self._throttle.log(("accept", exc.errno), logging.WARNING,
                                    "cannot accept connections: %s", exc.strerror or exc)
                 if exc.errno in _OUT_OF_RESOURCES:
