@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from . import accesslog, auth, ratelimit, realip, revocation, validation, ws
+from . import accesslog, auth, logs, ratelimit, realip, revocation, validation, ws
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
@@ -34,37 +35,37 @@ SHUTDOWN_GRACE = 5.0  # seconds in-flight operations may take to finish at shutd
 
 
 async def services(app: web.Application) -> AsyncIterator[None]:
-    """Open everything the handlers use; close it all, in reverse, at shutdown."""
+    """Open everything the handlers use; close it all, in reverse, at shutdown. Each close is registered
+    as soon as its open succeeded, so that a step failing at start still closes what came before it."""
     config = app[CONFIG]
     await asyncio.to_thread(ensure_state_dir, config.state_path)  # 0700 before anything is written there
     app[TOKENS] = await auth.load_tokens(config)
-    store = app[STORE] = Store(config.state_path / "nekzusd.db")
-    await store.open()
-    apps = app[APPS] = Apps(config.apps, store, config.max_api_apps)
-    await apps.load()
-    budget = app[BUDGET]
-    runtimes = app[RUNTIMES] = Runtimes(config.runtimes, engine_pool=budget.engine_pool)
-    await runtimes.open()
-    app[PROBE] = RuntimeProbe(runtimes)
-    hub = app[HUB] = Hub()
-    token_files = app[TOKEN_FILES] = revocation.TokenFiles(
-        app[TOKENS], config.jwt_secret_path, revocation.path_in(config.state_path), auth.load_or_create_secret,
-        on_change=lambda: ws.recheck_sessions(hub, app[TOKENS]))
-    await token_files.start()
-    app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
-    health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
-    app[OPERATIONS] = Operations(hub)
-    app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
-    app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
-    health.start()
-    try:
+    async with AsyncExitStack() as stack:
+        store = app[STORE] = Store(config.state_path / "nekzusd.db")
+        await store.open()
+        stack.push_async_callback(store.close)
+        apps = app[APPS] = Apps(config.apps, store, config.max_api_apps)
+        await apps.load()
+        budget = app[BUDGET]
+        runtimes = app[RUNTIMES] = Runtimes(config.runtimes, engine_pool=budget.engine_pool)
+        await runtimes.open()
+        stack.push_async_callback(runtimes.close)
+        app[PROBE] = RuntimeProbe(runtimes)
+        hub = app[HUB] = Hub()
+        log_streams = app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
+        stack.push_async_callback(log_streams.close)
+        health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
+        app[OPERATIONS] = Operations(hub)
+        app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
+        app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
+        health.start()
+        stack.push_async_callback(health.stop)
+        token_files = app[TOKEN_FILES] = revocation.TokenFiles(
+            app[TOKENS], config.jwt_secret_path, revocation.path_in(config.state_path), auth.load_or_create_secret,
+            on_change=lambda: ws.recheck_sessions(hub, app[TOKENS]))
+        await token_files.start()
+        stack.push_async_callback(token_files.stop)
         yield
-    finally:
-        await token_files.stop()
-        await health.stop()
-        await app[LOG_STREAMS].close()
-        await runtimes.close()
-        await store.close()
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -86,6 +87,7 @@ def create_app(config: Config, budget: Budget | None = None) -> web.Application:
     ratelimit.setup(app, limiter)
     validation.setup(app)  # bodies over the limit refused before anyone reads them
     auth.setup(app, config.auth, config.server.allowed_hosts)
+    ws.setup(app, logs.MESSAGE_TYPES)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(_on_shutdown)
     setup_routes(app)

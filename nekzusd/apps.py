@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import AppConfig
-from .errors import ApiError, EngineError, RuntimeUnavailable
+from .errors import ApiError, EngineError, NotSupported, RuntimeUnavailable
 from .hub import Hub
 from .runtimes.base import Container, Runtime
 from .store import Store
@@ -234,7 +234,7 @@ class HealthTracker:
                 async for _event in runtime.events():
                     delay = 0.5
                     self.poke()
-            except NotImplementedError:
+            except NotSupported:
                 return
             except (RuntimeUnavailable, EngineError) as exc:  # engine down: retry with backoff
                 log.debug("event stream of %s broke: %s", runtime.name, exc)

@@ -13,12 +13,21 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-async def gather_all(awaitables: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+async def gather_all(awaitables: Iterable[Coroutine[Any, Any, T]], limit: int | None = None) -> list[T]:
     """All results in order; the first failure cancels the rest (nothing left running unowned) and is
-    raised as itself, so that an ApiError still reaches the error middleware."""
+    raised as itself, so that an ApiError still reaches the error middleware. ``limit``: at most that many
+    run at once (the others wait their turn), so a long batch does not open one engine call per item."""
+    gate = asyncio.Semaphore(limit) if limit is not None else None
+
+    async def bounded(awaitable: Coroutine[Any, Any, T]) -> T:
+        if gate is None:
+            return await awaitable
+        async with gate:
+            return await awaitable
+
     try:
         async with asyncio.TaskGroup() as group:
-            tasks: list[asyncio.Task[T]] = [group.create_task(a) for a in awaitables]
+            tasks: list[asyncio.Task[T]] = [group.create_task(bounded(a)) for a in awaitables]
     except BaseExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return [t.result() for t in tasks]

@@ -7,6 +7,8 @@ clients (the phone app, scripts) branch on the code, people read the message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
@@ -51,9 +53,21 @@ def invalid_body(message: str, **details: Any) -> ApiError:
     return ApiError(400, "INVALID_REQUEST_BODY", message, details or None)
 
 
-def container_not_found(container_id: str) -> ApiError:
-    return ApiError(404, "CONTAINER_NOT_FOUND", f"Container not found: {container_id}",
-                    {"containerId": container_id})
+class ContainerNotFound(ApiError):
+    """No container of that id or name (404), whichever runtime was asked."""
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(404, "CONTAINER_NOT_FOUND", f"Container not found: {container_id}",
+                         {"containerId": container_id})
+
+
+class ContainerNotRunning(ApiError):
+    """The container exists but is not running, and what was asked needs it running (409)."""
+
+    def __init__(self, container_id: str, message: str | None = None, state: str | None = None) -> None:
+        details = {"containerId": container_id} | ({"state": state} if state is not None else {})
+        super().__init__(409, "CONTAINER_NOT_RUNNING", message or f"Container is not running: {container_id}",
+                         details)
 
 
 class RuntimeUnavailable(ApiError):
@@ -65,11 +79,54 @@ class RuntimeUnavailable(ApiError):
 
 
 class EngineError(Exception):
-    """The engine refused or failed an operation; callers turn it into an operation-specific code."""
+    """The engine refused or failed an operation. Runtimes raise it without choosing an API code: the
+    caller knows what was being done and maps it with ``engine_errors``. ``details`` go to the answer."""
 
-    def __init__(self, message: str, status: int = 500) -> None:
+    def __init__(self, message: str, status: int = 500, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.details = details
+
+
+class NotSupported(Exception):
+    """The runtime cannot do this at all (e.g. Compose export of a Kubernetes pod): 501 with the code
+    of what was asked (``engine_errors`` picks it)."""
+
+    def __init__(self, runtime: str, what: str) -> None:
+        super().__init__(f"{what} is not supported for the {runtime} runtime")
+        self.runtime = runtime
+        self.what = what
+
+
+def from_engine(exc: EngineError | NotSupported, code: str, message: str,
+                not_supported: str = "ACTION_NOT_SUPPORTED", **details: Any) -> ApiError:
+    """The one translation of a runtime's domain error into an API error: an engine failure is ``code``
+    (500) with ``message: reason``; a runtime that cannot do it at all is 501 ``not_supported``."""
+    if isinstance(exc, NotSupported):
+        return ApiError(501, not_supported, str(exc), {"runtime": exc.runtime})
+    return ApiError(500, code, f"{message}: {exc}", {**details, **(exc.details or {})} or None)
+
+
+DomainError = ApiError | EngineError | NotSupported
+
+
+def as_api_error(exc: DomainError, code: str, message: str, not_supported: str = "ACTION_NOT_SUPPORTED",
+                 **details: Any) -> ApiError:
+    """Any failure a runtime call may raise, as the API error to answer (over HTTP or a WebSocket)."""
+    if isinstance(exc, ApiError):
+        return exc
+    return from_engine(exc, code, message, not_supported, **details)
+
+
+@contextmanager
+def engine_errors(code: str, message: str, not_supported: str = "ACTION_NOT_SUPPORTED",
+                  **details: Any) -> Iterator[None]:
+    """Run a runtime call, mapping its EngineError / NotSupported with ``from_engine``; ApiErrors the
+    runtime raised itself (404, 503, …) pass through unchanged."""
+    try:
+        yield
+    except (EngineError, NotSupported) as exc:
+        raise from_engine(exc, code, message, not_supported, **details) from None
 
 
 _HTTP_CODES = {

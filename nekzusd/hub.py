@@ -58,9 +58,7 @@ class Client:
         self.ws = ws
         self.address = address
         self.subject: str | None = None  # set once authenticated
-        self.connected_at = time.time()
         self.dropped: Counter[str] = Counter()  # container id -> log lines dropped, not yet reported
-        self.dropped_total = 0
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # e.g. end log streams
         self._transport = transport
         self._queue: deque[str | None] = deque()
@@ -159,7 +157,6 @@ class Client:
     def drop(self, container_id: str, lines: int = 1) -> None:
         """Count log lines that were not sent (reported later as container.logs.dropped)."""
         self.dropped[container_id] += lines
-        self.dropped_total += lines
 
     async def wait_log_room(self, timeout: float) -> bool:
         """Wait until log messages are accepted again; False if that took longer than ``timeout``."""

@@ -35,24 +35,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import IPNetwork
 from .logthrottle import Throttle, printable, suppressed_note
+from .realip import IPAddress, peer_address
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ACCEPT_RETRY = 0.5  # seconds accepting pauses after the descriptor table was full
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-def peer_address(host: str) -> IPAddress | None:
-    """A socket's peer as an address; IPv4-mapped IPv6 as the IPv4 it carries (so IPv4 networks apply)."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
@@ -85,9 +74,6 @@ class ConnectionLimits:
 
     def exempt(self, addr: IPAddress | None) -> bool:
         return addr is not None and any(addr.version == n.version and addr in n for n in self._exempt)
-
-    def open_count(self, addr: IPAddress | None) -> int:
-        return self._open.get(client_key(addr), 0)
 
     def admit(self, addr: IPAddress | None) -> str | None:
         """Count a new connection, or say why it is refused ("per_client" or "total")."""
@@ -283,8 +269,6 @@ class Listener:
             "total": _refusal(503, "Service Unavailable", "TOO_MANY_CONNECTIONS",
                               "The daemon holds all the connections it can; try again later"),
         }
-        self.timeouts = 0
-        self.accept_errors = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -310,7 +294,6 @@ class Listener:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def timed_out(self, addr: IPAddress | None, why: str) -> None:
-        self.timeouts += 1
         self._throttle.log(("timeout", addr), logging.INFO, "closed a connection from %s: %s", addr, why)
 
     def _accept(self, sock: socket.socket) -> None:
@@ -323,7 +306,6 @@ class Listener:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                self.accept_errors += 1
                 self._throttle.log(("accept", exc.errno), logging.WARNING,
                                    "cannot accept connections: %s", exc.strerror or exc)
                 if exc.errno in _OUT_OF_RESOURCES:

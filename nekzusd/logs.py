@@ -22,7 +22,7 @@ from aiohttp import web
 
 from . import ws
 from .auth import PRINCIPAL
-from .errors import ApiError, EngineError
+from .errors import ApiError, EngineError, NotSupported, as_api_error
 from .hub import Client
 from .keys import LOG_STREAMS, RUNTIMES
 from .ratelimit import client_key
@@ -46,6 +46,7 @@ MAX_SUBSCRIPTIONS = 1024
 REMOTE_SHARE_MIN = 32
 LOCAL_RESERVE_FRACTION = 8
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
+LOGS_FAILED = ("CONTAINER_LOGS_FAILED", "Failed to read container logs")  # how an engine failure is answered
 
 _encode = json.encoder.encode_basestring  # C version: a JSON string literal
 
@@ -180,10 +181,9 @@ class Subscription:
         except asyncio.CancelledError:
             self._end("stopped")  # here, not only in stop(): whoever cancelled may be cancelled itself
             raise
-        except ApiError as exc:
-            self._fail(exc.code, exc.message)
-        except EngineError as exc:
-            self._fail("CONTAINER_LOGS_FAILED", f"Failed to read container logs: {exc}")
+        except (ApiError, EngineError, NotSupported) as exc:
+            error = as_api_error(exc, *LOGS_FAILED)
+            self._fail(error.code, error.message)
         except Exception:
             log.exception("log stream of %s failed", self.container_id)
             self._fail("CONTAINER_LOGS_FAILED", "Failed to read container logs")
@@ -360,10 +360,9 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
         options = parse_options(data)
         key = await _key(runtime, ref)
         await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client))
-    except ApiError as exc:
-        send_error(client, _reply_id(data), exc.code, exc.message)
-    except EngineError as exc:
-        send_error(client, _reply_id(data), "CONTAINER_LOGS_FAILED", f"Failed to read container logs: {exc}")
+    except (ApiError, EngineError, NotSupported) as exc:
+        error = as_api_error(exc, *LOGS_FAILED)
+        send_error(client, _reply_id(data), error.code, error.message)
 
 
 async def handle_unsubscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
@@ -399,5 +398,7 @@ async def _named_otherwise(request: web.Request, data: dict[str, Any],
     return [] if sub is None else [sub]
 
 
-ws.MESSAGE_HANDLERS["container.logs.subscribe"] = handle_subscribe
-ws.MESSAGE_HANDLERS["container.logs.unsubscribe"] = handle_unsubscribe
+MESSAGE_TYPES: dict[str, ws.MessageHandler] = {
+    "container.logs.subscribe": handle_subscribe,
+    "container.logs.unsubscribe": handle_unsubscribe,
+}

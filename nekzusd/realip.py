@@ -27,6 +27,17 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CLIENT: web.RequestKey[IPAddress | None] = web.RequestKey("client")  # None: unknown, treated as remote
 
 
+def peer_address(host: str) -> IPAddress | None:
+    """A socket's peer as an address; IPv4-mapped IPv6 as the IPv4 it carries (so IPv4 networks apply)."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def parse_ip(text: str) -> IPAddress | None:
     """An address as written by a socket or a proxy: plain, ``[v6]``, ``v4:port``, ``[v6]:port`` or with a zone."""
     text = text.strip()
@@ -34,13 +45,7 @@ def parse_ip(text: str) -> IPAddress | None:
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:  # IPv4 with a port; bare IPv6 has at least two colons
         text = text.partition(":")[0]
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    return peer_address(text)
 
 
 def in_networks(addr: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:

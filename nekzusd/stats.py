@@ -49,12 +49,6 @@ class Sample:
     tx_bytes: int = 0
 
 
-class ContainerNotRunning(ApiError):
-    def __init__(self, container_id: str) -> None:
-        super().__init__(409, "CONTAINER_NOT_RUNNING", f"Container is not running: {container_id}",
-                         {"containerId": container_id})
-
-
 def cpu_cores(sample: Sample, previous: Sample | None = None) -> float | None:
     """Cores busy between two readings: Δcontainer / Δsystem × online CPUs (as `docker stats`).
 
@@ -203,15 +197,12 @@ async def collect(runtime: Runtime, containers: list[Container],
                   limit: int = BATCH_CONCURRENCY) -> list[dict[str, Any]]:
     """Stats of many containers, concurrently (bounded), in the given order. Containers that stopped or
     vanished since they were listed are left out; any other failure fails the whole batch."""
-    semaphore = asyncio.Semaphore(limit)
-
     async def one(container: Container) -> dict[str, Any] | None:
-        async with semaphore:
-            try:
-                return await runtime.stats(Ref(container.id, container.namespace))
-            except ApiError as exc:
-                if exc.status in (404, 409):
-                    return None
-                raise
+        try:
+            return await runtime.stats(Ref(container.id, container.namespace))
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
 
-    return [stats for stats in await gather_all(one(c) for c in containers) if stats is not None]
+    return [stats for stats in await gather_all((one(c) for c in containers), limit=limit) if stats is not None]

@@ -38,7 +38,6 @@ class RuntimeState:
     version: str = ""
     latency: float | None = None  # seconds the last ping took
     error: str = ""
-    checked_at: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "primary": self.primary, "reachable": self.reachable,
@@ -91,15 +90,13 @@ class RuntimeProbe:
             async with asyncio.timeout(self.TIMEOUT):
                 info = await runtime.ping()
         except TimeoutError:
-            return RuntimeState(runtime.name, primary, False, error=f"no answer within {self.TIMEOUT:g} s",
-                                checked_at=time.time())
+            return RuntimeState(runtime.name, primary, False, error=f"no answer within {self.TIMEOUT:g} s")
         except ApiError as exc:
-            return RuntimeState(runtime.name, primary, False, error=exc.message, checked_at=time.time())
+            return RuntimeState(runtime.name, primary, False, error=exc.message)
         except Exception as exc:  # whatever the engine client raised, the runtime is not usable now
-            return RuntimeState(runtime.name, primary, False, error=str(exc) or type(exc).__name__,
-                                checked_at=time.time())
+            return RuntimeState(runtime.name, primary, False, error=str(exc) or type(exc).__name__)
         return RuntimeState(runtime.name, primary, True, str(info.get("version", "")),
-                            time.perf_counter() - started, checked_at=time.time())
+                            time.perf_counter() - started)
 
 
 def runtime_states(app: web.Application) -> list[RuntimeState]:

@@ -1,7 +1,8 @@
 """The WebSocket endpoint /api/v1/ws: authentication handshake, message envelope, dispatch.
 
 Every message both ways is ``{"type": ..., "data": {...}}``. Handlers for message types live with
-their feature (logs register theirs in ``MESSAGE_HANDLERS``); this module only routes.
+their feature (``logs.MESSAGE_TYPES``); the app factory registers them with ``setup``; this module only
+routes.
 
 What a client sends is hostile until proven otherwise, authenticated or not:
 - a message is decoded by orjson, which refuses nesting beyond 1,024 levels with a decode error (the
@@ -24,7 +25,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -46,7 +47,17 @@ RATE_PER_SECOND = 10.0  # ... and then on average
 STRIKES_TO_CLOSE = 10  # refused messages (one forgiven per second) after which the connection is closed
 
 MessageHandler = Callable[[web.Request, Client, dict[str, Any]], Awaitable[None]]
-MESSAGE_HANDLERS: dict[str, MessageHandler] = {}
+MESSAGE_HANDLERS = web.AppKey("ws_message_handlers", dict[str, MessageHandler])
+
+
+def setup(app: web.Application, *handlers: Mapping[str, MessageHandler]) -> None:
+    """Register the message types features handle (besides auth and ping, which are this module's)."""
+    table = app.setdefault(MESSAGE_HANDLERS, {})
+    for types in handlers:
+        for name, handler in types.items():
+            if name in table or name in ("auth", "ping"):
+                raise ValueError(f"WebSocket message type {name} registered twice")
+            table[name] = handler
 
 
 def error(client: Client, code: str, message: str, **details: Any) -> None:
@@ -169,7 +180,7 @@ async def _dispatch(request: web.Request, client: Client, text: str) -> None:
         return await _ping(request, client, data)
     if not client.authenticated:
         return error(client, "UNAUTHORIZED", 'Authenticate first: {"type":"auth","data":{"token":"..."}}')
-    handler = MESSAGE_HANDLERS.get(type_)
+    handler = request.app[MESSAGE_HANDLERS].get(type_)
     if handler is None:
         return error(client, "UNKNOWN_MESSAGE_TYPE", f"Unknown message type: {type_[:64]}")
     try:

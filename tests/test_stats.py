@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nekzusd.keys import RUNTIMES
-from nekzusd.runtimes.docker import podman_sample, sample_from_stats
+from nekzusd.runtimes.docker_objects import podman_sample, sample_from_stats
 from nekzusd.stats import cpu_cores
 from tests.conftest import base_config, run_container, unique, wait_for
 from tests.engines import Engine

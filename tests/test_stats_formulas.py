@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nekzusd.errors import EngineError
-from nekzusd.runtimes.docker import sample_from_stats
+from nekzusd.runtimes.docker_objects import sample_from_stats
 from nekzusd.stats import Sample, Samplers, as_json, cpu_cores
 
 DATA = Path(__file__).parent / "data" / "stats"

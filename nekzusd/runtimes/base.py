@@ -7,9 +7,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-# States of the API (docs/api.md); engines' own words are mapped onto these.
-STATES = ("running", "stopped", "paused", "restarting", "pending", "failed", "created", "exited", "unknown")
-
+from ..errors import NotSupported
 
 @dataclass(frozen=True, slots=True)
 class Port:
@@ -86,8 +84,10 @@ class Event:
 
 
 class Runtime(abc.ABC):
-    """A container engine. Methods raise errors.RuntimeUnavailable when the engine cannot be reached,
-    errors.ApiError(404 CONTAINER_NOT_FOUND) for unknown containers and errors.EngineError otherwise."""
+    """A container engine. Methods raise domain errors, never choose an HTTP answer themselves:
+    errors.RuntimeUnavailable when the engine cannot be reached, errors.ContainerNotFound for unknown
+    containers, errors.NotSupported for what the runtime cannot do and errors.EngineError otherwise
+    (handlers map them with errors.engine_errors)."""
 
     name: ClassVar[str]
     # The lifecycle actions (nekzusd.actions.ACTIONS) this runtime can do; any other is a 501 before anything runs.
@@ -137,19 +137,19 @@ class Runtime(abc.ABC):
 
     async def stats(self, ref: Ref) -> dict[str, Any]:
         """Resource usage in the API's stats shape."""
-        raise NotImplementedError
+        raise NotSupported(self.name, "Resource statistics")
 
     def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
         """Log lines, oldest first; ends when the container stops (follow) or the tail is done."""
-        raise NotImplementedError
+        raise NotSupported(self.name, "Reading logs")
 
     def events(self) -> AsyncGenerator[Event, None]:
         """Container state changes until cancelled; raises RuntimeUnavailable when the engine goes away."""
-        raise NotImplementedError
+        raise NotSupported(self.name, "Watching events")
 
     async def export_source(self, ref: Ref) -> Any:
         """What the Compose export needs about one container (compose.ServiceSource)."""
-        raise NotImplementedError
+        raise NotSupported(self.name, "Compose export")
 
     async def secret_values(self, ref: Ref) -> tuple[str, ...]:
         """The secret values a container holds (environment, secret-named labels and options), to scrub

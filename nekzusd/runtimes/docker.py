@@ -1,14 +1,13 @@
-"""Docker Engine (and Podman's Docker-compatible API) through aiodocker."""
+"""Docker Engine (and Podman's Docker-compatible API) through aiodocker: the engine calls; the mapping of
+its documents to the API's shapes is runtimes/docker_objects.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import time
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import quote
@@ -17,20 +16,16 @@ import aiodocker
 import aiohttp
 import orjson
 
-from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
+from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
-from ..stats import ContainerNotRunning, Sample, Samplers
-from .base import Container, Event, LogLine, Port, Ref, Runtime
+from ..stats import Sample, Samplers
+from .base import Container, Event, LogLine, Ref, Runtime
+from .docker_objects import container_from_inspect, container_from_list, podman_sample, sample_from_stats, short_id
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
-_STATES = {
-    "running": "running", "paused": "paused", "restarting": "restarting", "created": "created",
-    "exited": "exited", "dead": "exited", "removing": "stopped", "stopped": "stopped",
-    "configured": "created", "initialized": "created",  # Podman's extra words
-}
 # Events that can change whether an app is healthy.
 _STATE_EVENTS = {"start", "die", "stop", "kill", "pause", "unpause", "restart", "destroy", "remove",
                  "health_status", "create"}
@@ -64,152 +59,6 @@ def engine_path(*segments: str) -> str:
         if any(part in ("", ".", "..") for part in segment.split("/")):
             raise EngineError(f"not an addressable engine object name: {segment[:200]!r}", 400)
     return "/".join(quote(segment, safe="") for segment in segments)
-
-
-def short_id(full_id: str) -> str:
-    return full_id[:12]
-
-
-def _health_of(status: str) -> str | None:
-    if "(" not in status:
-        return None
-    for word in ("unhealthy", "healthy", "starting"):
-        if f"({word})" in status or f"(health: {word})" in status:
-            return word
-    return None
-
-
-def _ports_of(entries: list[dict[str, Any]] | None) -> tuple[Port, ...]:
-    if not entries:
-        return ()
-    ports = [Port(e.get("IP", ""), int(e["PrivatePort"]), e.get("PublicPort"), e.get("Type", "tcp"))
-             for e in entries or [] if "PrivatePort" in e]
-    ports.sort(key=lambda p: (p.private_port, p.type, p.ip, p.public_port or 0))
-    return tuple(ports)
-
-
-def container_from_list(row: dict[str, Any], labels: dict[str, str] | None = None) -> Container:
-    """Map one entry of GET /containers/json to the API's row; `labels` are its labels already masked
-    (the list has no environment, so the caller knows the secrets they may repeat)."""
-    names = row.get("Names") or [""]
-    status = row.get("Status", "")
-    return Container(
-        id=short_id(row["Id"]),
-        name=names[0].lstrip("/"),
-        image=row.get("Image", ""),
-        state=_STATES.get(row.get("State", ""), "unknown"),
-        status=status,
-        created=int(row.get("Created", 0)),
-        runtime="docker",
-        ports=_ports_of(row.get("Ports")),
-        labels=labels if labels is not None else mask_labels(row.get("Labels") or {}),
-        health=_health_of(status),
-    )
-
-
-def _parse_time(value: str | None) -> float | None:
-    if not value or value.startswith("0001-"):
-        return None
-    try:
-        return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _ago(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= 2 * size:
-            return f"{int(seconds // size)} {unit}"
-    return "About a minute" if seconds >= 60 else f"{max(int(seconds), 1)} seconds"
-
-
-def _status_text(state: dict[str, Any], now: float) -> str:
-    """The human status line `docker ps` shows, rebuilt from an inspect document."""
-    status = state.get("Status", "")
-    if status in ("running", "paused", "restarting"):
-        started = _parse_time(state.get("StartedAt")) or now
-        text = f"Up {_ago(now - started)}"
-        if status == "paused":
-            text += " (Paused)"
-        health = (state.get("Health") or {}).get("Status")
-        if health:
-            text += f" ({health})"
-        return text if status != "restarting" else f"Restarting ({state.get('ExitCode', 0)})"
-    if status in ("exited", "dead"):
-        finished = _parse_time(state.get("FinishedAt")) or now
-        return f"Exited ({state.get('ExitCode', 0)}) {_ago(now - finished)} ago"
-    return status.capitalize()
-
-
-def container_from_inspect(doc: dict[str, Any]) -> Container:
-    """Map GET /containers/{id}/json to the API's row (same fields as the list)."""
-    state = doc.get("State") or {}
-    config = doc.get("Config") or {}
-    ports = []
-    for key, bindings in ((doc.get("NetworkSettings") or {}).get("Ports") or {}).items():
-        port, _, proto = key.partition("/")
-        for b in bindings or [None]:
-            public = int(b["HostPort"]) if b and b.get("HostPort") else None
-            ports.append({"IP": b.get("HostIp", "") if b else "", "PrivatePort": int(port),
-                          "PublicPort": public, "Type": proto or "tcp"})
-    created = _parse_time(doc.get("Created")) or 0
-    return Container(
-        id=short_id(doc["Id"]),
-        name=doc.get("Name", "").lstrip("/"),
-        image=config.get("Image", ""),
-        state=_STATES.get(state.get("Status", ""), "unknown"),
-        status=_status_text(state, time.time()),
-        created=int(created),
-        runtime="docker",
-        ports=_ports_of(ports),
-        labels=mask_labels(config.get("Labels") or {}, secret_values_of(doc)),
-        health=(state.get("Health") or {}).get("Status"),
-    )
-
-
-def _sum_networks(networks: dict[str, Any] | None, key: str) -> int:
-    return sum(int((iface or {}).get(key) or 0) for iface in (networks or {}).values())
-
-
-def sample_from_stats(doc: dict[str, Any]) -> Sample | None:
-    """A dockerd or Podman stats document as a Sample; None when it says the container is not running
-    (dockerd: a zero ``read`` time)."""
-    read = _parse_time(doc.get("read"))
-    if read is None:
-        return None
-    cpu = doc.get("cpu_stats") or {}
-    pre = doc.get("precpu_stats") or {}
-    memory = doc.get("memory_stats") or {}
-    counters = memory.get("stats") or {}  # Podman gives only usage and limit
-    reclaimable = counters["cache"] if "cache" in counters else counters.get("inactive_file", 0)
-    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
-    return Sample(
-        container_id=short_id(doc.get("id") or doc.get("Id") or ""),
-        read=read,
-        online_cpus=int(online),
-        cpu_total=int((cpu.get("cpu_usage") or {}).get("total_usage") or 0),
-        system_cpu=int(cpu.get("system_cpu_usage") or 0),
-        pre_cpu_total=int((pre.get("cpu_usage") or {}).get("total_usage") or 0),
-        pre_system_cpu=int(pre.get("system_cpu_usage") or 0),
-        memory_usage=int(memory.get("usage") or 0),
-        memory_reclaimable=int(reclaimable or 0),
-        memory_limit=int(memory.get("limit") or 0),
-        rx_bytes=_sum_networks(doc.get("networks"), "rx_bytes"),
-        tx_bytes=_sum_networks(doc.get("networks"), "tx_bytes"),
-    )
-
-
-def podman_sample(doc: dict[str, Any]) -> Sample | None:
-    """A Podman stats document as a Sample whose system CPU time is the elapsed time × online CPUs.
-
-    Podman's system_cpu_usage is the host's busy CPU time (its root cgroup's usage), where dockerd's is the
-    elapsed CPU time (/proc/stat, idle included): divided by busy time, a container on a quiet host seemed
-    to use nearly every core (1.86 of 2 for a 0.2 quota). Its own previous reading is ignored too."""
-    sample = sample_from_stats(doc)
-    if sample is None:
-        return None
-    elapsed = round(sample.read * 1e9) * sample.online_cpus
-    return replace(sample, system_cpu=elapsed, pre_cpu_total=0, pre_system_cpu=0)
 
 
 class DockerRuntime(Runtime):
@@ -295,7 +144,7 @@ class DockerRuntime(Runtime):
                                     timeout=timeout)
         except EngineError as exc:
             if exc.status == 404:
-                raise container_not_found(ref.id) from None
+                raise ContainerNotFound(ref.id) from None
             raise
 
     async def ping(self) -> dict[str, Any]:
@@ -318,18 +167,16 @@ class DockerRuntime(Runtime):
     async def _learn_labels(self, rows: list[dict[str, Any]]) -> None:
         """Masked labels of the listed containers not seen before: the list carries no environment, yet a
         label may repeat a secret of it, so each new container with labels is inspected once."""
-        gate = asyncio.Semaphore(SECRET_LOOKUP_CONCURRENCY)
-
         async def learn(full_id: str, labels: dict[str, str]) -> None:
-            async with gate:
-                try:
-                    doc = await self._json("GET", engine_path("containers", full_id, "json"), what="inspect")
-                except EngineError:  # gone meanwhile: its row is masked by name and shape only
-                    return
+            try:
+                doc = await self._json("GET", engine_path("containers", full_id, "json"), what="inspect")
+            except EngineError:  # gone meanwhile: its row is masked by name and shape only
+                return
             self._row_labels[full_id] = mask_labels(labels, secret_values_of(doc or {}))
 
-        await gather_all(learn(row["Id"], row["Labels"]) for row in rows
-                         if row.get("Labels") and row.get("Id") and row["Id"] not in self._row_labels)
+        await gather_all((learn(row["Id"], row["Labels"]) for row in rows
+                          if row.get("Labels") and row.get("Id") and row["Id"] not in self._row_labels),
+                         limit=SECRET_LOOKUP_CONCURRENCY)
         if len(self._row_labels) > len(rows):
             listed = {row.get("Id") for row in rows}
             for full_id in [i for i in self._row_labels if i not in listed]:
@@ -520,7 +367,7 @@ class DockerRuntime(Runtime):
                             body = await _read_bounded(response, MAX_ANSWER, "stats")
                 except EngineError as exc:
                     if exc.status == 404:
-                        raise container_not_found(container.id) from None
+                        raise ContainerNotFound(container.id) from None
                     raise
                 yield self._sample_or_stop(json.loads(body) if body.strip() else {}, container.id, podman_sample)
                 await asyncio.sleep(STATS_POLL_INTERVAL)

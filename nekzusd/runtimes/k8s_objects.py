@@ -24,7 +24,6 @@ WORKLOAD_KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
 _PHASES = {"Pending": "pending", "Running": "running", "Succeeded": "exited", "Failed": "failed",
            "Unknown": "unknown"}
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-DNS_LABEL_RE = re.compile(_DNS_LABEL)
 DNS_SUBDOMAIN_RE = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 
 

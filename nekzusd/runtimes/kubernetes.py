@@ -25,7 +25,7 @@ from kubernetes_asyncio.config import incluster_config
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from ..config import KubernetesConfig
-from ..errors import ApiError, EngineError, RuntimeUnavailable, container_not_found
+from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
 from .logparse import READ_SIZE, LogParser, line_time
@@ -219,7 +219,7 @@ class KubernetesRuntime(Runtime):
             workload = await self._workload(kind, ref.namespace, ref.id)
             if workload is not None and workload.replicas_before_stop is not None:
                 return Target(None, workload, {"kind": kind, "name": workload.name})
-        raise container_not_found(ref.id)
+        raise ContainerNotFound(ref.id)
 
     async def get(self, ref: Ref) -> Container:
         return (await self._resolve(ref)).container
@@ -413,25 +413,22 @@ class KubernetesRuntime(Runtime):
     async def stats(self, ref: Ref) -> dict[str, Any]:
         pod = await self._pod(ref)
         if pod is None:
-            raise container_not_found(ref.id)
+            raise ContainerNotFound(ref.id)
         container = k8s.container_from_pod(pod)
         if not container.running:
-            raise ApiError(409, "CONTAINER_NOT_RUNNING", f"Pod {ref.id} is {container.state}, not running",
-                           {"containerId": ref.id, "state": container.state})
+            raise ContainerNotRunning(ref.id, f"Pod {ref.id} is {container.state}, not running", container.state)
         path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{ref.namespace}/pods/{ref.id}"
         try:
             metrics = await self._json("GET", path)
         except KubeError as exc:
             if exc.status == 404 and exc.reason != "NotFound":  # no such API group: a plain-text 404
-                raise ApiError(500, "CONTAINER_STATS_FAILED",
-                               "Kubernetes metrics API (metrics.k8s.io) is not available in this cluster: "
-                               "install metrics-server to get pod statistics", {"containerId": ref.id}) from None
+                raise EngineError("Kubernetes metrics API (metrics.k8s.io) is not available in this cluster: "
+                                  "install metrics-server to get pod statistics",
+                                  details={"containerId": ref.id}) from None
             if exc.status == 404:
-                raise ApiError(500, "CONTAINER_STATS_FAILED",
-                               f"No metrics for pod {ref.id} yet (metrics-server samples every 15-60 s)",
-                               {"containerId": ref.id}) from None
-            raise ApiError(500, "CONTAINER_STATS_FAILED", f"Failed to get pod metrics: {exc}",
-                           {"containerId": ref.id}) from None
+                raise EngineError(f"No metrics for pod {ref.id} yet (metrics-server samples every 15-60 s)",
+                                  details={"containerId": ref.id}) from None
+            raise EngineError(f"pod metrics: {exc}", details={"containerId": ref.id}) from None
         node = None
         if not _has_limits(pod):  # an unlimited pod may use its node: read the node (optional right)
             try:
@@ -447,7 +444,7 @@ class KubernetesRuntime(Runtime):
 
         pod = await self._pod(ref)
         if pod is None:
-            raise container_not_found(ref.id)
+            raise ContainerNotFound(ref.id)
         containers = (pod.get("spec") or {}).get("containers") or [{}]
         query = [("container", containers[0].get("name", "")), ("tailLines", str(tail)),
                  ("follow", "true" if follow else "false"), ("timestamps", "true" if timestamps else "false")]
@@ -458,7 +455,7 @@ class KubernetesRuntime(Runtime):
                     self._response("GET", f"/api/v1/namespaces/{ref.namespace}/pods/{ref.id}/log", query=query))
             except KubeError as exc:
                 if exc.status == 404:
-                    raise container_not_found(ref.id) from None
+                    raise ContainerNotFound(ref.id) from None
                 raise EngineError(f"Kubernetes could not read the pod's log (from the node's kubelet): "
                                   f"{exc}", exc.status) from None
             while True:

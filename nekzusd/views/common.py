@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..errors import ApiError, EngineError
+from ..errors import ApiError, engine_errors
 from ..keys import RUNTIMES
 from ..runtimes import Container, Ref, Runtime
 
@@ -27,10 +27,8 @@ def runtime_of(request: web.Request) -> Runtime:
 async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
     """The runtime a request names and all its containers (of ``?namespace=`` if given)."""
     runtime = runtime_of(request)
-    try:
+    with engine_errors("CONTAINER_LIST_FAILED", "Failed to list containers"):
         return runtime, await runtime.list_containers(request.query.get("namespace") or None)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_LIST_FAILED", f"Failed to list containers: {exc}") from None
 
 
 def target(request: web.Request, runtime: Runtime | None = None) -> tuple[Runtime, Ref]:

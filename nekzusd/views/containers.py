@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..actions import ACTIONS
 from ..auth import WRITE, requires
-from ..errors import ApiError, EngineError
+from ..errors import engine_errors
 from ..keys import APPS, OPERATIONS
 from ..operations import accepted_body
 from ..validation import bool_param, timeout_param
@@ -24,10 +24,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def inspect_container(request: web.Request) -> web.Response:
     runtime, ref = target(request)
-    try:
+    with engine_errors("CONTAINER_INSPECT_FAILED", "Failed to inspect container"):
         details = await runtime.inspect(ref)
-    except EngineError as exc:
-        raise ApiError(500, "CONTAINER_INSPECT_FAILED", f"Failed to inspect container: {exc}") from None
     return json_response(details)
 
 
@@ -38,9 +36,7 @@ async def lifecycle(request: web.Request) -> web.Response:
     timeout = timeout_param(request.query.get("timeout"))
     runtime, ref = target(request, runtime)
     operations = request.app[OPERATIONS]
-    try:
+    with engine_errors(action.error_code, f"Failed to {action.name} container"):
         container = await operations.prepare(runtime, ref, action)
-    except EngineError as exc:
-        raise ApiError(500, action.error_code, f"Failed to {action.name} container: {exc}") from None
     operation_id = operations.submit(runtime, container, action, timeout)
     return json_response(accepted_body(action, container, operation_id, timeout), status=202)

@@ -1,6 +1,6 @@
 """Compose export endpoints (docs/export.md): one container or a batch, as JSON or as a zip.
 
-The handlers only parse and answer; `export_one` and `export_batch` do the work and can be called by tests.
+The handlers only parse and answer; nekzusd/export.py does the work.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from .. import auth
-from ..compose import DEFAULT_STACK_NAME, Export, ServiceSource, export_services, export_zip, sanitize_name
-from ..errors import ApiError, EngineError, bad_request, invalid_body
+from ..compose import DEFAULT_STACK_NAME, Export, export_zip, sanitize_name
+from ..errors import bad_request, invalid_body
+from ..export import export_batch, export_one
 from ..keys import CONFIG
-from ..runtimes import Ref, Runtime
+from ..runtimes import Ref
 from ..validation import MAX_IDS, Field, read_json
 from .common import json_response, runtime_of, target
 
@@ -30,76 +31,6 @@ _BATCH_FIELDS = {
 }
 MAX_STACK_NAME = 128
 ZIP_TYPE = "application/zip"
-
-
-def export_not_supported(runtime: Runtime) -> ApiError:
-    return ApiError(501, "EXPORT_NOT_SUPPORTED",
-                    f"Compose export is not supported for the {runtime.name} runtime", {"runtime": runtime.name})
-
-
-async def _source(runtime: Runtime, ref: Ref) -> ServiceSource:
-    try:
-        return await runtime.export_source(ref)
-    except NotImplementedError:
-        raise export_not_supported(runtime) from None
-
-
-async def export_one(runtime: Runtime, ref: Ref, options: dict[str, Any]) -> Export:
-    """One container as a compose file; an engine failure is EXPORT_FAILED (404/501/503 pass through)."""
-    try:
-        source = await _source(runtime, ref)
-    except EngineError as exc:
-        raise ApiError(500, "EXPORT_FAILED", f"Failed to export container configuration: {exc}",
-                       {"containerId": ref.id}) from None
-    return await asyncio.to_thread(export_services, [source], **options)
-
-
-async def export_batch(runtime: Runtime, refs: list[Ref], stack_name: str, options: dict[str, Any],
-                       concurrency: int) -> tuple[Export, bool]:
-    """Several containers as one stack, inspected concurrently (bounded) and kept in the request's order.
-
-    A container that cannot be inspected is left out with a warning; the second value says whether any
-    was. None left is 404 ALL_CONTAINERS_FAILED. An unreachable engine (503) or a runtime that cannot
-    export (501) fails the whole request: that is no container's fault.
-    """
-    gate = asyncio.Semaphore(concurrency)
-
-    async def fetch(ref: Ref) -> ServiceSource | str:
-        async with gate:
-            try:
-                return await _source(runtime, ref)
-            except ApiError as exc:
-                if exc.status in (501, 503):
-                    raise
-                return f"Container '{ref.id}' was skipped: {exc.message}"
-            except EngineError as exc:
-                return f"Container '{ref.id}' was skipped: failed to inspect it: {exc}"
-
-    try:
-        async with asyncio.TaskGroup() as group:  # one failing the request cancels the others
-            tasks = [group.create_task(fetch(ref)) for ref in refs]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    results = [task.result() for task in tasks]
-    skipped = [r for r in results if isinstance(r, str)]
-    sources: list[ServiceSource] = []
-    repeated: list[str] = []
-    seen: set[str] = set()
-    for ref, result in zip(refs, results, strict=True):
-        if isinstance(result, str):
-            continue
-        full_id = result.container.get("Id") or ref.id
-        if full_id in seen:
-            repeated.append(f"Container '{ref.id}' was listed more than once: exported once")
-            continue
-        seen.add(full_id)
-        sources.append(result)
-    if not sources:
-        raise ApiError(404, "ALL_CONTAINERS_FAILED", "Failed to inspect any containers", {"warnings": skipped})
-    # Off the loop: YAML emitting is pure Python and takes about 9 ms per service.
-    export = await asyncio.to_thread(export_services, sources, stack_name=stack_name, **options)
-    export.warnings[:0] = skipped + repeated
-    return export, bool(skipped)
 
 
 def _wants_zip(request: web.Request, preview: bool) -> bool:

@@ -7,21 +7,17 @@ import time
 from aiohttp import web
 
 from .. import stats
-from ..errors import ApiError, EngineError
+from ..errors import engine_errors
 from ..keys import APPS
 from .common import json_response, listed, target
 
-
-def _stats_failed(exc: Exception) -> ApiError:
-    return ApiError(500, "CONTAINER_STATS_FAILED", f"Failed to get container stats: {exc}")
+_FAILED = ("CONTAINER_STATS_FAILED", "Failed to get container stats")
 
 
 async def container_stats(request: web.Request) -> web.Response:
     runtime, ref = target(request)
-    try:
+    with engine_errors(*_FAILED):
         return json_response(await runtime.stats(ref))
-    except EngineError as exc:
-        raise _stats_failed(exc) from None
 
 
 async def all_stats(request: web.Request) -> web.Response:
@@ -29,8 +25,6 @@ async def all_stats(request: web.Request) -> web.Response:
     runtime, containers = await listed(request)
     running = [c for c in request.app[APPS].linked(containers) if c.running and not runtime.is_self(c)]
     running.sort(key=lambda c: (c.namespace, c.name))
-    try:
+    with engine_errors(*_FAILED):
         results = await stats.collect(runtime, running)
-    except EngineError as exc:
-        raise _stats_failed(exc) from None
     return json_response({"containers": results, "timestamp": int(time.time())})
