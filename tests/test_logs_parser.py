@@ -210,24 +210,34 @@ def lines_at(*stamps: str) -> list[tuple[str, str]]:
 
 
 def test_cursor_counts_the_lines_that_share_the_last_stamp():
+    def place(cursor: LogCursor, stream: str = "stdout") -> tuple[str, int, bool]:
+        run = cursor.runs[stream]
+        return run.stamp, run.same, run.whole_run
+
     cursor = LogCursor()
     assert cursor.since is None
     cursor.passed([])
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (None, 0, False)
+    assert cursor.runs == {}
     cursor.passed(lines_at(LATER))
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 1, False)  # the run may have begun earlier
+    assert place(cursor) == (LATER, 1, False)  # the run may have begun earlier
     cursor.passed(lines_at(LATER, LATER))  # the run goes on across reads
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 3, False)
+    assert place(cursor) == (LATER, 3, False)
     cursor.passed(lines_at(LATER, STAMP))  # a new last stamp starts a new run, seen whole
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (STAMP, 1, True)
+    assert place(cursor) == (STAMP, 1, True)
     assert cursor.since == "1700000000.123456789"
     cursor = LogCursor()
     cursor.passed(lines_at(STAMP))
     cursor.passed(lines_at(LATER, LATER))  # another stamp in an earlier read
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (LATER, 2, True)
+    assert place(cursor) == (LATER, 2, True)
     cursor = LogCursor(from_start=True)  # the stream began at the log's start: every run is whole
     cursor.passed(lines_at(STAMP, STAMP))
-    assert (cursor.stamp, cursor.same, cursor.whole_run) == (STAMP, 2, True)
+    assert place(cursor) == (STAMP, 2, True)
+    # each output stream has its own place (their stamps are in log order only within one stream);
+    # the catch-up starts at the earliest
+    cursor = LogCursor()
+    cursor.passed([("stdout", f"{STAMP} a"), ("stdout", f"{LATER} b"), ("stderr", f"{STAMP} c")])
+    assert place(cursor) == (LATER, 1, True) and place(cursor, "stderr") == (STAMP, 1, False)
+    assert cursor.since == "1700000000.123456789"
 
 
 def catch_up(cursor: LogCursor, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -255,3 +265,48 @@ def test_catch_up_after_a_run_not_seen_whole_gives_only_later_stamps():
     cursor.passed(lines_at(second, second))
     read = lines_at(second, second, second, second, next_second)  # two before the stream, two handed out
     assert catch_up(cursor, read) == read[4:]
+
+
+def engine_log(entries: list[tuple[int, str, bytes]], since: str | None = None) -> bytes:
+    """A stamped multiplexed log read as dockerd gives it: the stored entries in file order, from ``since``
+    on (inclusive, by each entry's own stamp, not by its place in the file)."""
+    floor = None if since is None else tuple(int(part) for part in since.split("."))
+    return b"".join(stamped_frame(stream, stamp, payload) for stream, stamp, payload in entries
+                    if floor is None or stamp_key(stamp) >= floor)
+
+
+def follow_then_catch_up(entries: list[tuple[int, str, bytes]], seen: int) -> list[tuple[str, str]]:
+    """What a client gets when the follow stream (from the log's start) ends after ``seen`` entries and a
+    catch-up read from the cursor follows."""
+    parser = LogParser(True, stamped=True)
+    cursor = LogCursor(from_start=True)
+    handed_out = parser.feed(engine_log(entries[:seen]))
+    cursor.passed(handed_out)
+    catch_up_read = LogParser(True, stamped=True)
+    read = catch_up_read.feed(engine_log(entries, cursor.since)) + catch_up_read.flush()
+    return handed_out + catch_up(cursor, read)
+
+
+T0, T1, T2 = "2023-11-14T22:13:20.100000000Z", "2023-11-14T22:13:20.200000000Z", "2023-11-14T22:13:20.300000000Z"
+
+
+def test_a_stderr_line_stamped_before_a_stdout_line_but_stored_after_it_is_not_repeated():
+    """dockerd stamps each stream in its own goroutine and then stores the line: under load ``err-after`` was
+    stamped first and stored last. A cursor taken as one place in the log (the last line's stamp) read
+    ``after`` again: the full-suite failure [2097152, 5, 5]."""
+    entries = [(1, T0, b"x" * 100 + b"\n"), (1, T2, b"after\n"), (2, T1, b"err-after\n")]
+    whole = [("stdout", f"{T0} {'x' * 100}"), ("stdout", f"{T2} after"), ("stderr", f"{T1} err-after")]
+    assert follow_then_catch_up(entries, len(entries)) == whole  # the stream got all: the catch-up adds nothing
+    for seen in range(len(entries)):  # the stream ended early
+        got = follow_then_catch_up(entries, seen)
+        assert len(got) == len(set(got)), (seen, got)
+
+
+def test_a_line_of_one_stream_stored_among_the_pieces_of_a_long_line_is_not_repeated():
+    """Measured under load: dockerd stores ``err-after`` among the 16 KiB pieces of the long stdout line, and
+    every piece carries the first piece's stamp, earlier than the stderr line's."""
+    entries = [(1, T0, b"x" * 100), (2, T1, b"err-after\n"), (1, T0, b"y" * 100), (1, T0, b"\n"),
+               (1, T2, b"after\n")]
+    for seen in range(len(entries) + 1):
+        got = follow_then_catch_up(entries, seen)
+        assert len(got) == len(set(got)), (seen, [(stream, text[:40]) for stream, text in got])

@@ -229,7 +229,8 @@ class DockerRuntime(Runtime):
 
         The engine is always asked for timestamps (cut off again unless wanted): dockerd stores a last line
         without newline only at exit and can end the follow stream before it, so after the stream a
-        catch-up read from the last line's stamp hands out what the stream missed, and nothing twice."""
+        catch-up read from the stamps of the last lines handed out (one place per output stream, whose
+        stamps alone follow the log's order) hands out what the stream missed, and nothing twice."""
 
         doc = await self._container_json(ref, "GET", "json", what="inspect")
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")

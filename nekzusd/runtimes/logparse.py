@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import AnyStr
@@ -195,62 +196,95 @@ def stamped_lines(pairs: list[tuple[str, str]], timestamps: bool) -> list[LogLin
     return [LogLine(stream, line[line.find(" ") + 1:]) for stream, line in pairs]
 
 
+@dataclass
+class _Run:
+    """Where a cursor stands in one stream (stdout or stderr): the stamp of the last line handed out, how
+    many lines in a row carried it, and whether that whole run was seen."""
+
+    stamp: str
+    same: int
+    whole_run: bool
+
+
 class LogCursor:
-    """How far a stream got in a container's log, told by the engine's timestamps: the stamp of the last
-    line handed out and how many lines in a row carried it (lines can share a stamp: Podman's are whole
-    seconds).
+    """How far a stream got in a container's log, told by the engine's timestamps, per output stream: the
+    stamp of the last line handed out and how many lines in a row carried it (lines can share a stamp:
+    Podman's are whole seconds).
 
     dockerd can end a follow stream before the container's last line is stored, so after the stream a
     catch-up read from ``since`` gives what it missed; ``fresh_filter`` skips what was handed out already.
-    That count places the stream exactly only when the whole run of its stamp was seen: when a line with
-    another stamp came before it, or the stream began at the log's start (``from_start``). Otherwise the
-    catch-up gives only lines with a later stamp: never a line twice.
+    Stamps follow the log's order only within one output stream: dockerd copies stdout and stderr each in
+    its own goroutine, which stamps a line and then stores it, so a stderr line can be stored after a stdout
+    line stamped later (under load, measured: often; and a long line keeps its first piece's stamp, so
+    lines of the other stream stored among its pieces carry later stamps). Hence one place per stream, and
+    ``since`` is the earliest of them.
+
+    The count places a stream exactly only when the whole run of its stamp was seen: when a line of that
+    stream with another stamp came before it, or the follow began at the log's start (``from_start``).
+    Otherwise the catch-up gives only that stream's lines with a later stamp: never a line twice. A stream
+    that handed out nothing takes the lines stamped from the latest stamp handed out on.
     """
 
     def __init__(self, from_start: bool = False) -> None:
-        self.stamp: str | None = None
-        self.same = 0
-        self.whole_run = from_start
+        self.from_start = from_start
+        self.runs: dict[str, _Run] = {}
 
     def passed(self, pairs: list[tuple[str, str]]) -> None:
         """These stamped lines (in log order) were handed out."""
-        if not pairs:
-            return
-        last = _stamp_of(pairs[-1][1])
-        run = 0
-        for _, line in reversed(pairs):
-            if _stamp_of(line) != last:
-                self.whole_run = True
-                break
-            run += 1
-        else:
-            if last == self.stamp:
-                run += self.same
-            elif self.stamp is not None:
-                self.whole_run = True
-        self.stamp, self.same = last, run
+        for stream in {stream for stream, _ in pairs}:
+            lines = [line for name, line in pairs if name == stream]
+            last = _stamp_of(lines[-1])
+            before = self.runs.get(stream)
+            whole_run = self.from_start if before is None else before.whole_run
+            run = 0
+            for line in reversed(lines):
+                if _stamp_of(line) != last:
+                    whole_run = True
+                    break
+                run += 1
+            else:
+                if before is not None and last == before.stamp:
+                    run += before.same
+                elif before is not None:
+                    whole_run = True
+            self.runs[stream] = _Run(last, run, whole_run)
+
+    def _keys(self) -> list[tuple[int, int]]:
+        return [key for run in self.runs.values() if (key := stamp_key(run.stamp)) is not None]
 
     @property
     def since(self) -> str | None:
-        """The engine's ``since`` for a catch-up read (Unix seconds with nanoseconds); None: from the start."""
-        key = stamp_key(self.stamp) if self.stamp else None
-        return None if key is None else f"{key[0]}.{key[1]:09d}"
+        """The engine's ``since`` for a catch-up read (Unix seconds with nanoseconds): the earliest stream's
+        place; None: from the start."""
+        keys = self._keys()
+        if not keys:
+            return None
+        key = min(keys)
+        return f"{key[0]}.{key[1]:09d}"
 
     def fresh_filter(self) -> Callable[[tuple[str, str]], bool]:
-        """For the stamped lines of a catch-up read, in log order: True from the first not handed out on."""
-        key = stamp_key(self.stamp) if self.stamp else None
-        skip = self.same if self.whole_run else None  # None: every line with the cursor's stamp
-        found = key is None
+        """For the stamped lines of a catch-up read, in log order: True, per stream, from the first line not
+        handed out on."""
+        keys = self._keys()
+        latest = max(keys) if keys else None
+        places: dict[str, tuple[tuple[int, int] | None, int | None]] = {}
+        for stream, run in self.runs.items():
+            # skip None: every line with the stream's stamp
+            places[stream] = (stamp_key(run.stamp), run.same if run.whole_run else None)
+        found: set[str] = set()
 
         def fresh(pair: tuple[str, str]) -> bool:
-            nonlocal skip, found
-            if not found:
+            stream = pair[0]
+            if stream in found:
+                return True
+            key, skip = places.get(stream, (latest, 0))
+            if key is not None:
                 line_key = stamp_key(_stamp_of(pair[1]))
-                if line_key is None or key is None or line_key < key:
+                if line_key is None or line_key < key:
                     return False
                 if line_key == key and (skip is None or skip):
-                    skip = None if skip is None else skip - 1
+                    places[stream] = (key, None if skip is None else skip - 1)
                     return False
-                found = True
+            found.add(stream)
             return True
         return fresh
