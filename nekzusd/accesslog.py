@@ -48,6 +48,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost middleware: sees the final status, including errors rendered by the error middleware."""
     started = time.perf_counter()
     status = 500
+    metrics = request.app[METRICS]
+    metrics.requests_in_flight += 1
     try:
         response = await handler(request)
         status = response.status
@@ -64,4 +66,5 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.info("%s", format_line(request, status, seconds))
         else:
             _strangers.log(request.get(CLIENT), logging.INFO, "%s", format_line(request, status, seconds))
-        request.app[METRICS].observe_request(route_of(request), request.method, status, seconds)
+        metrics.requests_in_flight -= 1
+        metrics.observe_request(route_of(request), request.method, status, seconds)

@@ -163,6 +163,13 @@ async def _at_most(read, limit: float) -> bool:
     return await read() <= limit
 
 
+async def test_http_requests_in_flight_gauge_counts_the_scrape_and_nothing_left_over(client) -> None:
+    """A scrape sees itself in flight; requests that ended (also with an error) are no longer counted."""
+    for path in ("/api/v1/containers", "/api/v1/nosuch", "/healthz"):
+        await client.get(path)
+    assert value(await scrape(client), "nekzusd_http_requests_in_flight") == 1
+
+
 async def test_operations_in_flight_gauge(client, engine) -> None:
     """Counted from the 202 until the result is announced (a shell without a TERM trap takes the grace)."""
     cid = (await asyncio.to_thread(engine.run, unique("m"), ["sleep", "100000"]))[:12]
