@@ -4,17 +4,13 @@ from remote-looking loopback addresses (127.0.0.2-9), and waiting for the daemon
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_cli import ROOT, Daemon
+from tests.test_cli import Daemon
 
 
 class LimitedDaemon(Daemon):
@@ -25,29 +21,11 @@ class LimitedDaemon(Daemon):
                  **kw: Any) -> None:
         super().__init__(tmp_path, config, **kw)
         self.nofile = nofile
-        self.port = 0
 
-    def _limit(self) -> None:
+    def _preexec(self) -> None:
         if self.nofile is not None:
             soft, hard = self.nofile if isinstance(self.nofile, tuple) else (self.nofile, self.nofile)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    async def start(self, timeout: float = 20.0) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.notify_path))
-        self._sock.setblocking(False)
-        self._reader = asyncio.create_task(self._read_notifications())
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
-        env.pop("WATCHDOG_PID", None)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nekzusd", "--log-level", self.log_level, "serve",
-            "--config", str(self.config_path), cwd=ROOT, env=env, preexec_fn=self._limit,
-            stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"))
-        ready = await self.wait_message("READY=1", timeout)
-        match = re.search(r"listening on (https?)://(\[[0-9a-f:]+\]|[\d.]+):(\d+)", ready)
-        assert match, ready
-        self.port = int(match.group(3))
-        self.base_url = f"{match.group(1)}://127.0.0.1:{self.port}"
 
     def stderr_lines(self) -> list[str]:
         return self.stderr().splitlines()

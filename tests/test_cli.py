@@ -40,12 +40,19 @@ class Daemon:
         self.messages: list[tuple[float, str]] = []  # (monotonic time, sd_notify message)
         self.proc: asyncio.subprocess.Process | None = None
         self.base_url = ""
+        self.port = 0
         self._sock: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._got = asyncio.Event()
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config))
+
+    #: Words before the command (e.g. ``sh -c 'umask 022 && exec "$@"'``); subclasses set it.
+    prefix: tuple[str, ...] = ()
+
+    def _preexec(self) -> None:
+        """Runs in the child before exec (e.g. a lower open files limit); nothing by default."""
 
     async def start(self, timeout: float = 20.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -54,16 +61,20 @@ class Daemon:
         self._reader = asyncio.create_task(self._read_notifications())
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
         env.pop("WATCHDOG_PID", None)
+        env.pop("WATCHDOG_USEC", None)
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nekzusd", "--log-level", self.log_level, "serve",
-            "--config", str(self.config_path), cwd=ROOT, env=env,
+            *self.prefix, sys.executable, "-m", "nekzusd", "--log-level", self.log_level, "serve",
+            "--config", str(self.config_path), cwd=ROOT, env=env, preexec_fn=self._preexec,
             stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"))
         ready = await self.wait_message("READY=1", timeout)
-        match = re.search(r"listening on (http://[\d.]+:\d+)", ready)
+        match = re.search(r"listening on (https?)://(\[[0-9a-f:]+\]|[\d.]+):(\d+)", ready)
         assert match, ready
-        self.base_url = match.group(1)
+        scheme, host, port = match.groups()
+        self.port = int(port)
+        host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host  # a wildcard: reach it on loopback
+        self.base_url = f"{scheme}://{host}:{self.port}"
 
     async def _read_notifications(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,9 +8,7 @@ The daemon runs as ``nekzusd serve`` in a subprocess (the start-up order of prod
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import sqlite3
 import stat
 import subprocess
@@ -38,22 +36,10 @@ def modes(state: Path) -> dict[str, int]:
 class TLSDaemon(Daemon):
     """``Daemon`` started under umask 022, with TLS on (the default), as the service would be."""
 
-    async def start(self, timeout: float = 30.0) -> None:
-        import socket as socket_mod
+    prefix = UMASK_022
 
-        self._sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
-        self._sock.bind(str(self.notify_path))
-        self._sock.setblocking(False)
-        self._reader = asyncio.create_task(self._read_notifications())
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
-        env.pop("WATCHDOG_USEC", None)
-        self.proc = await asyncio.create_subprocess_exec(
-            *UMASK_022, sys.executable, "-m", "nekzusd", "serve", "--config", str(self.config_path),
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"))
-        ready = await self.wait_message("READY=1", timeout)
-        match = re.search(r"listening on (https://[\d.]+:\d+)", ready)
-        assert match, ready
-        self.base_url = match.group(1)
+    async def start(self, timeout: float = 30.0) -> None:
+        await super().start(timeout)
 
 
 def serve_config(engine, state: Path) -> dict:
