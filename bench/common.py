@@ -23,11 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tests.harness.engines import Engine, start_dockerd
 
-from tests.engines import Engine, start_dockerd  # noqa: E402
+#: The repository root (run the benchmarks from here: ``python -m bench``, ``python -m bench.soak``).
+ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_APP = "bench"  # the app that links the lab's base containers
 
@@ -127,7 +126,7 @@ class Daemon:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nekzusd", "--log-level", "warning", "serve", "--config",
-             str(self.state / "nekzusd.yaml")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+             str(self.state / "nekzusd.yaml")], cwd=ROOT)  # `-m` from ROOT: this checkout's nekzusd
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -35,12 +35,8 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import Daemon, lab, linked, open_fds, rss_mb  # noqa: E402
-from tests.engines import Engine  # noqa: E402
+from bench.common import Daemon, lab, linked, open_fds, rss_mb
+from tests.harness.engines import Engine
 
 APP = "soak"
 BUSY = 10      # containers writing logs continuously (not linked: bulk operations leave them alone)

@@ -11,7 +11,7 @@ import textwrap
 
 from nekzusd.apps import App, app_health
 from nekzusd.runtimes import Container
-from tests.conftest import run_container, unique
+from tests.harness.app import run_container, unique
 
 
 async def test_apps_from_config_and_api(client, engine):

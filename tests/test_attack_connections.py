@@ -22,8 +22,8 @@ from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, RUNTIMES
-from tests.conftest import base_config, run_container, unique
-from tests.netattack import LimitedDaemon, connect, read_until_closed, still_open
+from tests.harness.app import base_config, run_container, unique
+from tests.harness.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
 HEAD_TIMEOUT = 1.5
 

@@ -21,8 +21,8 @@ from nekzusd.errors import EngineError
 from nekzusd.keys import RUNTIMES, TOKENS
 from nekzusd.runtimes.base import Ref
 from nekzusd.runtimes.docker import engine_path
-from tests.conftest import base_config, run_container, unique
-from tests.engines import Engine
+from tests.harness.app import base_config, run_container, unique
+from tests.harness.engines import Engine
 
 C = "/api/v1/containers"
 

@@ -23,8 +23,8 @@ from nekzusd.config import AppConfig
 from nekzusd.keys import RATE_LIMITER
 from nekzusd.runtimes import Container
 from nekzusd.views.apps import MAX_CONTAINER_NAME, MAX_CONTAINERS, MAX_NAME
-from tests.conftest import run_container, unique
-from tests.engine_proxy import EngineProxy
+from tests.harness.app import run_container, unique
+from tests.harness.engine_proxy import EngineProxy
 from tests.test_openapi import app_routes
 
 REMOTE_ADDR = "127.0.0.2"

@@ -21,7 +21,7 @@ from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, RUNTIMES, TOKENS
-from tests.conftest import base_config, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, run_container, unique, wait_for, ws_connect
 
 CAP = 64
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from nekzusd.keys import RATE_LIMITER, TOKENS
-from tests.conftest import run_container, unique, wait_for
+from tests.harness.app import run_container, unique, wait_for
 
 C = "/api/v1/containers"
 PROXY = "127.0.0.2"

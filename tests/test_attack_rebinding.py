@@ -21,7 +21,7 @@ from nekzusd import config as config_mod
 from nekzusd.config import ConfigError
 from nekzusd.hostnames import CACHE_SIZE, ServerNames, normalise, own_names
 from nekzusd.keys import TOKENS
-from tests.conftest import next_message, run_container, unique, wait_for
+from tests.harness.app import next_message, run_container, unique, wait_for
 
 C = "/api/v1/containers"
 ATTACKER = "rebind.attacker.example:8443"

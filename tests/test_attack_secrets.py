@@ -24,8 +24,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tests.conftest import next_message, unique, wait_for, ws_connect
-from tests.engines import Engine
+from tests.harness.app import next_message, unique, wait_for, ws_connect
+from tests.harness.engines import Engine
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
 C = "/api/v1/containers"
@@ -284,7 +284,7 @@ def test_kubernetes_details_mask_a_secret_in_labels_annotations_and_the_last_app
 
 async def test_podman_rows_and_inspect_hide_the_secret_too(podman_engine: Engine, make_client, tmp_path: Path) -> None:
     """Podman's Docker-compatible API goes through the same runtime and the same policy."""
-    from tests.conftest import base_config
+    from tests.harness.app import base_config
 
     client = await make_client(base_config(podman_engine, tmp_path / "state"))
     secret = "podpw-7Lk3Mn9"

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from nekzusd.auth import load_or_create_secret
-from tests.conftest import run_container, unique
+from tests.harness.app import run_container, unique
 
 REMOTE_ADDR = "127.0.0.2"
 ISS = AUD = "nekzus"

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.engine  # a dockerd of its own, in a subprocess
 def test_quick_run_of_every_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--containers", "3", "--json", str(out)],

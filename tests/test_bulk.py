@@ -11,8 +11,8 @@ import pytest
 
 from nekzusd.concurrency import gather_all
 from nekzusd.errors import ApiError
-from tests.conftest import next_message, run_container, unique, ws_connect
-from tests.engines import Engine
+from tests.harness.app import next_message, run_container, unique, ws_connect
+from tests.harness.engines import Engine
 
 APP = {"nekzus.app.id": "grafana"}
 # Takes a second to stop, so that operations in flight overlap visibly in the engine's events.

@@ -9,7 +9,7 @@ import pytest
 from nekzusd.actions import ACTIONS
 from nekzusd.keys import OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
-from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, next_message, run_container, unique, wait_for, ws_connect
 
 GRAFANA = {"nekzus.app.id": "grafana"}
 

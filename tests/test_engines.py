@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import BUSYBOX, GRACE_PERIOD, Engine, EngineUnavailable, start_dockerd, start_podman
+from tests.harness.engines import BUSYBOX, GRACE_PERIOD, Engine, EngineUnavailable, start_dockerd, start_podman
+
+pytestmark = pytest.mark.engine  # starts its own engines
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_docker_stale_leftovers_do_not_break_start(tmp_path_factory):
     old.run("left-over", "sleep 100000")
     old_pids = old._stale_processes()
     assert len(old_pids) >= 4  # dockerd, containerd, shim, sh (+ sleep)
-    from tests.engines import _LIVE_ENGINES
+    from tests.harness.engines import _LIVE_ENGINES
 
     _LIVE_ENGINES.remove(old)  # forget it, as a crashed process would
     old._proc = None

@@ -14,9 +14,8 @@ import pytest
 import yaml
 
 from nekzusd.keys import TOKENS
-from tests.conftest import run_container, unique
-from tests.k8s_fixtures import k8s_api, k8s_client  # noqa: F401  (fixtures)
-from tests.engines import BUSYBOX
+from tests.harness.app import run_container, unique
+from tests.harness.engines import BUSYBOX
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
 C = "/api/v1/containers"

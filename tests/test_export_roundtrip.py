@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import unique
-from tests.engines import BUSYBOX, shell_cmd
+from tests.harness.app import unique
+from tests.harness.engines import BUSYBOX, shell_cmd
 
 COMPOSE = shutil.which("docker-compose")
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())

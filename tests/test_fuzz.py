@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from nekzusd.apidoc import DOCUMENT
-from tests.engines import Engine
+from tests.harness.engines import Engine
 
 DOC = json.loads(json.dumps(DOCUMENT))  # the served document (the packaged file plus the lifecycle paths)
 EXAMPLES = int(os.environ.get("NEKZUSD_FUZZ_EXAMPLES", "40"))  # per operation and mode

@@ -15,8 +15,8 @@ from aiohttp import web
 from yarl import URL
 
 from nekzusd.validation import MAX_BODY, MAX_IDS
-from tests.conftest import run_container, unique
-from tests.engine_proxy import EngineProxy
+from tests.harness.app import run_container, unique
+from tests.harness.engine_proxy import EngineProxy
 
 class RecordingProxy(EngineProxy):
     """Keeps the method and raw path of every request the daemon sends to the engine."""

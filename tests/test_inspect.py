@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 
 from nekzusd.auth import Tokens, load_or_create_secret
-from tests.conftest import unique
-from tests.engines import Engine
+from tests.harness.app import unique
+from tests.harness.engines import Engine
 
 SECRET = "hunter2hunter2"
 SHORT = "abc12"  # below secrets.MIN_REPEATED_SECRET: masked in Env, not hunted elsewhere

@@ -16,9 +16,8 @@ import pytest
 from nekzusd.errors import ApiError
 from nekzusd.keys import HEALTH, OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
-from tests.conftest import next_message, wait_for, ws_connect
-from tests.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_config,  # noqa: F401
-                                pods_of, running_pods)
+from tests.harness.app import next_message, wait_for, ws_connect
+from tests.harness.k8s_fixtures import APP_ID, bare_pod, deployment, k8s_config, pods_of, running_pods
 
 pytestmark = pytest.mark.kubernetes
 K8S = "runtime=kubernetes"

@@ -21,7 +21,7 @@ from aiohttp import web
 from nekzusd.errors import ApiError, EngineError
 from nekzusd.keys import RUNTIMES
 from nekzusd.runtimes import Ref
-from tests.conftest import next_message, ws_connect
+from tests.harness.app import next_message, ws_connect
 
 DATA = Path(__file__).parent / "data" / "k8s"
 POD = json.loads((DATA / "pod-running.json").read_text())

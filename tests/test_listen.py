@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from nekzusd.listen import ConnectionLimits, open_sockets, peer_address
-from tests.conftest import base_config
-from tests.netattack import LimitedDaemon, connect, read_until_closed, still_open
+from tests.harness.app import base_config
+from tests.harness.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
 pytestmark = pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this kernel")
 

@@ -15,8 +15,8 @@ import pytest
 
 from nekzusd.listen import install_loop_exception_handler
 from nekzusd.logthrottle import Throttle, printable
-from tests.conftest import base_config
-from tests.netattack import LimitedDaemon, connect, read_until_closed
+from tests.harness.app import base_config
+from tests.harness.netattack import LimitedDaemon, connect, read_until_closed
 
 GARBAGE = [
     b"GARBAGE\r\n\r\n",

@@ -19,7 +19,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from nekzusd import hub
 from nekzusd.keys import LOG_STREAMS
-from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 

@@ -9,7 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from nekzusd.auth import Tokens
-from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
 
 
 async def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import nspawn
-from tests.engines import EngineUnavailable, start_dockerd
-from tests.nspawn import Machine, wait_for
+from tests.harness import nspawn
+from tests.harness.engines import EngineUnavailable, start_dockerd
+from tests.harness.nspawn import Machine, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_GID = 4242  # the container's docker group; the test engine's socket is given this group

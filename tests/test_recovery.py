@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
-from tests.engine_proxy import EngineProxy, end_to_end
+from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.engine_proxy import EngineProxy, end_to_end
 
 
 async def _status(client, path: str = "/api/v1/containers?all=true") -> int:

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from tests.conftest import base_config, run_container, unique
-from tests.test_cli import Daemon
+from tests.harness.app import base_config, run_container, unique
+from tests.harness.daemon import Daemon
 
 CLIENTS = 3
 

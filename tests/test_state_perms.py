@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from nekzusd.statedir import judge
-from tests.conftest import base_config
-from tests.test_cli import ROOT, Daemon
+from tests.harness.app import base_config
+from tests.harness.daemon import ROOT, Daemon
 
 UMASK_022 = ("sh", "-c", 'umask 022 && exec "$@"', "sh")
 

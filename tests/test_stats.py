@@ -15,8 +15,8 @@ import pytest
 from nekzusd.keys import RUNTIMES
 from nekzusd.runtimes.docker_objects import podman_sample, sample_from_stats
 from nekzusd.stats import cpu_cores
-from tests.conftest import base_config, run_container, unique, wait_for
-from tests.engines import Engine
+from tests.harness.app import base_config, run_container, unique, wait_for
+from tests.harness.engines import Engine
 
 APP = {"nekzus.app.id": "grafana"}
 LIMIT = 256 * 2**20

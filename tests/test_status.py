@@ -19,7 +19,7 @@ from nekzusd.auth import Tokens
 from nekzusd.keys import OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
 from nekzusd.status import gather
-from tests.conftest import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 

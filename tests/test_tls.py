@@ -13,7 +13,7 @@ from cryptography import x509
 from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.tls import ensure_self_signed, ssl_context
-from tests.conftest import base_config
+from tests.harness.app import base_config
 
 
 def test_certificate_is_made_once_with_a_private_key_file(tmp_path):

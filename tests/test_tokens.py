@@ -242,8 +242,8 @@ async def test_real_daemon_applies_a_revocation_on_sighup(engine, tmp_path):
     keeps serving and logs no traceback."""
     import signal
 
-    from tests.conftest import base_config
-    from tests.test_cli import Daemon
+    from tests.harness.app import base_config
+    from tests.harness.daemon import Daemon
 
     config = base_config(engine, tmp_path / "d" / "state")
     config["auth"] = {"local_networks": ["127.0.0.1/32"]}

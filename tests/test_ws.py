@@ -8,7 +8,7 @@ from aiohttp import WSMsgType
 
 from nekzusd import ws as ws_module
 from nekzusd.auth import Tokens, load_or_create_secret
-from tests.conftest import ws_connect
+from tests.harness.app import ws_connect
 
 
 def remote_config(config_data: dict) -> dict:

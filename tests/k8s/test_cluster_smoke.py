@@ -15,7 +15,7 @@ import time
 import aiohttp
 import pytest
 
-from .cluster import Cluster
+from tests.harness.k8s.cluster import Cluster
 
 pytestmark = pytest.mark.kubernetes
 

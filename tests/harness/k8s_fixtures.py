@@ -1,5 +1,6 @@
 """Fixtures for the Kubernetes runtime's tests: a daemon app configured with both Docker and Kubernetes,
-on the session's real (kubelet-less) control plane (``k8s_cluster`` in tests/conftest.py)."""
+on the session's real (kubelet-less) control plane (``k8s_cluster`` in tests/harness/fixtures.py).
+The fixtures are registered for every test by tests/conftest.py: ask for them by name, import the helpers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from tests.conftest import base_config
-from tests.k8s.cluster import Cluster
+from tests.harness.app import base_config
+from tests.harness.k8s.cluster import Cluster
 
 NAMESPACES = ["default", "team-a"]  # the daemon's; the cluster also has forbidden-ns, which it must refuse
 IMAGE = "localhost/busybox:latest"

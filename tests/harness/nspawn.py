@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tests.harness.machine import refuse_engines_if_asked
+
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make", "libnss-systemd")
 CACHE = Path(os.environ.get("NEKZUSD_NSPAWN_CACHE", Path.home() / ".cache" / "nekzusd-nspawn"))
@@ -135,6 +137,7 @@ class Machine:
 
     def boot(self, timeout: float = 120) -> float:
         """Boot and wait until systemd reports the system up; returns the seconds it took."""
+        refuse_engines_if_asked("a systemd-nspawn machine")
         started = time.monotonic()
         args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit",
                 "--console=passive", f"--machine=nkd{os.getpid()}"]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_cli import Daemon
+from tests.harness.daemon import Daemon
 
 
 class LimitedDaemon(Daemon):

@@ -406,8 +406,7 @@ def _atexit_cleanup() -> None:
                 pass
 
 
-def _choose_address_pool() -> str:
-    """A /20 of 198.18.0.0/15 that no current host route overlaps (other engines may be up)."""
+def _route_ranges() -> list[tuple[int, int]]:
     routes = []
     try:
         with open("/proc/net/route") as fh:
@@ -420,16 +419,68 @@ def _choose_address_pool() -> str:
                     routes.append((dest & mask, (dest & mask) | (~mask & 0xFFFFFFFF)))
     except OSError:
         pass
-    base = (198 << 24) | (18 << 16)
-    first = (os.getpid() + time.monotonic_ns() // 1000) % 32
-    for i in range(32):
-        lo = base + (((first + i) % 32) << 12)
-        hi = lo + (1 << 12) - 1
-        if lo == base:  # leave 198.18.0.0/20 to hand-made setups
-            continue
-        if not any(r_lo <= hi and lo <= r_hi for r_lo, r_hi in routes):
-            return f"{lo >> 24}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.0/20"
+    return routes
+
+
+def _pool_reservations() -> Path:
+    from tests.harness.machine import LOCK_DIR  # not at the top: the watchdog runs this file as a script
+
+    return LOCK_DIR / "address-pools"
+
+
+def _choose_address_pool(preferred: str | None = None) -> str:
+    """A /20 of 198.18.0.0/15 that no current host route overlaps and no other live engine has reserved.
+
+    Host routes only appear once a network exists, so two dockerds started at the same moment (two pytest
+    workers, two checkouts) would see the same free pools: the choice is made under a machine-wide lock
+    and written to a reservation file ("pool pid" lines; those of dead processes no longer count)."""
+    from tests.harness.machine import machine_lock
+
+    reservations = _pool_reservations()
+    with machine_lock("address-pools"):
+        try:
+            lines = reservations.read_text().split("\n")
+        except OSError:
+            lines = []
+        held: dict[str, int] = {}
+        for line in lines:
+            pool, _, pid = line.partition(" ")
+            if pid.isdigit() and _pid_alive(int(pid)):
+                held[pool] = int(pid)
+        routes = _route_ranges()
+        base = (198 << 24) | (18 << 16)
+        first = (os.getpid() + time.monotonic_ns() // 1000) % 32
+        candidates = []
+        for i in range(32):
+            lo = base + (((first + i) % 32) << 12)
+            if lo == base:  # leave 198.18.0.0/20 to hand-made setups
+                continue
+            candidates.append(f"{lo >> 24}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.0/20")
+        if preferred is not None:
+            candidates.insert(0, preferred)
+        for pool in candidates:
+            if held.get(pool, os.getpid()) != os.getpid():
+                continue
+            net_lo = sum(int(part) << (24 - 8 * i) for i, part in enumerate(pool.split("/")[0].split(".")))
+            net_hi = net_lo + (1 << 12) - 1
+            if pool != preferred and any(r_lo <= net_hi and net_lo <= r_hi for r_lo, r_hi in routes):
+                continue
+            held[pool] = os.getpid()
+            reservations.write_text("".join(f"{p} {pid}\n" for p, pid in sorted(held.items())))
+            return pool
     raise EngineError("no free /20 in 198.18.0.0/15 for a private dockerd address pool")
+
+
+def _release_address_pool(pool: str) -> None:
+    from tests.harness.machine import machine_lock
+
+    reservations = _pool_reservations()
+    with machine_lock("address-pools"):
+        try:
+            lines = reservations.read_text().splitlines()
+        except OSError:
+            return
+        reservations.write_text("".join(f"{line}\n" for line in lines if line != f"{pool} {os.getpid()}"))
 
 
 class Engine:
@@ -684,6 +735,9 @@ class Engine:
         with self._lock:
             if self.is_running():
                 return
+            from tests.harness.machine import refuse_engines_if_asked  # (the watchdog runs this file alone)
+
+            refuse_engines_if_asked(f"a private {self.kind} engine")
             self._check_binaries()
             self.base_dir.mkdir(parents=True, exist_ok=True)
             if self._proc is not None and self._proc.poll() is None:
@@ -693,8 +747,10 @@ class Engine:
                 self._sweep()
             self._remove_stale_files()
             self._ensure_reaper()
-            if self.kind == "docker" and self.address_pool is None:
-                self.address_pool = _choose_address_pool()
+            if self.kind == "docker":
+                # Reserved again after a stop() (which gives it back); kept across restarts: the data dir's
+                # networks were made from it.
+                self.address_pool = _choose_address_pool(self.address_pool)
             if self.storage_driver is not None:
                 drivers = [self.storage_driver]  # keep the data readable across restarts
             else:
@@ -772,6 +828,8 @@ class Engine:
                 pass
             if self in _LIVE_ENGINES:
                 _LIVE_ENGINES.remove(self)
+            if self.address_pool is not None:
+                _release_address_pool(self.address_pool)
 
     def kill(self) -> None:
         """SIGKILL the daemon's process group (fault injection).  Containers' own processes

@@ -2,7 +2,7 @@
 
 Typical use in a pytest file::
 
-    from tests.k8s.cluster import Cluster, require_cluster  # or: from .cluster import ...
+    from tests.harness.k8s.cluster import Cluster, require_cluster
 
     @pytest.fixture(scope="session")
     def k8s(tmp_path_factory):
@@ -79,7 +79,7 @@ def available(build_if_missing: bool = True) -> tuple[bool, str]:
         _available = (True, "")
         return _available
     if not build_if_missing or os.environ.get("NEKZUSD_K8S_BUILD") == "0":
-        return (False, f"Kubernetes test binaries not built in {BIN_DIR} (run tests/k8s/cluster.sh build)")
+        return (False, f"Kubernetes test binaries not built in {BIN_DIR} (run tests/harness/k8s/cluster.sh build)")
     missing = [t for t in ("bash", "curl", "openssl", "apt-get", "dpkg-query", "setsid", "flock")
                if shutil.which(t) is None]
     if shutil.which("apt-get") is None:
@@ -146,6 +146,9 @@ class Cluster:
         (about 5 s warm).  Returns the paths and URL; also kept as ``self.info``."""
         if self.info is not None:
             raise RuntimeError("cluster already started")
+        from tests.harness.machine import refuse_engines_if_asked
+
+        refuse_engines_if_asked("a Kubernetes control plane")
         ok, reason = available()
         if not ok:
             raise RuntimeError(reason)
