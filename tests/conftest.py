@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.app import (  # noqa: F401  (older tests import these from here)
-    base_config, next_message, run_container, unique, wait_for, ws_connect)
-from tests.harness.fixtures import (  # noqa: F401  (fixtures, registered by being imported here)
-    client, config_data, docker_engine, engine, k8s_cluster, make_client, podman_engine, remote_client)
-from tests.harness.k8s_fixtures import k8s_api, k8s_client  # noqa: F401  (fixtures)
+# Helpers, for tests that still import them from here (new tests: from tests.harness.app import ...).
+from tests.harness.app import base_config, next_message, run_container, unique, wait_for, ws_connect  # noqa: F401
+# Fixtures are registered by being imported here.
+from tests.harness.fixtures import client, config_data, docker_engine, engine, make_client  # noqa: F401
+from tests.harness.fixtures import k8s_cluster, podman_engine, remote_client  # noqa: F401
+from tests.harness.k8s_fixtures import k8s_api, k8s_client  # noqa: F401
 from tests.harness.scheduling import end_run, mark_items, start_run, turn
 
 

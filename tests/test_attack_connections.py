@@ -22,14 +22,14 @@ from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, RUNTIMES
-from tests.harness.app import base_config, run_container, unique
+from tests.harness.app import base_config, remote_config, remote_connector, remote_session, run_container, unique
 from tests.harness.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
 HEAD_TIMEOUT = 1.5
 
 
 def attack_config(engine, state: Path, **server: Any) -> dict[str, Any]:
-    data = base_config(engine, state, auth={"local_networks": ["127.0.0.1/32"]})
+    data = remote_config(base_config(engine, state))
     data["server"].update({"head_timeout": HEAD_TIMEOUT, **server})
     return data
 
@@ -177,7 +177,7 @@ async def test_per_client_cap_refuses_the_excess_and_spares_others(start) -> Non
         for sock in held + owner:
             assert await still_open(sock, 0.05)
         # Another address and the owner are served meanwhile.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as http:
+        async with remote_session("127.0.0.3") as http:
             async with http.get(daemon.base_url + "/healthz") as resp:
                 assert resp.status == 200
         assert await owner_get(daemon, "/healthz") == 200
@@ -187,7 +187,7 @@ async def test_per_client_cap_refuses_the_excess_and_spares_others(start) -> Non
     # Once its connections are gone, the address is served again.
     async with asyncio.timeout(10):
         while True:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as http:
+            async with remote_session() as http:
                 try:
                     async with http.get(daemon.base_url + "/healthz") as resp:
                         if resp.status == 200:
@@ -312,7 +312,7 @@ async def test_tls_listener_cuts_silent_handshakes_and_slow_heads_and_caps_per_c
     sends half a head, is cut after the head timeout; the per-client cap counts it from accept()."""
     daemon = await start(tls={"mode": "auto"}, head_timeout=2, max_connections_per_client=2)
     assert daemon.base_url.startswith("https://")
-    insecure = aiohttp.TCPConnector(ssl=False, local_addr=("127.0.0.2", 0))
+    insecure = remote_connector(ssl=False)
     async with aiohttp.ClientSession(connector=insecure) as http:
         async with http.get(daemon.base_url + "/healthz") as resp:
             assert resp.status == 200

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 import pytest
 import yaml
 
@@ -21,7 +20,7 @@ from nekzusd.errors import EngineError
 from nekzusd.keys import RUNTIMES, TOKENS
 from nekzusd.runtimes.base import Ref
 from nekzusd.runtimes.docker import engine_path
-from tests.harness.app import base_config, run_container, unique
+from tests.harness.app import base_config, remote_config, remote_session, run_container, unique
 from tests.harness.engines import Engine
 
 C = "/api/v1/containers"
@@ -51,11 +50,10 @@ def remove_networks(engine: Engine, ids: list[str]) -> None:
 @pytest.fixture
 async def remote(make_client, engine, tmp_path):
     """The daemon, with 127.0.0.2 a remote address, a read token, and a session from 127.0.0.2."""
-    data = base_config(engine, tmp_path / "state", auth={"local_networks": ["127.0.0.1/32"]})
+    data = remote_config(base_config(engine, tmp_path / "state"))
     client = await make_client(data)
     token = client.app[TOKENS].create("reader", ["read:containers"], 600)
-    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-    async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {token}"}) as http:
+    async with remote_session(headers={"Authorization": f"Bearer {token}"}) as http:
         yield client, http
 
 

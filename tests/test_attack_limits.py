@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -23,22 +22,17 @@ from nekzusd.config import AppConfig
 from nekzusd.keys import RATE_LIMITER
 from nekzusd.runtimes import Container
 from nekzusd.views.apps import MAX_CONTAINER_NAME, MAX_CONTAINERS, MAX_NAME
-from tests.harness.app import run_container, unique
+from tests.harness.app import remote_config, run_container, unique
 from tests.harness.engine_proxy import EngineProxy
 from tests.test_openapi import app_routes
 
-REMOTE_ADDR = "127.0.0.2"
 
 
 def remote(config_data: dict[str, Any], **rate_limit: Any) -> dict[str, Any]:
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
+    remote_config(config_data)
     if rate_limit:
         config_data["rate_limit"] = rate_limit
     return config_data
-
-
-async def remote_client(make_client, config_data):
-    return await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0)))
 
 
 def token(config_data: dict[str, Any], scopes: list[str]) -> dict[str, str]:
@@ -49,10 +43,10 @@ def token(config_data: dict[str, Any], scopes: list[str]) -> dict[str, str]:
 
 # --- rate-limit gaps ----------------------------------------------------------------------------
 
-async def test_status_page_metrics_and_probes_share_the_status_pool(make_client, config_data):
+async def test_status_page_metrics_and_probes_share_the_status_pool(remote_client, config_data):
     """A remote reader flooding the status page (each load listed containers from the engine) is limited;
     the other pools are untouched."""
-    client = await remote_client(make_client, remote(config_data, status={"per_minute": 6, "burst": 3}))
+    client = await remote_client(remote(config_data, status={"per_minute": 6, "burst": 3}))
     read = token(config_data, ["read:*"])
     seen = []
     for path in ("/", "/metrics", "/readyz"):
@@ -71,10 +65,10 @@ async def test_status_page_metrics_and_probes_share_the_status_pool(make_client,
         assert resp.status == 200  # another pool
 
 
-async def test_every_route_spends_a_token_of_some_pool(make_client, config_data):
+async def test_every_route_spends_a_token_of_some_pool(remote_client, config_data):
     """Each route the app registers (and a path none matches) answers a remote client with RateLimit-*
     headers, i.e. it is in a pool: a route added later cannot be left out by accident."""
-    client = await remote_client(make_client, remote(config_data, **{
+    client = await remote_client(remote(config_data, **{
         pool: {"per_minute": 600, "burst": 1000} for pool in ("containers", "apps", "websocket", "status")}))
     routes = sorted(app_routes(client.app))
     assert len(routes) > 25
@@ -130,8 +124,8 @@ async def test_a_local_flood_of_the_status_page_shares_one_listing(engine, make_
 
 # --- the probes tell strangers nothing but up or down ----------------------------------------------
 
-async def test_probes_answer_strangers_with_the_status_only(make_client, config_data, engine):
-    client = await remote_client(make_client, remote(config_data))
+async def test_probes_answer_strangers_with_the_status_only(remote_client, config_data, engine):
+    client = await remote_client(remote(config_data))
     async with client.get("/readyz") as resp:
         assert resp.status == 200 and await resp.json() == {"status": "ready"}
     async with client.get("/healthz") as resp:
@@ -146,9 +140,9 @@ async def test_probes_answer_strangers_with_the_status_only(make_client, config_
         assert set(await resp.json()) == {"status", "version", "uptimeSeconds"}
 
 
-async def test_a_down_engine_is_not_described_to_strangers(make_client, config_data, tmp_path):
+async def test_a_down_engine_is_not_described_to_strangers(make_client, config_data, tmp_path, remote_client):
     config_data["runtimes"] = {"docker": {"host": f"unix://{tmp_path}/absent.sock"}}
-    client = await remote_client(make_client, remote(config_data))
+    client = await remote_client(remote(config_data))
     async with client.get("/readyz") as resp:
         assert resp.status == 503 and await resp.json() == {"status": "not_ready"}
     local = await make_client(config_data)  # same config: 127.0.0.1 is local

@@ -21,14 +21,14 @@ from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, RUNTIMES, TOKENS
-from tests.harness.app import base_config, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, remote_config, remote_session, run_container, unique, wait_for, ws_connect
 
 CAP = 64
 
 
 @pytest.fixture
 async def daemon(aiohttp_client, engine, tmp_path):
-    data = base_config(engine, tmp_path / "state", auth={"local_networks": ["127.0.0.1/32"]})
+    data = remote_config(base_config(engine, tmp_path / "state"))
     app = create_app(config_mod.parse(data, env={}), budget=replace(Budget.current(), log_streams=CAP))
     return await aiohttp_client(app)
 
@@ -63,7 +63,7 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse, ids: list[str]) -> list
 
 
 def session(address: str) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+    return remote_session(address)
 
 
 async def test_remote_clients_get_a_share_and_the_owner_keeps_a_reserve(daemon, containers) -> None:

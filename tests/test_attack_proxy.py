@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 
 from nekzusd.keys import RATE_LIMITER, TOKENS
-from tests.harness.app import run_container, unique, wait_for
+from tests.harness.app import remote_connector, run_container, unique, wait_for
 
 C = "/api/v1/containers"
 PROXY = "127.0.0.2"
@@ -45,7 +44,7 @@ def proxy_config(config_data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def through_proxy(make_client, config_data) -> Any:
-    return await make_client(proxy_config(config_data), connector=aiohttp.TCPConnector(local_addr=(PROXY, 0)))
+    return await make_client(proxy_config(config_data), connector=remote_connector(PROXY))
 
 
 def forwarded(xff: str | None) -> dict[str, str]:

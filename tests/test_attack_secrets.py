@@ -24,7 +24,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tests.harness.app import next_message, unique, wait_for, ws_connect
+from tests.harness.app import next_message, remote_reader, unique, wait_for, ws_connect
 from tests.harness.engines import Engine
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
@@ -365,8 +365,7 @@ def missed_leaks(text: str) -> list[str]:
 
 
 async def test_a_read_token_sees_none_of_the_missed_names_shapes_or_declaration_maps(
-        engine: Engine, make_client, config_data) -> None:
-    from tests.test_inspect import remote_reader
+        engine: Engine, remote_client, config_data) -> None:
 
     name = unique("missed")
     full_id, network, volume = await asyncio.to_thread(create_missed_stack, engine, name)
@@ -376,7 +375,7 @@ async def test_a_read_token_sees_none_of_the_missed_names_shapes_or_declaration_
         raw += json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/volumes/{volume}"))
         assert not [s for s in MISSED_SECRETS if s not in raw]  # the engine holds every one of them
 
-        client, read = await remote_reader(make_client, config_data)
+        client, read = await remote_reader(remote_client, config_data)
         answers: dict[str, str] = {}
         for path in (f"{C}?all=true", f"{C}/{full_id[:12]}", f"{C}/{name}"):
             response = await client.get(path, headers=read)
@@ -434,11 +433,10 @@ async def test_a_read_token_sees_none_of_the_missed_names_shapes_or_declaration_
 
 
 async def test_a_start_error_quoting_an_env_secret_reaches_no_read_token_client(
-        engine: Engine, make_client, config_data, caplog) -> None:
+        engine: Engine, remote_client, config_data, caplog) -> None:
     """The command is the container's own DB_PASSWORD: the engine's error quotes it. No shape reveals it, so
     the operation masks the container's secret values (looked up on failure) before anyone hears of it."""
     from nekzusd.keys import TOKENS
-    from tests.test_inspect import remote_reader
 
     caplog.set_level(logging.DEBUG)
     secret = "dbpassSECRET23x"
@@ -448,7 +446,7 @@ async def test_a_start_error_quoting_an_env_secret_reaches_no_read_token_client(
     status, data = await asyncio.to_thread(engine.api, "POST", f"/containers/{cid}/start")
     assert status >= 400 and secret.encode() in data  # the engine's own message repeats it
 
-    client, read = await remote_reader(make_client, config_data)
+    client, read = await remote_reader(remote_client, config_data)
     owner = {"Authorization": f"Bearer {client.app[TOKENS].create('owner', ['read:containers', 'write:containers'], 300)}"}
     ws = await client.ws_connect("/api/v1/ws")
     try:

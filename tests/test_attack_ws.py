@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType
@@ -23,21 +22,11 @@ from nekzusd import auth, ws as ws_module
 from nekzusd.auth import Tokens, load_or_create_secret
 from tests.test_input_limits import RecordingProxy
 
-REMOTE_ADDR = "127.0.0.2"
-
-
-def remote_config(config_data: dict[str, Any]) -> dict[str, Any]:
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}  # 127.0.0.2 is remote
-    return config_data
 
 
 def tokens_for(config_data: dict[str, Any]) -> Tokens:
     secret = load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret")
     return Tokens(secret, "nekzus", "nekzus")
-
-
-async def remote(make_client, config_data):
-    return await make_client(remote_config(config_data), connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0)))
 
 
 async def authenticate(ws, token: str) -> None:
@@ -78,9 +67,9 @@ def no_tracebacks(caplog) -> None:
     assert not bad, [r.getMessage() for r in bad]
 
 
-async def test_deeply_nested_frame_before_and_after_auth(make_client, config_data, caplog):
+async def test_deeply_nested_frame_before_and_after_auth(remote_client, config_data, caplog):
     """60,000 ``[`` raised RecursionError in the standard json module: a traceback on an upgraded socket."""
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     token = tokens_for(config_data).create("phone", ["read:*"], 600)
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_str("[" * 60_000)  # before authenticating
@@ -104,8 +93,8 @@ async def test_deeply_nested_frame_before_and_after_auth(make_client, config_dat
     "NaN", '{"type":"ping","data":{"x":NaN}}', '{"type":"ping","data":{"x":' + "9" * 5000 + "}}",
     '{"type":"ping"', "{'type':'ping'}", '{"type":"ping"}garbage', "\ufeff{}",
 ])
-async def test_frames_that_are_not_envelopes_get_invalid_message(make_client, config_data, caplog, raw):
-    client = await remote(make_client, config_data)
+async def test_frames_that_are_not_envelopes_get_invalid_message(remote_client, config_data, caplog, raw):
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await authenticate(ws, tokens_for(config_data).create("phone", ["read:*"], 600))
     await ws.send_str(raw)
@@ -115,8 +104,8 @@ async def test_frames_that_are_not_envelopes_get_invalid_message(make_client, co
     no_tracebacks(caplog)
 
 
-async def test_binary_frames_are_refused_and_the_connection_stays(make_client, config_data, caplog):
-    client = await remote(make_client, config_data)
+async def test_binary_frames_are_refused_and_the_connection_stays(remote_client, config_data, caplog):
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_bytes(b'{"type":"ping"}')  # before auth, too
     await expect_error(ws, "INVALID_MESSAGE")
@@ -128,16 +117,16 @@ async def test_binary_frames_are_refused_and_the_connection_stays(make_client, c
     no_tracebacks(caplog)
 
 
-async def test_invalid_utf8_text_frame_is_closed_1007(make_client, config_data, caplog):
-    client = await remote(make_client, config_data)
+async def test_invalid_utf8_text_frame_is_closed_1007(remote_client, config_data, caplog):
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_frame(b'{"type":"ping","data":{"x":"\xff\xfe\xc3"}}', WSMsgType.TEXT)
     await closed_with(ws, 1007)
     no_tracebacks(caplog)
 
 
-async def test_oversized_frame_is_closed_1009(make_client, config_data, caplog):
-    client = await remote(make_client, config_data)
+async def test_oversized_frame_is_closed_1009(remote_client, config_data, caplog):
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_str('{"type":"auth","data":{"token":"' + "a" * (ws_module.MAX_MESSAGE + 10) + '"}}')
     await closed_with(ws, 1009)
@@ -145,12 +134,12 @@ async def test_oversized_frame_is_closed_1009(make_client, config_data, caplog):
 
 
 @pytest.fixture
-async def proxied_remote(engine, make_client, config_data, tmp_path):
+async def proxied_remote(engine, remote_client, config_data, tmp_path):
     """A daemon whose engine traffic goes through a RecordingProxy, seen from 127.0.0.2 (remote)."""
     proxy = RecordingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
     await proxy.start()
     config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     yield client, proxy
     await client.close()
     await proxy.stop()
@@ -192,9 +181,9 @@ async def test_local_clients_have_a_message_budget_too(client, caplog):
     no_tracebacks(caplog)
 
 
-async def test_a_client_within_the_budget_is_never_limited(make_client, config_data):
+async def test_a_client_within_the_budget_is_never_limited(remote_client, config_data):
     """The control: a client that paces itself under the rate keeps its connection, however long."""
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await authenticate(ws, tokens_for(config_data).create("phone", ["read:*"], 600))
     for _ in range(ws_module.RATE_BURST + 20):  # more than a burst, sent as fast as replies come back
@@ -209,9 +198,9 @@ async def test_a_client_within_the_budget_is_never_limited(make_client, config_d
 
 
 @pytest.mark.parametrize("how", ["message", "header"])
-async def test_session_ends_when_its_token_expires(make_client, config_data, monkeypatch, how):
+async def test_session_ends_when_its_token_expires(remote_client, config_data, monkeypatch, how):
     monkeypatch.setattr(auth, "LEEWAY", 0)  # a timing constant: the token is accepted until exp exactly
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     token = tokens_for(config_data).create("phone", ["read:*"], 3)  # exp in whole seconds: 2 to 3 s from now
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     if how == "message":
@@ -226,11 +215,11 @@ async def test_session_ends_when_its_token_expires(make_client, config_data, mon
     assert "expired" in seen[-1]["data"]["message"]
 
 
-async def test_expiry_timer_is_cancelled_when_the_client_leaves(make_client, config_data):
+async def test_expiry_timer_is_cancelled_when_the_client_leaves(remote_client, config_data):
     """A session that ends first leaves no timer behind (the hub holds no client, nothing fires later)."""
     from nekzusd.keys import HUB
 
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     await authenticate(ws, tokens_for(config_data).create("phone", ["read:*"], 3600))
     hub = client.server.app[HUB]
@@ -243,9 +232,9 @@ async def test_expiry_timer_is_cancelled_when_the_client_leaves(make_client, con
             await asyncio.sleep(0.02)
 
 
-async def test_compressed_bomb_is_closed_1009(make_client, config_data, caplog):
+async def test_compressed_bomb_is_closed_1009(remote_client, config_data, caplog):
     """permessage-deflate: 8 MB of one letter compresses to a few KB; the limit holds on the inflated size."""
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws", compress=15)
     assert ws.compress  # the daemon accepted the extension: the attack is possible at all
     await ws.send_str('{"type":"ping","data":{"x":"' + "a" * (8 << 20) + '"}}')
@@ -253,7 +242,7 @@ async def test_compressed_bomb_is_closed_1009(make_client, config_data, caplog):
     no_tracebacks(caplog)
 
 
-async def test_token_with_an_infinite_expiry_is_refused_cleanly(make_client, config_data, caplog):
+async def test_token_with_an_infinite_expiry_is_refused_cleanly(remote_client, config_data, caplog):
     """Only someone holding the secret could make it, but it must still be a 401, not a 500."""
     import json
 
@@ -271,7 +260,7 @@ async def test_token_with_an_infinite_expiry_is_refused_cleanly(make_client, con
                        "exp": float("inf")})  # json writes Infinity
     signing = f"{b64(json.dumps(header).encode())}.{b64(body.encode())}"
     token = f"{signing}.{b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())}"
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     async with client.get("/api/v1/containers", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 401 and (await resp.json())["error"] == "UNAUTHORIZED"
     ws = await client.ws_connect("/api/v1/ws")
@@ -280,7 +269,7 @@ async def test_token_with_an_infinite_expiry_is_refused_cleanly(make_client, con
     no_tracebacks(caplog)
 
 
-async def test_token_with_a_deeply_nested_header_is_refused_cleanly(make_client, config_data, caplog):
+async def test_token_with_a_deeply_nested_header_is_refused_cleanly(remote_client, config_data, caplog):
     """PyJWT parses a token's header before checking its signature: 45,000 ``[`` in the header (WS auth
     message) and 5,000 (Bearer header, within aiohttp's 8 KiB field limit) must be a plain refusal."""
     import base64
@@ -288,7 +277,7 @@ async def test_token_with_a_deeply_nested_header_is_refused_cleanly(make_client,
     def token(depth: int) -> str:
         return base64.urlsafe_b64encode(b"[" * depth).rstrip(b"=").decode() + ".e30.c2ln"
 
-    client = await remote(make_client, config_data)
+    client = await remote_client(config_data)
     async with client.get("/api/v1/containers", headers={"Authorization": f"Bearer {token(5000)}"}) as resp:
         assert resp.status == 401 and (await resp.json())["error"] == "UNAUTHORIZED"
     ws = await client.ws_connect("/api/v1/ws")

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import jwt
 import pytest
 
@@ -141,12 +140,11 @@ def test_lax_permissions_are_tightened_with_a_warning_that_reveals_nothing(tmp_p
     assert "tightened to 600" in caplog.text and "k" * 40 not in caplog.text
 
 
-async def test_no_token_and_no_secret_in_any_log(make_client, config_data, engine, caplog):
+async def test_no_token_and_no_secret_in_any_log(remote_client, config_data, engine, caplog):
     """Drive the daemon with good, bad and forged tokens from a remote address, with every logger at
     DEBUG: neither a token nor the secret may appear in any record."""
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
     caplog.set_level(logging.DEBUG)
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    client = await remote_client(config_data)
     secret = load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret")
     tokens = Tokens(secret, "nekzus", "nekzus")
     now = int(time.time())

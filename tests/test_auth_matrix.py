@@ -16,22 +16,11 @@ import jwt
 import pytest
 
 from nekzusd.auth import load_or_create_secret
-from tests.harness.app import run_container, unique
+from tests.harness.app import remote_config, run_container, unique
 
-REMOTE_ADDR = "127.0.0.2"
 ISS = AUD = "nekzus"
 OTHER_SECRET = b"x" * 64
 GHOST_ID = "deadbeef0000"  # well-formed, absent: a refused caller must be refused before any lookup
-
-
-def remote_config(config_data: dict[str, Any]) -> dict[str, Any]:
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
-    return config_data
-
-
-async def remote_client(make_client, config_data):
-    return await make_client(remote_config(config_data),
-                             connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0)))
 
 
 def claims(scopes: list[str], **override: Any) -> dict[str, Any]:
@@ -155,8 +144,8 @@ async def call(client, route: Route, header: str | None, ids: dict[str, str]) ->
 
 @pytest.mark.parametrize("route", ROUTES, ids=[r.name for r in ROUTES])
 @pytest.mark.parametrize("token", BAD_TOKENS + ["no_scope"] + READERS + WRITERS)
-async def test_matrix(make_client, config_data, engine, token, route):
-    client = await remote_client(make_client, config_data)
+async def test_matrix(remote_client, config_data, engine, token, route):
+    client = await remote_client(config_data)
     status_want, code_want = expected(token, route)
     ids = {"id": GHOST_ID, "app": unique("app")}
     if route.container and status_want == route.success:
@@ -190,9 +179,9 @@ async def test_matrix(make_client, config_data, engine, token, route):
     ("read", "auth_success", None),
     ("star", "auth_success", None),
 ])
-async def test_websocket_first_message_auth(make_client, config_data, token, reply, code):
+async def test_websocket_first_message_auth(remote_client, config_data, token, reply, code):
     """The other way in: upgrade without credentials, then {"type":"auth"} as the first message."""
-    client = await remote_client(make_client, config_data)
+    client = await remote_client(config_data)
     secret = load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret")
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_json({"type": "auth", "data": {"token": raw_token(token, secret) if token else ""}})

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from nekzusd.auth import Tokens
-from tests.harness.app import base_config, run_container, unique
+from tests.harness.app import base_config, remote_config, remote_session, run_container, unique
 from tests.harness.daemon import ROOT, Daemon
 
 
@@ -104,13 +104,12 @@ async def test_sighup_reloads_apps_and_keeps_connections(daemon_factory, engine,
 
 async def test_one_log_line_per_request_and_no_secrets(daemon_factory, engine, tmp_path: Path) -> None:
     config = base_config(engine, tmp_path / "state-log")
-    config["auth"] = {"local_networks": ["127.0.0.1/32"]}  # 127.0.0.2 is remote
+    remote_config(config)  # 127.0.0.2 is remote
     daemon = await daemon_factory(config)
     secret = (tmp_path / "state-log" / "jwt.secret").read_bytes().strip()
     token = Tokens(secret, "nekzus", "nekzus").create("phone-of-ann", ["read:*"], 300)
     cid = await run_container(engine, unique("log"), labels={"nekzus.app.id": "grafana"})
-    remote = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-    async with aiohttp.ClientSession(connector=remote) as http:
+    async with remote_session() as http:
         async with http.get(f"{daemon.base_url}/api/v1/containers/{cid}?token=querysecret123",
                             headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
-import aiohttp
 
-from nekzusd.auth import Tokens, load_or_create_secret
-from tests.harness.app import unique
+from tests.harness.app import remote_reader, unique
 from tests.harness.engines import Engine
 
 SECRET = "hunter2hunter2"
@@ -29,16 +26,8 @@ def unordered(value):
     return value
 
 
-async def remote_reader(make_client, config_data):
-    """A client from a non-local address holding a read-only token."""
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
-    tokens = Tokens(load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret"), "nekzus", "nekzus")
-    return client, {"Authorization": f"Bearer {tokens.create('viewer', ['read:containers'], 300)}"}
-
-
 async def test_a_secret_repeated_in_command_healthcheck_labels_and_args_is_masked(
-        engine: Engine, make_client, config_data) -> None:
+        engine: Engine, remote_client, config_data) -> None:
     full_id = await asyncio.to_thread(
         engine.run, unique("leaky"),
         ["sh", "-c", f"trap 'exit 0' TERM; echo --password={SECRET}; sleep 100000 & wait", "--", SECRET],
@@ -50,7 +39,7 @@ async def test_a_secret_repeated_in_command_healthcheck_labels_and_args_is_maske
     raw = await asyncio.to_thread(engine.api_json, "GET", f"/containers/{full_id}/json")
     assert SECRET in json.dumps(raw["Config"]["Healthcheck"]) and SECRET in json.dumps(raw["Args"])  # the engine has it
 
-    client, headers = await remote_reader(make_client, config_data)
+    client, headers = await remote_reader(remote_client, config_data)
     response = await client.get(f"/api/v1/containers/{full_id[:12]}", headers=headers)
     assert response.status == 200, await response.text()
     text = await response.text()

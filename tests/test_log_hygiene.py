@@ -15,7 +15,7 @@ import pytest
 
 from nekzusd.listen import install_loop_exception_handler
 from nekzusd.logthrottle import Throttle, printable
-from tests.harness.app import base_config
+from tests.harness.app import base_config, remote_config
 from tests.harness.netattack import LimitedDaemon, connect, read_until_closed
 
 GARBAGE = [
@@ -35,7 +35,7 @@ GARBAGE = [
 
 @pytest.fixture
 async def daemon(engine, tmp_path: Path):
-    config = base_config(engine, tmp_path / "state", auth={"local_networks": ["127.0.0.1/32"]})
+    config = remote_config(base_config(engine, tmp_path / "state"))
     d = LimitedDaemon(tmp_path / "d", config)
     await d.start()
     yield d

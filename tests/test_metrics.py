@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from nekzusd.auth import Tokens
-from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import next_message, remote_session, run_container, unique, wait_for, ws_connect
 
 
 async def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -80,7 +79,7 @@ async def test_rate_limit_rejections_are_counted(make_client, config_data) -> No
     secret = (Path(config_data["state_dir"]) / "jwt.secret").read_bytes().strip()
     token = Tokens(secret, "nekzus", "nekzus").create("script", ["read:*"], 60)
     statuses = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as remote:
+    async with remote_session() as remote:
         for _ in range(5):
             async with remote.get(client.make_url("/api/v1/containers"),
                                   headers={"Authorization": f"Bearer {token}"}) as resp:
@@ -116,7 +115,7 @@ async def test_metrics_need_a_token_from_remote(make_client, config_data) -> Non
     url = client.make_url("/metrics")
     secret = (Path(config_data["state_dir"]) / "jwt.secret").read_bytes().strip()
     token = Tokens(secret, "nekzus", "nekzus").create("prometheus", ["read:*"], 60)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as remote:
+    async with remote_session() as remote:
         async with remote.get(url) as resp:
             assert resp.status == 401
         async with remote.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:

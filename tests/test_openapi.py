@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 
-import aiohttp
 import pytest
 from openapi_spec_validator import validate
 
@@ -107,9 +106,8 @@ def test_every_action_of_the_table_is_documented():
             assert "post" in DOC["paths"][path], path
 
 
-async def test_served_document_is_the_built_one_and_public(make_client, config_data):
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+async def test_served_document_is_the_built_one_and_public(remote_client, config_data):
+    client = await remote_client(config_data)
     async with client.get("/api/v1/openapi.json") as resp:  # a remote client without any token
         assert resp.status == 200 and resp.content_type == "application/json"
         assert await resp.json() == DOC
@@ -117,11 +115,10 @@ async def test_served_document_is_the_built_one_and_public(make_client, config_d
 
 @pytest.mark.parametrize("path, method, operation", list(operations()),
                          ids=[f"{m.upper()} {p}" for p, m, _ in operations()])
-async def test_unauthenticated_remote_calls_get_what_the_document_says(make_client, config_data, path, method,
+async def test_unauthenticated_remote_calls_get_what_the_document_says(remote_client, config_data, path, method,
                                                                      operation):
     """Without a token, from a remote address: 401 wherever a scope is declared, never where it is public."""
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    client = await remote_client(config_data)
     concrete = re.sub(r"\{[^}]+\}", "abc", path)
     async with client.request(method.upper(), concrete) as resp:
         await resp.read()

@@ -11,6 +11,7 @@ import pytest
 from nekzusd.config import RateLimitConfig, RatePool
 from nekzusd.keys import RATE_LIMITER
 from nekzusd.ratelimit import MAX_BUCKETS, Pool, RateLimiter, client_key, pool_name
+from tests.harness.app import remote_config
 
 ip = ipaddress.ip_address
 
@@ -185,17 +186,13 @@ def test_local_clients_exempt_unless_configured():
 # --- the running daemon ---------------------------------------------------------------------
 
 def remote(config_data, **rate_limit):
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
+    remote_config(config_data)
     config_data["rate_limit"] = rate_limit
     return config_data
 
 
-async def remote_client(make_client, config_data):
-    return await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
-
-
-async def test_container_routes_share_one_pool_with_headers(make_client, config_data):
-    client = await remote_client(make_client, remote(config_data, containers={"per_minute": 6, "burst": 3}))
+async def test_container_routes_share_one_pool_with_headers(remote_client, config_data):
+    client = await remote_client(remote(config_data, containers={"per_minute": 6, "burst": 3}))
     seen = []
     for path in ("/api/v1/containers", "/api/v1/containers/abc", "/api/v1/containers/stats"):
         async with client.get(path) as resp:
@@ -214,8 +211,8 @@ async def test_container_routes_share_one_pool_with_headers(make_client, config_
         assert resp.status == 401 and resp.headers["RateLimit-Remaining"] == "19"
 
 
-async def test_websocket_upgrade_has_its_own_pool(make_client, config_data):
-    client = await remote_client(make_client, remote(config_data, websocket={"per_minute": 1, "burst": 2}))
+async def test_websocket_upgrade_has_its_own_pool(remote_client, config_data):
+    client = await remote_client(remote(config_data, websocket={"per_minute": 1, "burst": 2}))
     remaining = []
     for _ in range(2):
         ws = await client.ws_connect("/api/v1/ws")

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from nekzusd.realip import client_address, parse_ip
+from tests.harness.app import remote_session
 
 ip = ipaddress.ip_address
 nets = lambda *n: tuple(ipaddress.ip_network(x) for x in n)  # noqa: E731
@@ -77,28 +78,25 @@ async def status_of(client, path="/api/v1/apps", **kwargs) -> int:
         return resp.status
 
 
-async def test_spoofed_forwarded_for_is_ignored_from_an_untrusted_peer(make_client, config_data):
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+async def test_spoofed_forwarded_for_is_ignored_from_an_untrusted_peer(remote_client, config_data):
+    client = await remote_client(config_data)
     assert await status_of(client) == 401
     assert await status_of(client, headers={"X-Forwarded-For": "127.0.0.1"}) == 401
     assert await status_of(client, headers={"X-Forwarded-For": "10.0.0.1, 127.0.0.1"}) == 401
 
 
-async def test_forwarded_for_is_honoured_from_a_trusted_proxy(make_client, config_data):
-    config_data["auth"] = {"local_networks": ["192.168.0.0/16"], "trusted_proxies": ["127.0.0.2/32"]}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+async def test_forwarded_for_is_honoured_from_a_trusted_proxy(remote_client, config_data):
+    client = await remote_client(config_data, local_networks=["192.168.0.0/16"], trusted_proxies=["127.0.0.2/32"])
     assert await status_of(client) == 401  # the proxy itself is not local
     assert await status_of(client, headers={"X-Forwarded-For": "192.168.1.20"}) == 200
     # a client behind the proxy cannot make itself local by writing the header first
     assert await status_of(client, headers={"X-Forwarded-For": "192.168.1.20, 203.0.113.5"}) == 401
 
 
-async def test_forwarded_for_feeds_the_rate_limiter_too(make_client, config_data):
+async def test_forwarded_for_feeds_the_rate_limiter_too(remote_client, config_data):
     """Behind a trusted proxy, each real client has its own bucket (not one shared by the proxy)."""
-    config_data["auth"] = {"local_networks": ["192.168.0.0/16"], "trusted_proxies": ["127.0.0.2/32"]}
     config_data["rate_limit"] = {"apps": {"per_minute": 1, "burst": 2}}
-    client = await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    client = await remote_client(config_data, local_networks=["192.168.0.0/16"], trusted_proxies=["127.0.0.2/32"])
     first = {"X-Forwarded-For": "203.0.113.5"}
     assert [await status_of(client, headers=first) for _ in range(3)] == [401, 401, 429]
     assert await status_of(client, headers={"X-Forwarded-For": "203.0.113.6"}) == 401  # a fresh bucket
@@ -118,8 +116,7 @@ async def test_ipv4_mapped_peer_on_a_dual_stack_listener(make_client, config_dat
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/api/v1/apps") as resp:
             assert resp.status == 200
-        remote = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-        async with aiohttp.ClientSession(connector=remote) as other:
+        async with remote_session() as other:
             async with other.get(f"http://127.0.0.1:{port}/api/v1/apps") as resp:
                 assert resp.status == 401
 

@@ -11,7 +11,6 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from nekzusd.actions import ACTIONS
@@ -19,7 +18,7 @@ from nekzusd.auth import Tokens
 from nekzusd.keys import OPERATIONS, RUNTIMES
 from nekzusd.runtimes import Ref
 from nekzusd.status import gather
-from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import next_message, remote_session, run_container, unique, wait_for, ws_connect
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -90,7 +89,7 @@ async def test_page_is_local_only_without_a_token(make_client, config_data, engi
     local = await client.get("/")
     assert local.status == 200 and "text/html" in local.headers["Content-Type"]
     url = client.make_url("/")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as remote:
+    async with remote_session() as remote:
         async with remote.get(url) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"] == "UNAUTHORIZED"

@@ -24,9 +24,9 @@ import yaml
 from aiohttp import WSMsgType
 
 from nekzusd import revocation
+from tests.harness.app import remote_config, remote_session
 
 ROOT = Path(__file__).resolve().parent.parent
-REMOTE_ADDR = "127.0.0.2"
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,7 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def config_file(config_data: dict[str, Any], tmp_path: Path) -> Path:
-    config_data["auth"] = {"local_networks": ["127.0.0.1/32"]}  # 127.0.0.2 is remote
+    remote_config(config_data)
     path = tmp_path / "nekzusd.yaml"
     path.write_text(yaml.safe_dump(config_data))
     return path
@@ -52,9 +52,9 @@ def create(config_path: Path, subject: str, *scopes: str, ttl: str = "1h") -> di
 
 
 @pytest.fixture
-async def daemon(make_client, config_data, config_file):
+async def daemon(remote_client, config_data, config_file):
     """The daemon app (real services, real dockerd), seen from a remote address."""
-    return await make_client(config_data, connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0)))
+    return await remote_client(config_data)
 
 
 async def status_of(client, token: str) -> int:
@@ -251,7 +251,7 @@ async def test_real_daemon_applies_a_revocation_on_sighup(engine, tmp_path):
     try:
         await daemon.start()
         made = create(daemon.config_path, "phone")
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(REMOTE_ADDR, 0))) as http:
+        async with remote_session() as http:
             headers = {"Authorization": f"Bearer {made['token']}"}
             async with http.get(f"{daemon.base_url}/api/v1/containers", headers=headers) as resp:
                 assert resp.status == 200

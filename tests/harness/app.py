@@ -53,9 +53,10 @@ def remote_config(data: dict[str, Any], **auth: Any) -> dict[str, Any]:
     return data
 
 
-def remote_connector(source: str = REMOTE_ADDR) -> aiohttp.TCPConnector:
-    """A connector whose connections come from ``source`` (one of 127.0.0.2-127.0.0.9)."""
-    return aiohttp.TCPConnector(local_addr=(source, 0))
+def remote_connector(source: str = REMOTE_ADDR, **kwargs: Any) -> aiohttp.TCPConnector:
+    """A connector whose connections come from ``source`` (one of 127.0.0.2-127.0.0.9); ``kwargs`` go to
+    aiohttp's TCPConnector (``ssl=False``...)."""
+    return aiohttp.TCPConnector(local_addr=(source, 0), **kwargs)
 
 
 def remote_session(source: str = REMOTE_ADDR, **kwargs: Any) -> aiohttp.ClientSession:
@@ -73,6 +74,21 @@ def check_remote(data: dict[str, Any], source: str = REMOTE_ADDR) -> None:
         raise AssertionError("a remote client needs auth.local_networks set (the default has all of loopback)")
     local = [n for n in nets if address in ipaddress.ip_network(n, strict=False)]
     assert not local, f"{source} is inside local_networks {local}: the client would not be remote"
+
+
+def bearer(data: dict[str, Any], scopes: list[str], subject: str = "viewer", ttl: int = 300) -> dict[str, str]:
+    """An Authorization header with a token signed by the daemon's secret (made when its app started)."""
+    from nekzusd.auth import Tokens, load_or_create_secret
+
+    secret = load_or_create_secret(Path(data["state_dir"]) / "jwt.secret")
+    return {"Authorization": f"Bearer {Tokens(secret, 'nekzus', 'nekzus').create(subject, scopes, ttl)}"}
+
+
+async def remote_reader(remote_client: Callable[..., Awaitable["TestClient"]],
+                        data: dict[str, Any]) -> tuple["TestClient", dict[str, str]]:
+    """A client from a non-local address, and the headers of a read-only token for it."""
+    client = await remote_client(data)
+    return client, bearer(data, ["read:containers"])
 
 
 async def ws_connect(client: "TestClient", **kwargs: Any) -> "ClientWebSocketResponse":

@@ -83,8 +83,8 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
