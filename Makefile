@@ -44,8 +44,12 @@ run: debs-run venv
 	mkdir -p .state
 	NEKZUSD_STATE_DIR=$${NEKZUSD_STATE_DIR:-.state} $(VENV)/bin/nekzusd serve --config $(CONFIG)
 
+# pytest-xdist workers: most of the suite waits on engines, timeouts and subprocesses, not on the CPU, so
+# several workers overlap those waits (each has its own engines; see tests/README.md). TEST_WORKERS=0 runs
+# everything in one process. The 25 slowest tests are listed at the end of every run.
+TEST_WORKERS ?= 4
 test: debs-test venv lint
-	$(PY) -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Seconds, before the tests: the linter (ruff.toml) and the type checker (setup.cfg [mypy]) over nekzusd/.
 lint: venv

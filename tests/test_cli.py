@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from nekzusd.auth import Tokens
-from tests.harness.app import base_config, remote_config, remote_session, run_container, unique
+from tests.harness.app import base_config, remote_config, remote_session, run_container, unique, wait_for
 from tests.harness.daemon import ROOT, Daemon
 
 
@@ -48,9 +48,11 @@ async def test_ready_after_listening_watchdog_pings_and_sigterm_exits_zero(daemo
             body = await resp.json()
             assert resp.status == 200, body
             assert body["runtime"]["reachable"] and body["runtime"]["version"]
-    await asyncio.sleep(1.0)
+    async def five_pings() -> bool:
+        return sum(m == "WATCHDOG=1" for _, m in daemon.messages) >= 5
+    await wait_for(five_pings, timeout=10, interval=0.05)
     pings = [t for t, m in daemon.messages if m == "WATCHDOG=1"]
-    assert len(pings) >= 5, daemon.messages  # every 0.1 s (half of WATCHDOG_USEC)
+    assert pings[4] - pings[0] <= 1.0, daemon.messages  # every 0.1 s (half of WATCHDOG_USEC)
     rc, took = await daemon.stop(signal.SIGTERM)
     assert rc == 0, daemon.stderr()
     assert took < 10

@@ -1,4 +1,4 @@
-"""Tests of the engine harness itself (tests/engines.py), against real dockerd and Podman.
+"""Tests of the engine harness itself (tests/harness/engines.py), against real dockerd and Podman.
 
 The fixtures here are private (``h_*``) on purpose: the kill/restart tests must not disturb
 the shared session engine of conftest.py.

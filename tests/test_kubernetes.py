@@ -1,6 +1,6 @@
-"""The Kubernetes runtime against a real kube-apiserver + controller-manager + scheduler (tests/k8s).
+"""The Kubernetes runtime against a real kube-apiserver + controller-manager + scheduler (tests/harness/k8s).
 
-There is no kubelet: ``fake_kubelet`` (tests/k8s/cluster.py) plays its two parts through the API (marks
+There is no kubelet: ``fake_kubelet`` (tests/harness/k8s/cluster.py) plays its two parts through the API (marks
 bound pods Running, finishes pods being deleted). Everything else is the real control plane: Deployments,
 ReplicaSets, scheduling, scaling, rollouts, RBAC.
 """

@@ -3,7 +3,7 @@
 Both need components that cannot run on this machine (metrics-server, and a kubelet that the API server
 relays logs from). So here, and only here, the Kubernetes API is a small fake HTTP server answering with
 the bodies in tests/data/k8s/: the pod and node documents and the error answers were recorded from the
-real kube-apiserver of tests/k8s; the PodMetrics and log bodies are written in those components' exact
+real kube-apiserver of tests/harness/k8s; the PodMetrics and log bodies are written in those components' exact
 shape (see tests/data/k8s/README.md). Everything on nekzusd's side is real: the runtime, its HTTP client
 (kubernetes-asyncio), the daemon's routes and the WebSocket log stream.
 """

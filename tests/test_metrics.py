@@ -62,7 +62,10 @@ async def test_log_lines_streamed_are_counted(client, engine) -> None:
     cid = await run_container(engine, unique("m"), "echo one; echo two; echo three; sleep 100000",
                               labels={"nekzusd.app.id": "grafana"})
     ws = await ws_connect(client)
-    await asyncio.sleep(0.5)  # let the three lines reach the engine's log
+    async def logged() -> bool:  # the three lines have reached the engine's log
+        status, body = await asyncio.to_thread(engine.api, "GET", f"/containers/{cid}/logs?stdout=1")
+        return status == 200 and b"three" in body
+    await wait_for(logged, timeout=10, interval=0.05)
     await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, "follow": False}})
     await next_message(ws, "container.logs.ended")
     samples = await scrape(client)

@@ -1,6 +1,6 @@
 """nekzusd under a real systemd, installed the two ways its users install it, on a minimal Debian.
 
-One container (tests/nspawn.py: a cached mmdebstrap minbase root, booted with systemd-nspawn) and one
+One container (tests/harness/nspawn.py: a cached mmdebstrap minbase root, booted with systemd-nspawn) and one
 private dockerd whose socket directory is bound into it. First `make install` exactly as the README says
 for an offline machine (a wheelhouse made by `make wheelhouse`), with libnss-systemd out of nsswitch.conf
 (the transient user then has no name and no home); then the .deb made by `make deb`, with libnss-systemd

@@ -68,7 +68,9 @@ async def test_sigterm_under_load_with_open_log_streams(engine, tmp_path: Path) 
             load_session = aiohttp.ClientSession()
             load = [asyncio.create_task(_hammer(load_session, f"{daemon.base_url}/api/v1/containers?all=true",
                                                 statuses, stop_load)) for _ in range(4)]
-            await asyncio.sleep(0.3)
+            async with asyncio.timeout(15):  # the load is being served
+                while not statuses:
+                    await asyncio.sleep(0.02)
             resp = await http.post(f"{daemon.base_url}/api/v1/containers/{slow}/stop?timeout=10")
             assert resp.status == 202
             operation_id = (await resp.json())["operationId"]

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.engine  # a dockerd of its own, in a subprocess
+@pytest.mark.exclusive  # its trends (RSS, descriptors, tasks) need the run's CPUs to itself
 def test_short_soak_passes_every_check() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.soak", "--seconds", "60"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -152,9 +152,10 @@ async def test_samplers_stop_when_nobody_asks(engine: Engine, client) -> None:
     async def stopped() -> bool:
         return runtime.samplers.active == 0
     await wait_for(stopped, timeout=10)
-    await asyncio.sleep(0.3)
-    # Seen from dockerd: the three stats streams it served are closed.
-    assert await asyncio.to_thread(engine_fds, engine) <= while_sampling - 3
+
+    async def closed() -> bool:  # seen from dockerd: the three stats streams it served are closed
+        return await asyncio.to_thread(engine_fds, engine) <= while_sampling - 3
+    await wait_for(closed, timeout=10)
 
 
 async def test_stopped_missing_and_malformed_containers(engine: Engine, client) -> None:

@@ -1,8 +1,8 @@
-"""Smoke tests of the kubelet-less test cluster itself (tests/k8s/cluster.sh + cluster.py).
+"""Smoke tests of the kubelet-less test cluster itself (tests/harness/k8s/cluster.sh + cluster.py).
 
 They also pin down the behaviours the Kubernetes runtime of nekzusd has to live with:
 graceful pod deletion never finishes without a kubelet, pod logs answer 500, and
-metrics.k8s.io does not exist.  See tests/k8s/README.md.
+metrics.k8s.io does not exist.  See tests/harness/k8s/README.md.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ async def test_deployment_pods_run_scale_to_zero(k8s):
         assert all(p.metadata.deletion_grace_period_seconds == 30 for p in terminating)
         await asyncio.sleep(3)
         still = (await core.list_namespaced_pod(ns, label_selector=f"app={name}")).items
-        assert len(still) == 2, "pods went away without a kubelet: update tests/k8s/README.md"
+        assert len(still) == 2, "pods went away without a kubelet: update tests/harness/k8s/README.md"
 
         # the deployment already counts them as gone
         d = await apps.read_namespaced_deployment(name, ns)
