@@ -199,8 +199,12 @@ async def test_notifications_reach_every_authenticated_client(client, engine):
         await ws.close()
 
 
-async def test_stop_marks_app_unhealthy_and_start_recovers(client, engine):
+async def test_stop_marks_app_unhealthy_and_start_recovers(make_client, config_data, engine):
+    # The container runs before the daemon starts, so the daemon's first listing sees it: one started in the
+    # moment between that listing and the daemon's event subscription would go unnoticed until the next event
+    # (seen once under load: the app never turned healthy).
     cid = await run_container(engine, unique("health"), labels=GRAFANA)
+    client = await make_client(config_data)
     ws = await ws_connect(client)
     await wait_for(lambda: _app_health(client, "healthy"))
     await client.post(f"/api/v1/containers/{cid}/stop?timeout=5")

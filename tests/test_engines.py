@@ -15,7 +15,8 @@ import pytest
 
 from tests.harness.engines import BUSYBOX, GRACE_PERIOD, Engine, EngineUnavailable, start_dockerd, start_podman
 
-pytestmark = pytest.mark.engine  # starts its own engines
+# Starts engines of its own (session fixtures): one worker runs the whole module, so they start once.
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("engines")]
 
 
 # ---------------------------------------------------------------------------

@@ -54,6 +54,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> No
     raise RuntimeError("nekzusd did not become healthy")
 
 
+# One worker runs the module: its tests share one daemon (module fixture).
+pytestmark = pytest.mark.xdist_group("fuzz")
+
+
 @pytest.fixture(scope="module")
 def daemon(docker_engine: Engine, tmp_path_factory) -> str:
     """`nekzusd serve` on a free loopback port, with linked containers; yields its base URL."""

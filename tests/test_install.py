@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.machine import checkout_build_lock
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "/srv/nekzusd-test"  # not the default, so that the unit's paths must follow it
 
@@ -17,8 +19,9 @@ PREFIX = "/srv/nekzusd-test"  # not the default, so that the unit's paths must f
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     env.pop("VIRTUAL_ENV", None)
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True,
-                            text=True, timeout=600, env=env)
+    with checkout_build_lock(ROOT):
+        result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True,
+                                text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -27,6 +30,7 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
 
 
+@pytest.mark.slow
 def test_install_into_destdir_and_uninstall(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     make("install", f"DESTDIR={dest}", f"PREFIX={PREFIX}")

@@ -390,6 +390,7 @@ async def test_engine_vanishing_ends_the_stream_with_error(engine, client):
     assert [e["data"]["error"] for e in errors] == ["RUNTIME_UNAVAILABLE"]
 
 
+@pytest.mark.slow
 async def test_a_slow_client_is_told_what_it_lost(engine, client):
     """A client that stops reading for a while: lines are dropped and counted; received + dropped = all."""
     count = 200_000
@@ -428,7 +429,9 @@ async def test_a_stalled_client_keeps_memory_bounded_and_is_closed(engine, clien
     growth = peak - baseline
     print(f"stalled client: RSS growth {growth / 2**20:.1f} MiB, lines dropped {streams.lines_dropped}")
     assert growth < 100 * 2**20  # queue is bounded at 4 MiB of text; 100 MiB allows for the allocator
-    assert streams.lines_dropped > 100_000
+    # How many depends on how fast the engine wrote before the stuck client was closed (over 100 000 on a
+    # quiet machine, 44 715 under a load average of 19): that lines went, not how many; the bound is the RSS.
+    assert streams.lines_dropped > 0
     async with asyncio.timeout(hub.SEND_TIMEOUT * 2):  # what got through before the abort, then the end
         while (await ws.receive()).type == WSMsgType.TEXT:
             pass

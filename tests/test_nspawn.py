@@ -34,7 +34,8 @@ from tests.harness import nspawn
 from tests.harness.engines import EngineUnavailable, start_dockerd
 from tests.harness.nspawn import Machine, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# One worker runs the module: its tests share the booted machine (module fixture) and follow each other.
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.xdist_group("nspawn")]
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_GID = 4242  # the container's docker group; the test engine's socket is given this group

@@ -97,7 +97,7 @@ async def ws_connect(client: "TestClient", **kwargs: Any) -> "ClientWebSocketRes
     await ws.send_json({"type": "auth", "data": {"token": ""}})
     # A local client is authenticated from the moment it connects, so a broadcast (health_change, a
     # lifecycle result of an earlier test step) may come before the answer to the auth message: skip those.
-    while (reply := await ws.receive_json(timeout=5))["type"] != "auth_success":
+    while (reply := await ws.receive_json(timeout=15))["type"] != "auth_success":  # a loaded machine: 5 s was hit
         assert reply["type"] not in ("auth_failed", "error"), reply
     return ws
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -55,3 +56,10 @@ def machine_lock(name: str, path: Path | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def checkout_build_lock(repo: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while ``make install``/``deb``/``wheelhouse`` builds from the checkout ``repo``: pip builds
+    nekzusd in the source tree (``build/``, ``*.egg-info``), so two builds of one checkout at once (two
+    workers) would mix their files. Builds of other checkouts do not wait."""
+    return machine_lock("build-" + hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:12])

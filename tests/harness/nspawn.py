@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tests.harness.machine import refuse_engines_if_asked
+from tests.harness.machine import checkout_build_lock, refuse_engines_if_asked
 
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make", "libnss-systemd")
@@ -111,8 +111,9 @@ def cached_wheelhouse(repo: Path, venv_python: str) -> tuple[Path, bool]:
 def make(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     env.pop("VIRTUAL_ENV", None)
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(repo), *args], capture_output=True,
-                            text=True, timeout=timeout, env=env)
+    with checkout_build_lock(repo):
+        result = subprocess.run(["make", "--no-print-directory", "-C", str(repo), *args], capture_output=True,
+                                text=True, timeout=timeout, env=env)
     if result.returncode != 0:
         raise AssertionError(f"make {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

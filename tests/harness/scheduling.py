@@ -44,6 +44,9 @@ ENGINE_FIXTURES = {"docker_engine", "podman_engine", "k8s_cluster", *FIXTURE_GRO
 
 
 def mark_items(items: list[pytest.Item]) -> None:
+    """Mark and group the items, then order them: ``slow`` ones first (the longest tests, started early,
+    do not stretch the end of a run in which the other workers have nothing left), ``exclusive`` ones last
+    (started early, one would hold the others back while a long test finishes)."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if used & ENGINE_FIXTURES:
@@ -55,6 +58,12 @@ def mark_items(items: list[pytest.Item]) -> None:
             for fixture in sorted(used & FIXTURE_GROUPS.keys()):
                 item.add_marker(pytest.mark.xdist_group(FIXTURE_GROUPS[fixture]))
                 break
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("exclusive") is not None:
+            return 2
+        return 0 if item.get_closest_marker("slow") is not None else 1
+    items.sort(key=rank)  # stable: the same order in every worker, as xdist requires
 
 
 #: The environment variable naming the lock directory the workers of one run share.
