@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import pytest
 
@@ -59,6 +60,8 @@ def mark_items(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.xdist_group(FIXTURE_GROUPS[fixture]))
                 break
 
+    _publish_groups(items)
+
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("exclusive") is not None:
             return 2
@@ -81,6 +84,46 @@ def start_run(config: pytest.Config) -> None:
 def end_run(config: pytest.Config) -> None:
     if getattr(config, "workerinput", None) is None and RUN_DIR_VAR in os.environ:
         shutil.rmtree(os.environ.pop(RUN_DIR_VAR), ignore_errors=True)
+
+
+def _group_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    if marker is None:
+        return None
+    return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
+
+
+def _publish_groups(items: list[pytest.Item]) -> None:
+    """On an xdist worker: write nodeid -> group for the controller's scheduler (every worker collects the
+    same items and writes the same file; the last rename wins). xdist's own loadgroup renames each item's
+    nodeid to carry its group, which pytest 9's structured node ids no longer allow, so groups travel
+    this way instead."""
+    run_dir = os.environ.get(RUN_DIR_VAR)
+    if run_dir is None or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    groups = {item.nodeid: group for item in items if (group := _group_of(item)) is not None}
+    target = Path(run_dir) / "groups.json"
+    partial = target.with_name(f"groups.{os.getpid()}.json")
+    partial.write_text(json.dumps(groups))
+    os.replace(partial, target)
+
+
+def make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The controller's scheduler for ``--dist loadgroup``: xdist's load-by-scope scheduling, where a test's
+    scope is its group (from the file the workers wrote) or, without one, the test alone."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                path = Path(os.environ.get(RUN_DIR_VAR, "/nonexistent")) / "groups.json"
+                self.groups = json.loads(path.read_text()) if path.exists() else {}
+            group = self.groups.get(nodeid)
+            return nodeid if group is None else f"@group {group}"
+
+    return GroupScheduling(config, log)
 
 
 def _flock(path: Path, mode: int) -> IO[str]:
