@@ -127,7 +127,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nekzusd", "--log-level", "warning", "serve", "--config",
              str(self.state / "nekzusd.yaml")], cwd=ROOT)  # `-m` from ROOT: this checkout's nekzusd
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a bound, not a figure: imports alone took 30 s under a load of 30
         while True:
             try:
                 if self.request("GET", "/api/v1/containers", timeout=5)[0] == 200:

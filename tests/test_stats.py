@@ -234,6 +234,7 @@ def start_many(engine: Engine, count: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # 110 containers and a latency ratio: not beside the other workers' tests
 async def test_batch_stats_of_more_containers_than_a_connection_pool_holds(engine: Engine, client) -> None:
     """Each live sampler holds one engine stream open; more than 100 of them must not starve the batch."""
     ids = await asyncio.to_thread(start_many, engine, MANY)

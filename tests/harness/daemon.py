@@ -52,7 +52,7 @@ class Daemon:
     def _preexec(self) -> None:
         """Runs in the child before exec (e.g. a lower open files limit); nothing by default."""
 
-    async def start(self, timeout: float = 20.0) -> None:
+    async def start(self, timeout: float = 60.0) -> None:  # imports alone took 20 s under a load of 30
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(self.notify_path))
         self._sock.setblocking(False)
