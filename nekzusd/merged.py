@@ -26,6 +26,7 @@ from .errors import ApiError, EngineError, RuntimeUnavailable
 from .runtimes.base import Container, Runtime
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 HEADER = "X-Unavailable-Runtimes"  # comma-separated names of the runtimes left out of a 200
 # Batch stats of one runtime: a first sample waits for the engine's collector (Docker about 2 s, Podman up
@@ -57,7 +58,12 @@ class Answers(Generic[T]):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {HEADER: ", ".join(self.unavailable)} if self.unavailable else {}
+        return headers(self.unavailable)
+
+
+def headers(unavailable: dict[str, str]) -> dict[str, str]:
+    """The response header naming the runtimes left out of an answer; none when every one answered."""
+    return {HEADER: ", ".join(unavailable)} if unavailable else {}
 
 
 class _Failed:
@@ -122,3 +128,22 @@ async def list_containers(scope: Scope, timeout: float) -> Answers[list[Containe
 def merged(groups: Iterable[tuple[Runtime, Iterable[Container]]]) -> list[tuple[Runtime, Container]]:
     """The containers of several runtimes as one list in ``order``, each with its runtime."""
     return sorted(((runtime, c) for runtime, rows in groups for c in rows), key=lambda pair: order(pair[1]))
+
+
+async def per_runtime(runtimes: Iterable[Runtime], targets: list[tuple[Runtime, Container]],
+                      call: Callable[[Runtime, list[Container]], Awaitable[list[R]]], ident: Callable[[R], str],
+                      timeout: float) -> tuple[list[R], dict[str, str]]:
+    """``call`` once per runtime with its own containers of ``targets`` (in ``each``'s way: concurrently,
+    each under ``timeout``, a failing one left out when there are several); the results as one list in
+    ``targets``' order, found again by ``ident`` (the container id a result names; a call may leave some
+    containers out). A stable sort: a pod name repeated in two namespaces keeps its runtime's order."""
+    async def one(runtime: Runtime) -> list[R]:
+        return await call(runtime, [c for r, c in targets if r is runtime])
+
+    answers = await each(Scope(tuple(runtimes)), one, timeout)
+    position: dict[tuple[str, str], int] = {}
+    for i, (runtime, container) in enumerate(targets):
+        position.setdefault((runtime.name, container.id), i)
+    found = sorted(((r, result) for r, results in answers.answered for result in results),
+                   key=lambda pair: position.get((pair[0].name, ident(pair[1])), len(targets)))
+    return [result for _runtime, result in found], answers.unavailable

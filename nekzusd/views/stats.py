@@ -10,8 +10,7 @@ from aiohttp import web
 from .. import stats
 from ..errors import engine_errors
 from ..keys import APPS
-from ..merged import STATS_TIMEOUT, Answers, Scope, each, merged
-from ..runtimes import Runtime
+from ..merged import STATS_TIMEOUT, headers, merged, per_runtime
 from .common import json_response, listed, target
 
 _FAILED = ("CONTAINER_STATS_FAILED", "Failed to get container stats")
@@ -31,18 +30,12 @@ async def all_stats(request: web.Request) -> web.Response:
     apps = request.app[APPS]
     targets = [(r, c) for r, c in merged((r, apps.linked(rows)) for r, rows in listing.answered)
                if c.running and not r.is_self(c)]
-
-    async def sample(runtime: Runtime) -> list[dict[str, Any]]:
-        return await stats.collect(runtime, [c for r, c in targets if r is runtime])
-
     with engine_errors(*_FAILED):
-        sampled = await each(Scope(tuple(r for r, _rows in listing.answered)), sample, STATS_TIMEOUT)
-    # Each runtime's results keep its targets' order; put them back in the merged order (a stable sort: a
-    # pod name repeated in two namespaces keeps its runtime's order).
-    position: dict[tuple[str, str], int] = {}
-    for i, (runtime, container) in enumerate(targets):
-        position.setdefault((runtime.name, container.id), i)
-    results = sorted(((r, s) for r, found in sampled.answered for s in found),
-                     key=lambda pair: position.get((pair[0].name, pair[1].get("containerId", "")), len(targets)))
-    headers = Answers([], listing.unavailable | sampled.unavailable).headers
-    return json_response({"containers": [s for _r, s in results], "timestamp": int(time.time())}, headers=headers)
+        results, unavailable = await per_runtime([r for r, _rows in listing.answered], targets, stats.collect,
+                                                 _container_id, STATS_TIMEOUT)
+    return json_response({"containers": results, "timestamp": int(time.time())},
+                         headers=headers(listing.unavailable | unavailable))
+
+
+def _container_id(stats_object: dict[str, Any]) -> str:
+    return str(stats_object.get("containerId", ""))
