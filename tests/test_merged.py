@@ -207,6 +207,25 @@ async def _at_most(value: int, bound: int) -> bool:
     return value <= bound
 
 
+async def test_podman_as_the_docker_runtime_merges_the_same_way(podman_engine, make_client, tmp_path):
+    """Podman's Docker-compatible API behind the docker runtime, with a Kubernetes that is down: its rows,
+    and the header."""
+    client = await make_client(two_runtimes(podman_engine, tmp_path,
+                                            dead_kubeconfig(tmp_path / "kc", closed_port())))
+    try:
+        full_id = await asyncio.to_thread(podman_engine.run, unique("pod"), ["sleep", "100000"],
+                                          labels={"nekzus.app.id": APP_ID})
+        resp = await client.get(C)
+        assert resp.status == 200 and resp.headers[HEADER] == "kubernetes"
+        assert [(r["id"], r["runtime"]) for r in await resp.json()] == [(full_id[:12], "docker")]
+        resp = await client.post(f"{C}/stop-all?timeout=2")
+        body = await resp.json()
+        assert resp.status == 200 and resp.headers[HEADER] == "kubernetes", body
+        assert [(r["id"], r["success"]) for r in body["results"]] == [(full_id[:12], True)]
+    finally:
+        await asyncio.to_thread(podman_engine.remove_all)
+
+
 async def test_odd_parameters_are_refused_cleanly(make_client, engine, tmp_path):
     """What a stranger would try on the merged routes: lists and repeats of runtimes, a huge namespace."""
     client = await make_client(two_runtimes(engine, tmp_path, dead_kubeconfig(tmp_path / "kc", closed_port())))
