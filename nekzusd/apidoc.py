@@ -63,13 +63,17 @@ def _all(action: Action) -> dict[str, Any]:
     return {"post": {
         "operationId": f"{action.name}AllContainers",
         "summary": f"{action.name.capitalize()} every linked container",
+        "description": "Without runtime=, the linked containers of every enabled runtime that can do the action "
+                       "(the others are listed in skippedRuntimes); 501 ACTION_NOT_SUPPORTED only when the runtime "
+                       "named, or every enabled one, cannot.",
         "tags": ["containers"],
         "x-required-scope": "write",
-        "parameters": [_ref("parameters", "runtime"), _ref("parameters", "namespace")],
+        "parameters": [_ref("parameters", "runtimeFilter"), _ref("parameters", "namespaceFilter")],
         "responses": {
-            "200": {"description": "Per-container results, in order",
+            "200": {"description": "Per-container results, in the container list's order",
                     "content": {"application/json": {"schema": _ref("schemas", "BulkResult")}},
-                    "headers": dict(_RATE_HEADERS)},
+                    "headers": {**_RATE_HEADERS,
+                                "X-Unavailable-Runtimes": _ref("headers", "X-Unavailable-Runtimes")}},
             **_errors(*_COMMON_ERRORS, ("500", "ServerError"), ("501", "NotSupported"), ("503", "Unavailable")),
         },
     }}

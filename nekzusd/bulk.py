@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from .actions import Action
+from .actions import Action, not_supported
 from .apps import Apps
 from .concurrency import gather_all
 from .errors import ApiError, EngineError, invalid_body
@@ -25,12 +25,24 @@ NOT_FOUND = "container not found"
 SELF = "nekzusd does not act on the container it runs in"
 
 
+def able(runtimes: Iterable[Runtime], action: Action) -> tuple[list[Runtime], list[dict[str, Any]]]:
+    """The runtimes that can do ``action``, and a report for each one that cannot (``<action>-all``
+    leaves its containers alone and says so in ``skippedRuntimes``). When none can, the 501 of
+    ``Action.check_runtime``: also when the request named that runtime, nothing could ever be done."""
+    runtimes = list(runtimes)
+    can = [r for r in runtimes if action.name in r.actions]
+    if not can:
+        action.check_runtime(runtimes[0])
+    skipped = [{"runtime": r.name, "error": "ACTION_NOT_SUPPORTED",
+                "message": not_supported(action.name, r.name).message} for r in runtimes if r not in can]
+    return can, skipped
+
+
 def all_targets(action: Action, containers: Iterable[Container], apps: Apps, runtime: Runtime) -> list[Container]:
-    """The linked containers ``action.picks`` (start-all: those not running; stop-all and restart-all: the
-    running ones); never nekzusd's own container. Ordered by namespace and name, like the list."""
+    """The linked containers of one runtime that ``action.picks`` (start-all: those not running; stop-all
+    and restart-all: the running ones); never nekzusd's own container."""
     wanted = [c for c in containers if action.picks(c)]
-    targets = [c for c in apps.linked(wanted) if not runtime.is_self(c)]
-    return sorted(targets, key=lambda c: (c.namespace, c.name))
+    return [c for c in apps.linked(wanted) if not runtime.is_self(c)]
 
 
 def result(container_id: str, name: str, error: str | None = None) -> dict[str, Any]:
@@ -67,10 +79,12 @@ class Bulk:
             operation = await self.operations.run(runtime, container, action, timeout)
         return result(container.id, container.name, None if operation.ok else operation.error)
 
-    async def run_all(self, runtime: Runtime, targets: list[Container], action: Action,
+    async def run_all(self, targets: list[tuple[Runtime, Container]], action: Action,
                       timeout: int) -> dict[str, Any]:
-        action.check_runtime(runtime)
-        results = await gather_all(self._operate(runtime, c, action, timeout) for c in targets)
+        """Act on containers of one or several runtimes (``merged.merged``'s pairs); results in their order."""
+        for runtime in {id(r): r for r, _c in targets}.values():
+            action.check_runtime(runtime)
+        results = await gather_all(self._operate(runtime, c, action, timeout) for runtime, c in targets)
         return summary(action.all_message, results)
 
     async def _resolve(self, runtime: Runtime, ref: Ref) -> Container | str:

@@ -163,6 +163,9 @@ class KubernetesConfig:
 @dataclass(frozen=True)
 class RuntimesConfig:
     primary: str = _checked(_one_of("docker", "kubernetes"), "docker")
+    # Seconds each runtime has to answer a read that covers several runtimes (the container list, batch
+    # stats, discovery, the listing of `<action>-all`); a slower one is left out and reported unavailable.
+    read_timeout: float = _checked(_positive, 10.0)
     docker: DockerConfig = field(default_factory=DockerConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 

@@ -1,4 +1,4 @@
-"""The configured runtimes, and choosing one for a request."""
+"""The configured runtimes, and choosing the ones a request addresses."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ KNOWN = ("docker", "kubernetes")
 class Runtimes:
     def __init__(self, config: RuntimesConfig, *, engine_pool: int = 100) -> None:
         self.primary = config.primary
+        self.read_timeout = config.read_timeout  # each runtime's deadline in a read of several (nekzusd.merged)
         self.by_name: dict[str, Runtime] = {}
         if config.docker.enabled:
             from .docker import DockerRuntime
@@ -32,6 +33,11 @@ class Runtimes:
             raise ApiError(500, "NO_RUNTIME", f"No container runtime configured: {name} is not enabled",
                            {"runtime": name})
         return runtime
+
+    def select(self, name: str | None) -> list[Runtime]:
+        """The runtimes a list-like request covers: the one ``?runtime=`` names, else every enabled one
+        (``runtime`` is a filter there; single-container routes use ``pick``: an id belongs to one runtime)."""
+        return self.all() if name is None else [self.pick(name)]
 
     def all(self) -> list[Runtime]:
         return list(self.by_name.values())

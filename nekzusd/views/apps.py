@@ -11,6 +11,7 @@ from ..auth import WRITE, requires
 from ..config import check_app_id
 from ..errors import invalid_body
 from ..keys import APPS, HEALTH
+from ..merged import merged
 from ..runtimes import Container
 from ..validation import Field, read_json
 from .common import json_response, listed
@@ -77,6 +78,8 @@ def _discovered(container: Container) -> dict:
 
 
 async def discovery(request: web.Request) -> web.Response:
-    _runtime, containers = await listed(request)
-    found = sorted(request.app[APPS].unlinked_candidates(containers), key=lambda c: c.name)
-    return json_response([_discovered(c) for c in found])
+    """Candidates of every covered runtime, in the list's order (``merged.order``)."""
+    listing = await listed(request)
+    apps = request.app[APPS]
+    found = merged((runtime, apps.unlinked_candidates(rows)) for runtime, rows in listing.answered)
+    return json_response([_discovered(c) for _runtime, c in found], headers=listing.headers)

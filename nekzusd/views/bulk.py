@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from ..actions import ACTIONS, Action
 from ..auth import WRITE, requires
-from ..bulk import all_targets
+from ..bulk import able, all_targets
 from ..errors import bad_request, invalid_body
 from ..keys import APPS, BULK
+from ..merged import merged
 from ..runtimes import Ref, Runtime
 from ..validation import MAX_IDS, Field, read_json, timeout_param, timeout_value
-from .common import json_response, listed, runtime_of
+from .common import json_response, listed, runtime_of, scope_of
 
 _BATCH_FIELDS = {
     "action": Field(str),
@@ -26,10 +29,18 @@ def all_handler(action: Action) -> web.RequestHandler:
 
     @requires(WRITE)
     async def act_on_all(request: web.Request) -> web.Response:
+        """Every covered runtime that can do the action (the others are reported as skipped); a runtime
+        that cannot be listed is left out and named in the header, as in the list (nekzusd.merged)."""
+        scope = scope_of(request)
         timeout = timeout_param(request.query.get("timeout"))
-        runtime, containers = await listed(request)
-        targets = all_targets(action, containers, request.app[APPS], runtime)
-        return json_response(await request.app[BULK].run_all(runtime, targets, action, timeout))
+        runtimes, skipped = able(scope.runtimes, action)
+        listing = await listed(request, replace(scope, runtimes=tuple(runtimes)))
+        apps = request.app[APPS]
+        targets = merged((r, all_targets(action, rows, apps, r)) for r, rows in listing.answered)
+        body = await request.app[BULK].run_all(targets, action, timeout)
+        if skipped:
+            body["skippedRuntimes"] = skipped
+        return json_response(body, headers=listing.headers)
 
     act_on_all.__name__ = f"{action.name}_all"
     return act_on_all

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from ..errors import ApiError, engine_errors
 from ..keys import RUNTIMES
+from ..merged import Answers, Scope
+from ..merged import list_containers as list_each
 from ..runtimes import Container, Ref, Runtime
 
 
@@ -24,11 +26,18 @@ def runtime_of(request: web.Request) -> Runtime:
     return runtimes.pick(name)
 
 
-async def listed(request: web.Request) -> tuple[Runtime, list[Container]]:
-    """The runtime a request names and all its containers (of ``?namespace=`` if given)."""
-    runtime = runtime_of(request)
+def scope_of(request: web.Request) -> Scope:
+    """What a list-like request covers: the runtime of ``?runtime=``, else every enabled one (the filter
+    semantics of docs/api.md), and ``?namespace=``."""
+    runtimes = request.app[RUNTIMES].select(request.query.get("runtime"))
+    return Scope(tuple(runtimes), request.query.get("namespace") or None)
+
+
+async def listed(request: web.Request, scope: Scope | None = None) -> Answers[list[Container]]:
+    """The containers of every runtime the request covers (``scope_of`` unless given), each runtime's own;
+    ``.headers`` name the runtimes left out (nekzusd.merged)."""
     with engine_errors("CONTAINER_LIST_FAILED", "Failed to list containers"):
-        return runtime, await runtime.list_containers(request.query.get("namespace") or None)
+        return await list_each(scope or scope_of(request), request.app[RUNTIMES].read_timeout)
 
 
 def target(request: web.Request, runtime: Runtime | None = None) -> tuple[Runtime, Ref]:
@@ -42,7 +51,7 @@ def target(request: web.Request, runtime: Runtime | None = None) -> tuple[Runtim
     return runtime, runtime.validate_ref(ref)
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer encoded with orjson: the container list and stats are the hot paths of dashboards
     that poll, and orjson encodes them several times faster than the standard library."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)

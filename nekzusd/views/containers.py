@@ -8,18 +8,19 @@ from ..actions import ACTIONS
 from ..auth import WRITE, requires
 from ..errors import engine_errors
 from ..keys import APPS, OPERATIONS
+from ..merged import merged
 from ..operations import accepted_body
 from ..validation import bool_param, timeout_param
 from .common import json_response, listed, runtime_of, target
 
 
 async def list_containers(request: web.Request) -> web.Response:
+    """Every covered runtime's rows as one list, in ``merged.order``."""
     show_all = bool_param(request, "all")
-    _runtime, containers = await listed(request)
-    if not show_all:
-        containers = request.app[APPS].linked(containers)
-    containers.sort(key=lambda c: (c.namespace, c.name))
-    return json_response([c.as_json() for c in containers])
+    listing = await listed(request)
+    apps = request.app[APPS]
+    rows = merged((runtime, rows if show_all else apps.linked(rows)) for runtime, rows in listing.answered)
+    return json_response([c.as_json() for _runtime, c in rows], headers=listing.headers)
 
 
 async def inspect_container(request: web.Request) -> web.Response:

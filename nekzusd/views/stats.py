@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
 from .. import stats
 from ..errors import engine_errors
 from ..keys import APPS
+from ..merged import STATS_TIMEOUT, headers, merged, per_runtime
 from .common import json_response, listed, target
 
 _FAILED = ("CONTAINER_STATS_FAILED", "Failed to get container stats")
@@ -21,10 +23,19 @@ async def container_stats(request: web.Request) -> web.Response:
 
 
 async def all_stats(request: web.Request) -> web.Response:
-    """Linked running containers only (never nekzusd's own), sampled concurrently."""
-    runtime, containers = await listed(request)
-    running = [c for c in request.app[APPS].linked(containers) if c.running and not runtime.is_self(c)]
-    running.sort(key=lambda c: (c.namespace, c.name))
+    """Linked running containers only (never nekzusd's own) of every covered runtime, each runtime sampled
+    concurrently; in the list's order. A runtime whose listing or sampling fails is left out like in the
+    list (nekzusd.merged)."""
+    listing = await listed(request)
+    apps = request.app[APPS]
+    targets = [(r, c) for r, c in merged((r, apps.linked(rows)) for r, rows in listing.answered)
+               if c.running and not r.is_self(c)]
     with engine_errors(*_FAILED):
-        results = await stats.collect(runtime, running)
-    return json_response({"containers": results, "timestamp": int(time.time())})
+        results, unavailable = await per_runtime([r for r, _rows in listing.answered], targets, stats.collect,
+                                                 _container_id, STATS_TIMEOUT)
+    return json_response({"containers": results, "timestamp": int(time.time())},
+                         headers=headers(listing.unavailable | unavailable))
+
+
+def _container_id(stats_object: dict[str, Any]) -> str:
+    return str(stats_object.get("containerId", ""))
