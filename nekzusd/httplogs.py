@@ -118,7 +118,10 @@ class HttpLogStream:
             response = web.StreamResponse(headers={
                 "Content-Type": content_type, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                 "X-Accel-Buffering": "no"})  # a reverse proxy must not hold a followed stream back
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:
+                return response  # the reader left already; aiohttp notes it
             if not await self._write_all(request, response):
                 self.cut()
             return response
