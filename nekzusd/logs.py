@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncGenerator, Hashable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ from .keys import LOG_STREAMS, RUNTIMES
 from .ratelimit import client_key
 from .realip import CLIENT
 from .runtimes import LogLine, Ref, Runtime
+from .runtimes.logparse import stamp_key
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +55,95 @@ _encode = json.encoder.encode_basestring  # C version: a JSON string literal
 
 @dataclass(frozen=True)
 class Options:
+    """What a reader asked of one log stream; ``since``/``until`` in Unix seconds (inclusive)."""
+
     tail: int = TAIL_DEFAULT
     follow: bool = True
     timestamps: bool = False
     batch: bool = False
+    since: float | None = None
+    until: float | None = None
 
 
-def parse_options(data: dict[str, Any]) -> Options:
-    """The subscribe message's options, with the defaults of docs/api.md; tail above 1000 is cut."""
-    tail = data.get("tail", TAIL_DEFAULT)
+HTTP_DEFAULTS = Options(follow=False)  # GET …/logs reads and ends, like `docker logs`, unless asked to follow
+LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: a later time is a typo, not a log window
+_UNIX_TIME = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_AGO = re.compile(r"([0-9]{1,9})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_options(values: Mapping[str, Any], *, query: bool = False) -> Options:
+    """The options of a WebSocket subscribe message (JSON values, defaults of ``Options``) or of the HTTP
+    route's query string (text, defaults of ``HTTP_DEFAULTS``): one set of rules for both readers.
+
+    ``tail``: lines from the end, 0..1000 (more is cut to 1000; anything else ``INVALID_TAIL``). Flags:
+    JSON booleans, or in a query true/false (also 1/0, yes/no). ``since``/``until``: Unix seconds, an
+    RFC 3339 time, or a duration back from now (``90s``, ``10m``, ``2h``, ``1d``). A wrong flag or time is
+    ``INVALID_MESSAGE`` in a message and ``INVALID_PARAMETER`` in a query, with the name in ``details``."""
+    defaults = HTTP_DEFAULTS if query else Options()
+
+    def invalid(name: str, message: str) -> ApiError:
+        value = str(values.get(name))[:40]
+        if query:
+            return ApiError(400, "INVALID_PARAMETER", message, {"parameter": name, "value": value})
+        return ApiError(400, "INVALID_MESSAGE", message, {name: value})
+
+    tail = values.get("tail", defaults.tail)
+    if query and isinstance(tail, str) and tail.isascii() and tail.isdigit():
+        tail = TAIL_MAX + 1 if len(tail) > 6 else int(tail)  # int() refuses over 4,300 digits
     if isinstance(tail, float) and tail.is_integer():
         tail = int(tail)
     if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
         raise ApiError(400, "INVALID_TAIL", f"tail must be a number of lines from 0 to {TAIL_MAX}",
                        {"tail": str(tail)[:40]})
     flags = {}
-    for name in ("follow", "timestamps", "batch"):
-        value = data.get(name, getattr(Options, name))
+    for name in ("follow", "timestamps") if query else ("follow", "timestamps", "batch"):
+        value = values.get(name, getattr(defaults, name))
+        if query and isinstance(value, str):
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(
+                value.lower(), value)
         if not isinstance(value, bool):
-            raise ApiError(400, "INVALID_MESSAGE", f"{name} must be true or false", {name: str(value)[:40]})
+            raise invalid(name, f"{name} must be true or false")
         flags[name] = value
-    return Options(tail=min(tail, TAIL_MAX), **flags)
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        value = values.get(name)
+        times[name] = None if value is None else _time_value(value, time.time(), query)
+        if value is not None and times[name] is None:
+            raise invalid(name, f"{name} must be Unix seconds, an RFC 3339 time (2024-05-01T12:00:00Z) or "
+                                "a duration back from now (90s, 10m, 2h, 1d)")
+    since, until = times["since"], times["until"]
+    if since is not None and until is not None and until < since:
+        raise invalid("until", "until must not be before since")
+    return Options(tail=min(tail, TAIL_MAX), since=since, until=until, **flags)
+
+
+def _time_value(value: Any, now: float, text_only: bool) -> float | None:
+    """A time given as Unix seconds (a JSON number, or digits), RFC 3339 or a duration back from ``now``;
+    None when it is none of these or out of range."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and not text_only:
+        seconds: float | None = float(value)
+    elif not isinstance(value, str) or len(value) > 40:
+        return None
+    elif _UNIX_TIME.fullmatch(value):
+        seconds = float(value)
+    elif (ago := _AGO.fullmatch(value)) is not None:
+        seconds = now - int(ago.group(1)) * _UNIT_SECONDS[ago.group(2)]
+    else:
+        key = stamp_key(value)
+        seconds = None if key is None else key[0] + key[1] / 1e9
+    if seconds is None or not 0 <= seconds <= LATEST_TIME:  # NaN fails too
+        return None
+    return seconds
+
+
+def line_source(runtime: Runtime, ref: Ref, options: Options) -> AsyncGenerator[LogLine, None]:
+    """The one way a reader (a WebSocket subscription, an HTTP stream) gets a container's log lines: the
+    runtime's own stream, parsed and joined by ``runtimes.logparse``, with the reader's options."""
+    return runtime.logs(ref, tail=options.tail, follow=options.follow, timestamps=options.timestamps,
+                        since=options.since, until=options.until)
 
 
 def _string_field(data: dict[str, Any], name: str) -> str:
@@ -97,11 +167,14 @@ class LineEncoder:
         return f'{self._heads[line.stream]}{_encode(line.message)},"timestamp":{stamp}}}}}'
 
     def batch(self, lines: list[LogLine], now: int) -> str:
-        items = ",".join(
-            f'{{"stream":"{line.stream}","message":{_encode(line.message)},'
-            f'"timestamp":{now if line.timestamp is None else int(line.timestamp)}}}'
-            for line in lines)
-        return f"{self._batch_head}{items}]}}}}"
+        return f"{self._batch_head}{','.join(line_json(line, now) for line in lines)}]}}}}"
+
+
+def line_json(line: LogLine, now: int) -> str:
+    """One line as ``{stream, message, timestamp}`` (the line's own time, else ``now``, in whole seconds):
+    an item of a WebSocket batch, and a line of the HTTP route's NDJSON."""
+    stamp = now if line.timestamp is None else int(line.timestamp)
+    return f'{{"stream":"{line.stream}","message":{_encode(line.message)},"timestamp":{stamp}}}'
 
 
 def _event(type_: str, container_id: str, **fields: Any) -> dict[str, Any]:
@@ -112,6 +185,15 @@ def send_error(client: Client, container_id: str, code: str, message: str) -> No
     client.send(_event("container.logs.error", container_id, error=code, message=message))
 
 
+class OwnStream(Protocol):
+    """A log stream that is a connection of its own (``httplogs.HttpLogStream``), as the caps see it."""
+
+    holder: Holder
+
+    async def stop(self) -> None:
+        """End it now (shutdown): the stream is cut, its reading stops."""
+
+
 SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, the container's own id (Container.id)
 # What a remote subscription counts against: ("address", client key) and ("subject", token subject).
 # A local client's holder is empty: it is bounded by the daemon-wide cap only.
@@ -119,14 +201,15 @@ Holder = tuple[tuple[str, Hashable], ...]
 LOCAL: Holder = ()
 
 
-def holder_of(request: web.Request, client: Client) -> Holder:
-    """Who a WebSocket client's streams count against. By address, because that is what one attacker cannot
-    multiply cheaply (like the rate limits and the connection cap); and by token subject too, because a
-    token is what the owner handed out, and one token used from many addresses is still one grant."""
+def holder_of(request: web.Request, subject: str | None) -> Holder:
+    """Who a client's streams (WebSocket or HTTP) count against. By address, because that is what one
+    attacker cannot multiply cheaply (like the rate limits and the connection cap); and by token subject
+    too, because a token is what the owner handed out, and one token used from many addresses is still one
+    grant."""
     principal = request.get(PRINCIPAL)
     if principal is not None and principal.local:
         return LOCAL
-    return (("address", client_key(request.get(CLIENT))), ("subject", client.subject))
+    return (("address", client_key(request.get(CLIENT))), ("subject", subject))
 
 
 class Subscription:
@@ -164,8 +247,7 @@ class Subscription:
     async def _run(self) -> None:
         options = self.options
         try:
-            lines = self.runtime.logs(self.ref, tail=options.tail, follow=options.follow,
-                                      timestamps=options.timestamps)
+            lines = line_source(self.runtime, self.ref, options)
             async with aclosing(lines):
                 deliver = self._collect if options.batch else self._deliver
                 client = self.client
@@ -253,11 +335,13 @@ class LogStreams:
         self.lines_sent = 0
         self.lines_dropped = 0
         self._by_client: dict[Client, dict[SubscriptionKey, Subscription]] = {}
+        # Streams that are a connection of their own (HTTP GET …/logs): one per connection by nature.
+        self.own: set[OwnStream] = set()
         self._held: dict[tuple[str, Hashable], int] = {}  # streams per holder part; ("remote", None): all remote
 
     @property
     def active(self) -> int:
-        return sum(len(subs) for subs in self._by_client.values())
+        return sum(len(subs) for subs in self._by_client.values()) + len(self.own)
 
     def of(self, client: Client) -> dict[SubscriptionKey, Subscription]:
         return self._by_client.get(client, {})
@@ -276,9 +360,7 @@ class LogStreams:
             if len(subs) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
                 raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
                                f"At most {MAX_SUBSCRIPTIONS_PER_CLIENT} log subscriptions per connection")
-            if self.active >= self.max_subscriptions:
-                raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
-                               f"The daemon follows {self.max_subscriptions} log streams already; try again later")
+            self._check_total()
             self._check_share(holder)
         else:
             await old.stop()
@@ -286,10 +368,35 @@ class LogStreams:
         if client.closed:
             raise ApiError(410, "CLIENT_GONE", "The connection closed")
         sub = subs[key] = Subscription(self, client, key, runtime, ref, options, holder)
-        for part in self._parts(holder):
-            self._held[part] = self._held.get(part, 0) + 1
+        self._count(holder, 1)
         sub.start()
         return sub
+
+    def open_own(self, stream: OwnStream) -> None:
+        """Count a stream that is a connection of its own against the same caps as subscriptions (the
+        daemon-wide cap, the holder's share, the local reserve), or refuse it with TOO_MANY_SUBSCRIPTIONS."""
+        self._check_total()
+        self._check_share(stream.holder)
+        self.own.add(stream)
+        self._count(stream.holder, 1)
+
+    def close_own(self, stream: OwnStream) -> None:
+        if stream in self.own:
+            self.own.discard(stream)
+            self._count(stream.holder, -1)
+
+    def _count(self, holder: Holder, change: int) -> None:
+        for part in self._parts(holder):
+            held = self._held.get(part, 0) + change
+            if held > 0:
+                self._held[part] = held
+            else:
+                self._held.pop(part, None)
+
+    def _check_total(self) -> None:
+        if self.active >= self.max_subscriptions:
+            raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
+                           f"The daemon follows {self.max_subscriptions} log streams already; try again later")
 
     @staticmethod
     def _parts(holder: Holder) -> tuple[tuple[str, Hashable], ...]:
@@ -316,21 +423,20 @@ class LogStreams:
         subs = self._by_client.get(sub.client)
         if subs is not None and subs.get(sub.key) is sub:
             del subs[sub.key]
-            for part in self._parts(sub.holder):
-                left = self._held.get(part, 0) - 1
-                if left > 0:
-                    self._held[part] = left
-                else:
-                    self._held.pop(part, None)
+            self._count(sub.holder, -1)
 
     async def end_client(self, client: Client) -> None:
         """Disconnect or shutdown: every stream of the client ends with ``stopped``."""
         await asyncio.gather(*(sub.stop() for sub in list(self.of(client).values())))
         self._by_client.pop(client, None)
 
+    async def end_own(self) -> None:
+        """At shutdown, before aiohttp waits for its handlers: every stream of its own connection ends."""
+        await asyncio.gather(*(stream.stop() for stream in list(self.own)))
+
     async def close(self) -> None:
         """At shutdown, after the hub said goodbye: nothing may still read from a runtime."""
-        await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)))
+        await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)), self.end_own())
 
 
 def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
@@ -343,7 +449,7 @@ def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
     return runtime, runtime.validate_ref(Ref(container_id, namespace))
 
 
-async def _key(runtime: Runtime, ref: Ref) -> SubscriptionKey:
+async def stream_key(runtime: Runtime, ref: Ref) -> SubscriptionKey:
     """The container's own id, so that a name and an id (short or full) of one container are one stream;
     a container that does not exist gets CONTAINER_NOT_FOUND."""
     return runtime.name, ref.namespace, (await runtime.get(ref)).id
@@ -358,8 +464,8 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
     try:
         runtime, ref = _target(request, data)
         options = parse_options(data)
-        key = await _key(runtime, ref)
-        await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client))
+        key = await stream_key(runtime, ref)
+        await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client.subject))
     except (ApiError, EngineError, NotSupported) as exc:
         error = as_api_error(exc, *LOGS_FAILED)
         send_error(client, _reply_id(data), error.code, error.message)
@@ -392,7 +498,7 @@ async def _named_otherwise(request: web.Request, data: dict[str, Any],
     """The stream of a container that the subscribe named otherwise (its id, and now its name, or the
     reverse): found through the engine."""
     try:
-        sub = subs.get(await _key(*_target(request, data)))
+        sub = subs.get(await stream_key(*_target(request, data)))
     except (ApiError, EngineError):
         return []
     return [] if sub is None else [sub]

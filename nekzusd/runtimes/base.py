@@ -139,8 +139,11 @@ class Runtime(abc.ABC):
         """Resource usage in the API's stats shape."""
         raise NotSupported(self.name, "Resource statistics")
 
-    def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
-        """Log lines, oldest first; ends when the container stops (follow) or the tail is done."""
+    def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
+             until: float | None = None) -> AsyncGenerator[LogLine, None]:
+        """Log lines, oldest first; ends when the container stops (follow) or the tail is done. ``since`` and
+        ``until`` (Unix seconds, inclusive) keep the lines logged in that window; a follow stream ends at
+        ``until`` at the latest (the engine would wait for a later line)."""
         raise NotSupported(self.name, "Reading logs")
 
     def events(self) -> AsyncGenerator[Event, None]:

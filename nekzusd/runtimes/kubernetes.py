@@ -28,7 +28,7 @@ from ..config import KubernetesConfig
 from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
-from .logparse import READ_SIZE, LogParser, line_time
+from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds
 
 CALL_TIMEOUT = 15.0   # seconds for any single API call
 POLL = 0.25           # seconds between looks while waiting for pods to come or go
@@ -437,18 +437,26 @@ class KubernetesRuntime(Runtime):
                 node = None
         return k8s.pod_stats(pod, metrics, node, time.time())
 
-    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool) -> AsyncGenerator[LogLine, None]:
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
+                   until: float | None = None) -> AsyncGenerator[LogLine, None]:
         """The log of the pod's first container (the API insists on one when a pod has several), raw text
         split into lines, all as "stdout" (the API does not tell the streams apart). A follow stream ends
-        when the container stops."""
+        when the container stops, or at ``until``. The API has ``sinceTime`` (whole seconds) and no until:
+        with either, lines are asked with their stamps and filtered here to the engine's precision."""
 
         pod = await self._pod(ref)
         if pod is None:
             raise ContainerNotFound(ref.id)
         containers = (pod.get("spec") or {}).get("containers") or [{}]
+        window = since is not None or until is not None
         query = [("container", containers[0].get("name", "")), ("tailLines", str(tail)),
-                 ("follow", "true" if follow else "false"), ("timestamps", "true" if timestamps else "false")]
+                 ("follow", "true" if follow else "false"),
+                 ("timestamps", "true" if timestamps or window else "false")]
+        if since is not None:
+            query.append(("sinceTime", datetime.fromtimestamp(int(since), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
         parser = LogParser(multiplexed=False)
+        loop = asyncio.get_running_loop()
+        deadline = None if until is None or not follow else loop.time() + until - time.time()
         async with AsyncExitStack() as stack:
             try:
                 response = await stack.enter_async_context(
@@ -460,11 +468,22 @@ class KubernetesRuntime(Runtime):
                                   f"{exc}", exc.status) from None
             while True:
                 try:
-                    chunk = await response.content.read(READ_SIZE)
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await response.content.read(READ_SIZE)
+                except TimeoutError:
+                    chunk = b""  # until has come
                 except aiohttp.ClientError as exc:
                     raise RuntimeUnavailable(self.name, f"log stream broke: {exc}") from None
                 pairs = parser.feed(chunk) if chunk else parser.flush()
                 for _stream, message in pairs:
+                    if window:
+                        moment = stamp_seconds(message)
+                        if moment is not None and since is not None and moment < since:
+                            continue
+                        if moment is not None and until is not None and moment > until:
+                            return  # one stream, in time order: nothing later is wanted
+                        if not timestamps:
+                            message = message[message.find(" ") + 1:]
                     yield LogLine("stdout", message, line_time(message) if timestamps else None)
                 if not chunk:
                     break

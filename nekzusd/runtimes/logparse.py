@@ -181,8 +181,18 @@ def stamp_key(stamp: str) -> tuple[int, int] | None:
     if match is None:
         return None
     base, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    try:
+        seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    except ValueError:  # month 13, offset +25:00, digits of another script: not a time (a client typed it)
+        return None
     return int(seconds), int((fraction or "").ljust(9, "0"))
+
+
+def stamp_seconds(line: str) -> float | None:
+    """The time (Unix seconds, as precise as a float holds) of a line that starts with an RFC 3339 stamp and a
+    space; None when it does not."""
+    key = stamp_key(line[:line.find(" ")]) if " " in line else None
+    return None if key is None else key[0] + key[1] / 1e9
 
 
 def _stamp_of(line: str) -> str:
