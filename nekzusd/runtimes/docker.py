@@ -20,7 +20,7 @@ from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineErr
 from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
 from ..stats import Sample, Samplers
-from .base import Container, Event, LogLine, Ref, Runtime
+from .base import CONNECTED, Container, Event, LogLine, Ref, Runtime
 from .docker_objects import container_from_inspect, container_from_list, podman_sample, sample_from_stats, short_id
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
@@ -212,6 +212,7 @@ class DockerRuntime(Runtime):
         params = {"filters": json.dumps({"type": ["container"]})}
         async with self._call("events", timeout=None):
             async with self._stream_client()._query("events", params=params, timeout=None) as response:
+                yield Event("", CONNECTED)  # subscribed (headers came): a listing from now on misses nothing
                 async for line in response.content:
                     if not line.strip():
                         continue
