@@ -8,9 +8,10 @@ told, for three reasons:
 - it is right whatever the engine's event vocabulary (Docker: kill, die, stop; Podman: die, cleanup;
   Kubernetes: a pod document) and whatever the cause (an operation of ours, ``docker stop`` by hand, a
   crash, a health check, a rescheduled pod);
-- it coalesces: a burst of events (a restart-all of 50 containers) costs two listings per ``WINDOW``
-  and each container at most two messages per window (in practice one per real change), carrying its
-  latest state ("last state wins") and, as ``previousState``, the state clients were last told;
+- it coalesces: a burst of events (a restart-all of 50 containers) costs a listing every ``GAP`` at
+  most, and each container gets at most one message per ``WINDOW``: a change that comes sooner waits for
+  the end of the window and goes out as the latest state then ("last state wins"), with, as
+  ``previousState``, the state clients were last told;
 - it resyncs: after the stream broke (engine restarted, watch expired) the runtime's ``CONNECTED`` event
   triggers the same comparison, so a change made while the stream was away is reported, not lost.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,8 @@ from .runtimes.base import Container, Runtime
 log = logging.getLogger(__name__)
 
 MESSAGE = "container.state_changed"
-WINDOW = 0.25  # seconds: at most two listings per runtime (one and its confirmation) per window
-SETTLE = 0.05  # seconds after a listing, the confirming one
+WINDOW = 0.25  # seconds: at most one message per container per window (later changes wait, last one wins)
+GAP = 0.05  # seconds between two listings of a runtime (at most 20 a second, during bursts of events only)
 LIST_TIMEOUT = 30.0  # a listing that takes longer is abandoned (the next event asks again)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # seconds between attempts to reopen a broken stream
 STABLE = 30.0  # a stream that lived this long resets the backoff
@@ -64,27 +65,40 @@ def message(container: Container, previous: str | None) -> dict[str, Any]:
             "status": container.status, "health": container.health, "timestamp": int(time.time())}
 
 
-def changes(known: dict[tuple[str, str], Told], rows: list[Container], runtime: str,
-            ) -> tuple[dict[tuple[str, str], Told], list[dict[str, Any]]]:
-    """The new table of what clients know, and the messages that bring them there (pure)."""
-    now: dict[tuple[str, str], Told] = {}
-    out: list[dict[str, Any]] = []
+Key = tuple[str, str]  # (namespace, id)
+
+
+def changes(known: dict[Key, Told], rows: list[Container], runtime: str, held: Collection[Key] = frozenset(),
+            ) -> tuple[dict[Key, Told], list[tuple[Key, dict[str, Any]]], bool]:
+    """The new table of what clients know, the messages that bring them there, and whether a change of
+    a container in ``held`` (announced too recently) was kept back: its entry stays as clients know it,
+    so the next listing compares again and its latest state goes out then (pure)."""
+    now: dict[Key, Told] = {}
+    out: list[tuple[Key, dict[str, Any]]] = []
+    waiting = False
     for c in rows:
         key = (c.namespace, c.id)
-        told = now[key] = Told(c.name, c.state, c.health)
+        told = Told(c.name, c.state, c.health)
         before = known.get(key)
         if before is None or (before.state, before.health) != (told.state, told.health):
-            out.append(message(c, before.state if before else None))
+            if key in held and before is not None:
+                now[key], waiting = before, True
+                continue
+            out.append((key, message(c, before.state if before else None)))
+        now[key] = told
     for key in known.keys() - now.keys():
         gone = known[key]
-        out.append(message(Container(id=key[1], name=gone.name, image="", state=REMOVED, status="Removed",
-                                     created=0, runtime=runtime, namespace=key[0]), gone.state))
-    return now, out
+        if key in held:
+            now[key], waiting = gone, True
+            continue
+        out.append((key, message(Container(id=key[1], name=gone.name, image="", state=REMOVED, status="Removed",
+                                           created=0, runtime=runtime, namespace=key[0]), gone.state)))
+    return now, out, waiting
 
 
 class RuntimeWatch:
     """One runtime: a reader task (the event stream, reopened with backoff) that marks the runtime
-    dirty, and a flusher task that lists and compares, at most once per ``WINDOW``."""
+    dirty, and a flusher task that lists and compares (``_flush_loop`` says when)."""
 
     def __init__(self, runtime: Runtime, hub: Hub, on_flush: Callable[[], None]) -> None:
         self.runtime = runtime
@@ -92,6 +106,8 @@ class RuntimeWatch:
         self.on_flush = on_flush
         self.known: dict[tuple[str, str], Told] | None = None  # None until the baseline listing
         self.sent = 0
+        self._sent_at: dict[Key, float] = {}  # loop time of each container's last message, within WINDOW
+        self._retry: asyncio.TimerHandle | None = None  # a listing when a held change may go out
         self._dirty = asyncio.Event()
         self._dirty.set()  # the baseline
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,6 +118,8 @@ class RuntimeWatch:
                        asyncio.create_task(self._flush_loop(), name=f"state-{name}")]
 
     async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -126,18 +144,18 @@ class RuntimeWatch:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _flush_loop(self) -> None:
-        """Leading edge: the first event after a quiet spell is looked at at once (low delay). Then one
-        confirming look ``SETTLE`` later, because an engine's list can lag its own event (dockerd logs
-        ``die`` before its list shows the exit, and a crash sends nothing after ``die``). Then events that
-        came meanwhile wait for the end of the window, and are looked at together."""
+        """Leading edge: the first event after a quiet spell is looked at at once (low delay); events
+        that come meanwhile are looked at together ``GAP`` later. When none came, one confirming look
+        ``GAP`` later all the same, because an engine's list can lag its own event (dockerd logs ``die``
+        before its list shows the exit, and a crash sends nothing after ``die``)."""
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             await self._flush_logged()
-            await asyncio.sleep(SETTLE)
+            await asyncio.sleep(GAP)
             if not self._dirty.is_set():
                 await self._flush_logged()
-            await asyncio.sleep(WINDOW - SETTLE)
+                await asyncio.sleep(GAP)
 
     async def _flush_logged(self) -> None:
         try:
@@ -153,15 +171,25 @@ class RuntimeWatch:
             log.debug("state listing of %s failed: %s", self.runtime.name, exc)
             return
         if self.known is None:
-            self.known, _ = changes({}, rows, self.runtime.name)
+            self.known, _, _ = changes({}, rows, self.runtime.name)
             self.on_flush()
             return
-        self.known, out = changes(self.known, rows, self.runtime.name)
-        for data in out:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._sent_at = {k: t for k, t in self._sent_at.items() if now - t < WINDOW}
+        self.known, out, waiting = changes(self.known, rows, self.runtime.name, self._sent_at.keys())
+        for key, data in out:
             self.hub.broadcast(MESSAGE, data)
+            self._sent_at[key] = now
         self.sent += len(out)
+        if waiting and self._retry is None:
+            self._retry = loop.call_at(min(self._sent_at.values()) + WINDOW, self._retry_now)
         if out:
             self.on_flush()
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._dirty.set()
 
 
 class StateChanges:

@@ -26,8 +26,9 @@ from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
-# Events that can change whether an app is healthy.
-_STATE_EVENTS = {"start", "die", "stop", "kill", "pause", "unpause", "restart", "destroy", "remove",
+# Events after which a container's state may differ (state_changes lists then). Not "kill": a signal changes
+# nothing by itself, and "die" follows when the process ends.
+_STATE_EVENTS = {"start", "die", "stop", "pause", "unpause", "restart", "destroy", "remove",
                  "health_status", "create"}
 CALL_TIMEOUT = 15.0  # seconds for any engine call that is not a long-running operation
 # Seconds a stop/restart may take beyond its grace period; inside the operation's own deadline
