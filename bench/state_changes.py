@@ -109,6 +109,8 @@ def run(lab: Lab, rounds: int = 50) -> list[Row]:
             statistics.median(raw)),
         Row(f"state_changed delay after the engine's event, p99 ({n} changes)", percentile(ours, 0.99), "ms",
             percentile(raw, 0.99)),
+        Row("state_changed delay, stops only (die), p50", statistics.median(ours[0::2]), "ms"),
+        Row("state_changed delay, starts only (start), p50", statistics.median(ours[1::2]), "ms"),
         Row(f"state_changed messages per stop/start ({rounds} rounds)", messages / rounds, "msgs", None,
             "<= 2", messages / rounds <= 2),
     ]
