@@ -15,6 +15,8 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from nekzusd.keys import STATE_CHANGES
+from nekzusd.runtimes.base import Container
+from nekzusd.state_changes import Told, changes
 from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
 from nekzusd.auth import load_or_create_secret
 from tests.engines import Engine
@@ -239,3 +241,27 @@ async def test_an_unauthenticated_socket_receives_nothing(engine, make_client, c
 
 async def _state_known(watch: Any, cid: str, state: str) -> bool:
     return any(key[1] == cid and told.state == state for key, told in (watch.known or {}).items())
+
+
+def _row(cid: str, state: str, health: str | None = None) -> Container:
+    return Container(id=cid, name=f"n-{cid}", image="i", state=state, status=state.title(), created=0,
+                     runtime="docker", health=health)
+
+
+def test_changes_chain_hold_and_removal() -> None:
+    """The comparison alone (pure): new, changed, health-only, unchanged, removed; a held container's
+    change is kept back with its entry as clients know it, so the next comparison still sees it."""
+    known = {("", "a"): Told("n-a", "running", None), ("", "b"): Told("n-b", "running", "healthy"),
+             ("", "c"): Told("n-c", "exited", None), ("", "gone"): Told("n-gone", "exited", None)}
+    rows = [_row("a", "exited"), _row("b", "running", "unhealthy"), _row("c", "exited"), _row("new", "created")]
+    now, out, waiting = changes(known, rows, "docker")
+    said = {key[1]: (m["previousState"], m["state"], m["health"]) for key, m in out}
+    assert said == {"a": ("running", "exited", None), "b": ("running", "running", "unhealthy"),
+                    "new": (None, "created", None), "gone": ("exited", "removed", None)}
+    assert not waiting and ("", "gone") not in now and now[("", "a")].state == "exited"
+
+    held_now, held_out, waiting = changes(known, rows, "docker", held={("", "a"), ("", "gone")})
+    assert waiting and {key[1] for key, _ in held_out} == {"b", "new"}
+    assert held_now[("", "a")].state == "running" and held_now[("", "gone")].state == "exited"
+    _, later, _ = changes(held_now, [_row("a", "paused")], "docker")  # last state wins, from what was told
+    assert [(m["previousState"], m["state"]) for key, m in later if key[1] == "a"] == [("running", "paused")]
