@@ -25,7 +25,7 @@ from tests.test_auth_matrix import raw_token, remote_client
 FIELDS = {"containerId", "name", "runtime", "namespace", "state", "previousState", "status", "health", "timestamp"}
 
 
-async def state_message(ws: ClientWebSocketResponse, cid: str, state: str, timeout: float = 20.0,
+async def state_message(ws: ClientWebSocketResponse, cid: str, state: str, timeout: float = 30.0,
                         ) -> dict[str, Any]:
     """The next message about ``cid`` (in ``state``, unless that is empty)."""
     def about(m: dict[str, Any]) -> bool:
@@ -36,7 +36,7 @@ async def state_message(ws: ClientWebSocketResponse, cid: str, state: str, timeo
 
 
 async def chain_to(ws: ClientWebSocketResponse, cid: str, state: str, before: str | None,
-                   timeout: float = 20.0) -> dict[str, Any]:
+                   timeout: float = 30.0) -> dict[str, Any]:
     """The messages of one container until it reaches ``state``: each one's previousState is what the one
     before said (``before`` for the first), so clients can follow. Engines may pass through states of
     their own (Podman: running, stopped, exited). Returns the last."""
@@ -122,7 +122,7 @@ async def test_health_check_results_are_pushed(engine, client):
     """A HEALTHCHECK that passes while a file exists: healthy, then unhealthy once it is removed."""
     ws = await connect(client)
     check = {"Healthcheck": {"Test": ["CMD-SHELL", "test -e /tmp/ok"], "Interval": 200_000_000,
-                             "Timeout": 1_000_000_000, "Retries": 1, "StartPeriod": 0}}
+                             "Timeout": 5_000_000_000, "Retries": 1, "StartPeriod": 0}}
     cid = await run_container(engine, unique("health"), "touch /tmp/ok; sleep 100000", config=check)
     data = await next_message(ws, "container.state_changed", timeout=20,
                               where=lambda m: m["data"]["containerId"] == cid and m["data"]["health"] == "healthy")
