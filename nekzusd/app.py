@@ -18,12 +18,13 @@ from .descriptors import Budget
 from .errors import error_middleware
 from .hub import Hub
 from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
-                   RUNTIMES, STARTED_AT, STORE, TOKEN_FILES, TOKENS)
+                   RUNTIMES, STARTED_AT, STATE_CHANGES, STORE, TOKEN_FILES, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
 from .routes import setup_routes
 from .runtimes import Runtimes
+from .state_changes import StateChanges
 from .statedir import ensure_state_dir
 from .status import RuntimeProbe
 from .store import Store
@@ -58,8 +59,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[OPERATIONS] = Operations(hub)
         app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
         app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
-        health.start()
         stack.push_async_callback(health.stop)
+        state = app[STATE_CHANGES] = StateChanges(runtimes.all(), hub, on_flush=health.poke)
+        state.start()
+        stack.push_async_callback(state.stop)
         token_files = app[TOKEN_FILES] = revocation.TokenFiles(
             app[TOKENS], config.jwt_secret_path, revocation.path_in(config.state_path), auth.load_or_create_secret,
             on_change=lambda: (ws.recheck_sessions(hub, app[TOKENS]),

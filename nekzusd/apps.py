@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import AppConfig
-from .errors import ApiError, EngineError, NotSupported, RuntimeUnavailable
+from .errors import ApiError, EngineError
 from .hub import Hub
 from .runtimes.base import Container, Runtime
 from .store import Store
@@ -170,7 +170,8 @@ def app_health(containers: list[Container]) -> tuple[str, str]:
 class HealthTracker:
     """Keeps each app's health and announces changes as ``health_change`` to every WebSocket client.
 
-    Changes are noticed right after nekzusd's own operations and from each engine's event stream, so a
+    Changes are noticed right after nekzusd's own operations and, through ``state_changes`` (the one
+    owner of each engine's event stream), whenever a listing there found a container changed, so a
     `docker stop` run by hand is reported too.
     """
 
@@ -184,7 +185,6 @@ class HealthTracker:
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
-        self._watchers: list[asyncio.Task[None]] = []
 
     async def refresh(self, *, announce: bool = True) -> None:
         async with self._lock:
@@ -223,28 +223,7 @@ class HealthTracker:
             self._dirty = False
             await self.refresh()
 
-    def start(self) -> None:
-        self._watchers = [asyncio.create_task(self._watch(r), name=f"events-{r.name}") for r in self.runtimes]
-
-    async def _watch(self, runtime: Runtime) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self.refresh()
-                async for _event in runtime.events():
-                    delay = 0.5
-                    self.poke()
-            except NotSupported:
-                return
-            except (RuntimeUnavailable, EngineError) as exc:  # engine down: retry with backoff
-                log.debug("event stream of %s broke: %s", runtime.name, exc)
-            except Exception:  # a bug, not an outage: say so, but keep tracking
-                log.exception("event stream of %s failed", runtime.name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
     async def stop(self) -> None:
-        tasks = [*self._watchers, *([self._pending] if self._pending else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)

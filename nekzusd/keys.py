@@ -16,6 +16,7 @@ from .operations import Operations
 from .ratelimit import RateLimiter
 from .revocation import TokenFiles
 from .runtimes import Runtimes
+from .state_changes import StateChanges
 from .store import Store
 
 if TYPE_CHECKING:
@@ -39,4 +40,5 @@ PROBE: web.AppKey[RuntimeProbe] = web.AppKey("probe")
 BULK = web.AppKey("bulk", Bulk)  # holds the one semaphore of all bulk and batch requests
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams")  # .lines_sent, .lines_dropped, .active
+STATE_CHANGES = web.AppKey("state_changes", StateChanges)  # owns the engines' event streams
 BUDGET = web.AppKey("budget", Budget)  # descriptors: each consumer's share of the open files limit

@@ -75,9 +75,15 @@ class LogLine:
     timestamp: float | None = None
 
 
+# The action of the Event a stream yields once it is subscribed: whatever happened before may have been
+# missed (the stream was away), so the consumer lists again (state_changes resyncs on it).
+CONNECTED = "connected"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A container state change reported by the engine (used to track app health)."""
+    """A container state change reported by the engine, or ``CONNECTED``; it tells the consumer when to
+    look again (state_changes lists and compares), not what the state is."""
 
     container_id: str
     action: str
@@ -147,7 +153,8 @@ class Runtime(abc.ABC):
         raise NotSupported(self.name, "Reading logs")
 
     def events(self) -> AsyncGenerator[Event, None]:
-        """Container state changes until cancelled; raises RuntimeUnavailable when the engine goes away."""
+        """Container state changes until cancelled, first ``CONNECTED`` once subscribed; raises
+        RuntimeUnavailable when the engine goes away."""
         raise NotSupported(self.name, "Watching events")
 
     async def export_source(self, ref: Ref) -> Any:

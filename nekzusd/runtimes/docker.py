@@ -22,14 +22,15 @@ from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineErr
 from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
 from ..stats import Sample, Samplers
-from .base import Container, Event, LogLine, Ref, Runtime
+from .base import CONNECTED, Container, Event, LogLine, Ref, Runtime
 from .docker_objects import container_from_inspect, container_from_list, podman_sample, sample_from_stats, short_id
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
-# Events that can change whether an app is healthy.
-_STATE_EVENTS = {"start", "die", "stop", "kill", "pause", "unpause", "restart", "destroy", "remove",
+# Events after which a container's state may differ (state_changes lists then). Not "kill": a signal changes
+# nothing by itself, and "die" follows when the process ends.
+_STATE_EVENTS = {"start", "die", "stop", "pause", "unpause", "restart", "destroy", "remove",
                  "health_status", "create"}
 CALL_TIMEOUT = 15.0  # seconds for any engine call that is not a long-running operation
 # Seconds a stop/restart may take beyond its grace period; inside the operation's own deadline
@@ -226,6 +227,7 @@ class DockerRuntime(Runtime):
         params = {"filters": json.dumps({"type": ["container"]})}
         async with self._call("events", timeout=None):
             async with self._stream_client()._query("events", params=params, timeout=None) as response:
+                yield Event("", CONNECTED)  # subscribed (headers came): a listing from now on misses nothing
                 async for line in response.content:
                     if not line.strip():
                         continue

@@ -28,14 +28,13 @@ from ..config import KubernetesConfig
 from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
+from .k8s_watch import pod_events
 from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds
 
 CALL_TIMEOUT = 15.0   # seconds for any single API call
 POLL = 0.25           # seconds between looks while waiting for pods to come or go
 START_WAIT = 25.0     # seconds start waits for the pods to run (inside the operation's deadline)
 SETTLE_MARGIN = 25.0  # stop/restart wait the grace period plus this for the pods to go or roll
-WATCH_SECONDS = 300   # a pod watch is renewed this often (the server ends it anyway)
-EVENT_QUEUE = 256
 
 
 class KubeError(EngineError):
@@ -489,41 +488,8 @@ class KubernetesRuntime(Runtime):
                     break
 
     def events(self) -> AsyncGenerator[Event, None]:
-        return self._events()
-
-    async def _events(self) -> AsyncGenerator[Event, None]:
-        """Pod changes in every configured namespace, from one watch per namespace merged into a bounded
-        queue. Raises RuntimeUnavailable when a watch ends, so the caller re-lists and watches again."""
-        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue(EVENT_QUEUE)
-        tasks = [asyncio.create_task(self._watch(ns, queue), name=f"k8s-watch-{ns}") for ns in self.namespaces]
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _watch(self, namespace: str, queue: asyncio.Queue[Event | BaseException]) -> None:
-        try:
-            query = [("watch", "true"), ("timeoutSeconds", str(WATCH_SECONDS))]
-            async with self._response("GET", f"/api/v1/namespaces/{namespace}/pods", query=query) as response:
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    name = ((event.get("object") or {}).get("metadata") or {}).get("name")
-                    if name and event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        await queue.put(Event(name, event["type"].lower()))
-            await queue.put(RuntimeUnavailable(self.name, f"pod watch of {namespace} ended"))
-        except asyncio.CancelledError:
-            raise
-        except (ApiError, EngineError, aiohttp.ClientError, ValueError) as exc:
-            error = exc if isinstance(exc, (ApiError, EngineError)) else RuntimeUnavailable(self.name, str(exc))
-            await queue.put(error)
+        """Pod changes in every configured namespace (runtimes/k8s_watch.py)."""
+        return pod_events(self._response, self.namespaces, self.name)
 
 
 def _read_yaml(path: str) -> Any:
