@@ -14,7 +14,8 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
