@@ -14,7 +14,8 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -426,3 +427,17 @@ async def test_the_cluster_going_away_leaves_docker_answering(make_client, engin
     resp = await client.get(C)
     assert resp.status == 200 and resp.headers[HEADER] == "kubernetes"
     assert [r["id"] for r in await resp.json()] == [cid]
+
+
+def test_read_timeout_is_checked(engine, tmp_path):
+    from nekzusd.config import ConfigError, parse
+
+    for bad, problem in ((0, "must be greater than 0"), ("soon", "must be a number"), (True, "must be a number")):
+        data = base_config(engine, tmp_path / "state")
+        data["runtimes"]["read_timeout"] = bad
+        with pytest.raises(ConfigError) as exc:
+            parse(data, env={})
+        assert exc.value.problems == [f"runtimes.read_timeout: {problem}"], bad
+    data = base_config(engine, tmp_path / "state")
+    data["runtimes"]["read_timeout"] = 3
+    assert parse(data, env={}).runtimes.read_timeout == 3.0
