@@ -454,6 +454,7 @@ class LiveStats:
             except (ApiError, EngineError, NotSupported) as exc:
                 return as_api_error(exc, "CONTAINER_LIST_FAILED", "Failed to list containers")
 
+        self.listings.prune(LIST_REFRESH)  # keys are namespaces clients name: keep only recent ones
         at, value = await self.listings.get((runtime.name, namespace), call, max_age)
         if isinstance(value, ApiError):
             raise value

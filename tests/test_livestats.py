@@ -294,8 +294,12 @@ async def test_a_client_that_stops_reading_gets_the_latest_sample_per_container(
                         % str(ids).replace("'", '"')))
     await wait_for(lambda: _true(live.active == 20), timeout=20)
     [peer] = [c for c in hub.clients if live.of(c) is not None]
-    peer._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a limit
-    await wait_for(lambda: _true(live.replaced > 20), timeout=90)
+    # Limits, so that the server side fills in seconds rather than minutes: the socket's send buffer, the
+    # transport's high-water mark and how much aiohttp writes before it waits for the transport (256 KiB).
+    peer._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer._transport.set_write_buffer_limits(high=4096)
+    peer.ws._writer._limit = 4096
+    await wait_for(lambda: _true(live.replaced > 20), timeout=60)
     depth = []
     for _ in range(20):  # while the writer is blocked: at most one stats message per container queued
         depth.append(len(peer._queue))
@@ -344,3 +348,32 @@ async def test_podman_live_stats(podman_engine: Engine, make_client, tmp_path: P
         await ws.close()
     finally:
         await asyncio.to_thread(podman_engine.remove_all)
+
+
+@pytest.mark.kubernetes
+async def test_a_pod_without_metrics_is_an_error_of_its_own_and_the_rest_keeps_going(
+        engine, make_client, tmp_path, k8s_cluster, k8s_api):
+    """The test cluster has no metrics-server (like many small ones): the pod's watch reports it once and
+    stays; the Docker container watched on the same connection keeps its stats coming."""
+    from kubernetes_asyncio import client as k8s
+
+    from tests.k8s_fixtures import deployment, k8s_config, running_pods
+
+    client = await make_client(k8s_config(engine, tmp_path / "state", k8s_cluster.kubeconfig))
+    await k8s.AppsV1Api(k8s_api).create_namespaced_deployment("default", deployment("web", 1))
+    async with k8s_cluster.fake_kubelet(namespaces=("default",)):
+        pod = (await running_pods(k8s_api, "default", "web", 1))[0]
+    cid = await run_container(engine, unique())
+    ws = await ws_connect(client)
+    subscribed = await subscribe(ws, [pod], namespace="default", interval=1)
+    assert subscribed["data"]["containers"][0] | {"name": pod} == {
+        "containerId": pod, "name": pod, "runtime": "kubernetes", "namespace": "default", "requested": pod}
+    await subscribe(ws, [cid], interval=1)
+    got, others = await samples(ws, {cid: 4})
+    errors = [m["data"] for m in others if m["type"] == "container.stats.error"]
+    assert len(errors) == 1, errors  # said once, not at every interval
+    assert errors[0]["containerId"] == pod and errors[0]["namespace"] == "default"
+    assert errors[0]["error"] in ("METRICS_UNAVAILABLE", "CONTAINER_STATS_FAILED")
+    assert "metrics" in errors[0]["message"]
+    assert pod not in got and live_of(client).active == 2
+    await ws.close()
