@@ -26,7 +26,7 @@ BENCHMARKS = {
     "bulk": (bulk.run, {"containers": 20, "rounds": 3}, {"containers": 3, "rounds": 1}),
     "logs": (logs.run, {"lines": 200_000, "clients": 20},
              {"lines": 2000, "clients": 2, "flood_mb": 5, "stalled_seconds": 2.0}),
-    "livestats": (livestats.run, {"containers": 20, "seconds": 20.0}, {"containers": 3, "seconds": 2.0}),
+    "livestats": (livestats.run, {"watched": 20, "seconds": 20.0}, {"watched": 3, "seconds": 2.0}),
     "access_control": (access_control.run, {"containers": 20, "requests": 300}, {"containers": 3, "requests": 20}),
 }
 

@@ -24,6 +24,7 @@ from nekzusd.app import create_app
 from nekzusd.keys import HUB, LIVE_STATS, RUNTIMES, TOKENS
 from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
 from tests.engines import Engine
+from tests.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
 
 APP = {"nekzus.app.id": "grafana"}
 FIELDS = {"containerId", "cpu", "memory", "network", "timestamp"}
@@ -356,8 +357,6 @@ async def test_a_pod_without_metrics_is_an_error_of_its_own_and_the_rest_keeps_g
     """The test cluster has no metrics-server (like many small ones): the pod's watch reports it once and
     stays; the Docker container watched on the same connection keeps its stats coming."""
     from kubernetes_asyncio import client as k8s
-
-    from tests.k8s_fixtures import deployment, k8s_config, running_pods
 
     client = await make_client(k8s_config(engine, tmp_path / "state", k8s_cluster.kubeconfig))
     await k8s.AppsV1Api(k8s_api).create_namespaced_deployment("default", deployment("web", 1))
