@@ -147,7 +147,7 @@ class Client:
         """Queue an already encoded message that must not be dropped."""
         if self.closed:
             return False
-        if len(self._queue) >= LOG_QUEUE_SIZE + CONTROL_RESERVE:
+        if len(self._queue) - len(self._latest) >= LOG_QUEUE_SIZE + CONTROL_RESERVE:  # latest slots: bounded apart
             self._stuck("send queue full")
             return False
         self._push(text)

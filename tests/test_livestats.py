@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import time
@@ -152,12 +153,15 @@ async def test_odd_container_lists_are_clean_errors(client, ids, code):
 async def test_unknown_stopped_and_odd_ids(engine, client):
     running = await run_container(engine, unique())
     exited = await asyncio.to_thread(engine.run, unique("exited"), "true")
+    # Exited before the first subscribe: ids are matched against a listing up to 1 s old (documented).
+    async def has_exited() -> bool:
+        return not (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{exited}/json"))["State"]["Running"]
+    await wait_for(has_exited)
     ws = await ws_connect(client)
     for bad, code in [("no-such-container", "CONTAINER_NOT_FOUND"), ("../../etc", "INVALID_CONTAINER_ID"),
                       ("x" * 5000, "INVALID_CONTAINER_ID"), ("", "INVALID_CONTAINER_ID")]:
         error = await error_of(ws, {"containerIds": [bad]})
         assert error["error"] == code and error["containerId"] == bad[:200], error
-    await wait_for(lambda: _true(engine.api_json("GET", f"/containers/{exited}/json")["State"]["Running"] is False))
     error = await error_of(ws, {"containerIds": [exited[:12]]})
     assert error["error"] == "CONTAINER_NOT_RUNNING"
     # Known and unknown together: the unknown one is an error, the known one is watched.
@@ -260,6 +264,21 @@ async def test_disconnect_leaves_no_task_watch_or_sampler(engine, client):
     await wait_for(lambda: _true(len(asyncio.all_tasks()) <= tasks_before))
 
 
+async def test_daemon_shutdown_ends_every_watch(engine, client):
+    ids = [await run_container(engine, unique(), labels=APP) for _ in range(2)]
+    ws = await ws_connect(client)
+    await subscribe(ws, ids[:1], interval=1)
+    await subscribe(ws, interval=1)
+    await samples(ws, {cid: 1 for cid in ids})
+    live = live_of(client)
+    await client.server.close()
+    assert live.active == 0 and live.tasks == 0 and not live.watchers
+    closing = await ws.receive(timeout=10)
+    while closing.type == aiohttp.WSMsgType.TEXT:
+        closing = await ws.receive(timeout=10)
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+
+
 def _raw_ws(port: int) -> socket.socket:
     """A WebSocket client that shakes hands and then reads nothing, with a tiny receive buffer."""
     sock = socket.socket()
@@ -291,8 +310,8 @@ async def test_a_client_that_stops_reading_gets_the_latest_sample_per_container(
     hub = client.server.app[HUB]
     live = live_of(client)
     sock = await asyncio.to_thread(_raw_ws, client.port)
-    sock.sendall(_frame('{"type":"container.stats.subscribe","data":{"containerIds":%s,"interval":1}}'
-                        % str(ids).replace("'", '"')))
+    sock.sendall(_frame(json.dumps({"type": "container.stats.subscribe",
+                                    "data": {"containerIds": ids, "interval": 1}})))
     await wait_for(lambda: _true(live.active == 20), timeout=20)
     [peer] = [c for c in hub.clients if live.of(c) is not None]
     # Limits, so that the server side fills in seconds rather than minutes: the socket's send buffer, the
@@ -353,7 +372,7 @@ async def test_podman_live_stats(podman_engine: Engine, make_client, tmp_path: P
 
 @pytest.mark.kubernetes
 async def test_a_pod_without_metrics_is_an_error_of_its_own_and_the_rest_keeps_going(
-        engine, make_client, tmp_path, k8s_cluster, k8s_api):
+        engine, make_client, tmp_path, k8s_cluster, k8s_api):  # noqa: F811 -- the fixture
     """The test cluster has no metrics-server (like many small ones): the pod's watch reports it once and
     stays; the Docker container watched on the same connection keeps its stats coming."""
     from kubernetes_asyncio import client as k8s
