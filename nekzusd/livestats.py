@@ -229,14 +229,15 @@ class Connection:
         self.skipped: set[WatchKey] = set()  # under "all": unsubscribed or over a cap; not added back while running
         self._ended: dict[WatchKey, float] = {}  # monotonic time each container's ended went out (under "all")
         self._reads: dict[WatchKey, asyncio.Task[None]] = {}
+        self._cancelled: set[asyncio.Task[None]] = set()  # reads of removed watches, until they have ended
         self._changed = asyncio.Event()
         self._ticker = asyncio.create_task(self._tick(), name=f"livestats-{client.address}")
         self._follower: asyncio.Task[None] | None = None
 
     @property
     def tasks(self) -> int:
-        return (not self._ticker.done()) + len(self._reads) + (self._follower is not None
-                                                               and not self._follower.done())
+        return (not self._ticker.done()) + len(self._reads) + len(self._cancelled) + (
+            self._follower is not None and not self._follower.done())
 
     # ---------------------------------------------------------------------------- adding and removing
     def add(self, targets: list[tuple[Runtime, Container, str]], interval: float) -> list[Watch]:
@@ -270,6 +271,8 @@ class Connection:
             read = self._reads.pop(watch.key, None)
             if read is not None:
                 read.cancel()
+                self._cancelled.add(read)
+                read.add_done_callback(self._cancelled.discard)
 
     def follow_all(self, interval: float) -> None:
         self.all_interval = interval
@@ -289,7 +292,7 @@ class Connection:
         """Every task ends and every watch is given back."""
         await self.stop_following()
         self._ticker.cancel()
-        reads = list(self._reads.values())
+        reads = [*self._reads.values(), *self._cancelled]
         for task in reads:
             task.cancel()
         await asyncio.gather(self._ticker, *reads, return_exceptions=True)
@@ -345,7 +348,8 @@ class Connection:
         reason = ENDS.get(error.code)
         if reason is not None:
             self.remove(watch)
-            self._ended[watch.key] = time.monotonic()
+            if self.all_interval is not None:
+                self._ended[watch.key] = time.monotonic()
             self.client.send(_message("container.stats.ended", {**watch.describe(), "reason": reason}))
             self.live.ended += 1
         elif watch.failing != error.code:  # said once; the watch stays and is read again at its interval

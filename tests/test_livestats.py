@@ -240,6 +240,32 @@ async def test_caps_per_connection_and_in_all(engine, make_client, config_data):
     await second.close()
 
 
+async def test_remote_clients_share_the_total_like_log_streams(engine, aiohttp_client, tmp_path):
+    """max_total 8: an eighth (1) kept for local clients, so a remote token from 127.0.0.3 watches at most 7
+    (subscriptions.Caps, shared with log streams); the owner then still gets the last one."""
+    data = base_config(engine, tmp_path / "state", auth={"local_networks": ["127.0.0.1/32"]},
+                       live_stats={"max_per_connection": 8, "max_total": 8})
+    client = await aiohttp_client(create_app(config_mod.parse(data, env={})))
+    ids = list(await asyncio.gather(*(run_container(engine, unique("share")) for _ in range(8))))
+    token = client.app[TOKENS].create("sharer", ["read:containers"], 600)
+    live = client.app[LIVE_STATS]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as http:
+        remote = await http.ws_connect(client.make_url("/api/v1/ws"))
+        await remote.send_json({"type": "auth", "data": {"token": token}})
+        assert (await remote.receive_json(timeout=5))["type"] == "auth_success"
+        error = await error_of(remote, {"containerIds": ids})
+        assert error["error"] == "TOO_MANY_SUBSCRIPTIONS" and "kept for local clients" in error["message"]
+        await subscribe(remote, ids[:7])
+        assert live.caps.held(("subject", "sharer")) == 7 and live.caps.held(("remote", None)) == 7
+        owner = await ws_connect(client)
+        await subscribe(owner, ids[7:])
+        error = await error_of(owner, {"containerIds": ids[:1]})
+        assert error["error"] == "TOO_MANY_SUBSCRIPTIONS" and "follows 8" in error["message"]
+        await remote.close()
+        await wait_for(lambda: _true(live.caps.held(("remote", None)) == 0 and live.active == 1))
+        await owner.close()
+
+
 async def test_config_refuses_a_connection_cap_above_the_total(config_data):
     with pytest.raises(config_mod.ConfigError, match="live_stats.max_per_connection"):
         config_mod.parse({**config_data, "live_stats": {"max_per_connection": 10, "max_total": 5}}, env={})
