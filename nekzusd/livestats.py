@@ -57,6 +57,9 @@ LIST_REFRESH = 5.0  # seconds between looks for containers that started, under "
 RESOLVE_AGE = 1.0  # a subscribe matches ids against a container listing at most this old (shared)
 READ_TIMEOUT = SAMPLE_TIMEOUT + 5.0  # a first Docker sample may take a sampler's whole wait
 LOOKUPS_AT_ONCE = 4  # engine lookups of one subscribe for ids the listing does not name as such
+# ... and at most this many per subscribe: without it, one message of 256 unknown names was 256 engine
+# calls (logs: one per message). The others are TOO_MANY_LOOKUPS; a client sends them again.
+LOOKUPS_PER_SUBSCRIBE = 16
 STATS_FAILED = ("CONTAINER_STATS_FAILED", "Failed to get container stats")
 ENDS = {"CONTAINER_NOT_RUNNING": "container_stopped", "CONTAINER_NOT_FOUND": "container_removed"}
 
@@ -496,11 +499,20 @@ class LiveStats:
         _, listed = await self.listing(runtime, namespace, RESOLVE_AGE)
         by_name = {c.name: c for c in listed} | {c.id: c for c in listed}
 
+        lookups = 0
+
         async def one(container_id: str) -> Container | ApiError:
+            nonlocal lookups
             try:
                 ref = runtime.validate_ref(Ref(container_id, namespace))
                 container = by_name.get(ref.id)
                 if container is None:
+                    lookups += 1
+                    if lookups > LOOKUPS_PER_SUBSCRIBE:
+                        return ApiError(429, "TOO_MANY_LOOKUPS",
+                                        f"At most {LOOKUPS_PER_SUBSCRIBE} ids of one subscribe may be other than a "
+                                        "container's short id or name; send this one again in another subscribe",
+                                        {"limit": LOOKUPS_PER_SUBSCRIBE})
                     async with asyncio.timeout(READ_TIMEOUT):
                         container = await runtime.get(ref)
                 if container.state not in ("running", "paused"):

@@ -177,6 +177,27 @@ async def test_unknown_stopped_and_odd_ids(engine, client):
     await ws.close()
 
 
+async def test_unknown_names_cost_a_bounded_number_of_engine_lookups(engine, client):
+    """256 ids in one subscribe that no listing names: 16 are looked up (the full id found, 15 unknown
+    names CONTAINER_NOT_FOUND), the rest refused without an engine call (TOO_MANY_LOOKUPS)."""
+    cid = await run_container(engine, unique())
+    full = (await asyncio.to_thread(engine.api_json, "GET", f"/containers/{cid}/json"))["Id"]
+    ws = await ws_connect(client)
+    names = [f"nothing-{i}" for i in range(255)]
+    await ws.send_json({"type": "container.stats.subscribe", "data": {"containerIds": [full, *names]}})
+    codes: dict[str, str] = {}
+    async with asyncio.timeout(30):
+        while len(codes) < len(names):
+            message = await ws.receive_json()
+            if message["type"] == "container.stats.error":
+                codes[message["data"]["containerId"]] = message["data"]["error"]
+    subscribed = await next_message(ws, "container.stats.subscribed")
+    assert [c["containerId"] for c in subscribed["data"]["containers"]] == [cid]
+    assert list(codes.values()).count("CONTAINER_NOT_FOUND") == 15
+    assert list(codes.values()).count("TOO_MANY_LOOKUPS") == 240
+    await ws.close()
+
+
 async def test_a_container_that_stops_ends_its_stream(engine, client):
     cid = await run_container(engine, unique())
     ws = await ws_connect(client)
