@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench import access_control, api_overhead, bulk, logs, merged_list, state_changes, stats
+from bench import access_control, api_overhead, bulk, livestats, logs, merged_list, state_changes, stats
 from bench.common import ROOT, lab, table
 
 # Each benchmark with its options: the full run, and a tiny one.
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "bulk": (bulk.run, {"containers": 20, "rounds": 3}, {"containers": 3, "rounds": 1}),
     "logs": (logs.run, {"lines": 200_000, "clients": 20},
              {"lines": 2000, "clients": 2, "flood_mb": 5, "stalled_seconds": 2.0}),
+    "livestats": (livestats.run, {"watched": 20, "seconds": 20.0}, {"watched": 3, "seconds": 2.0}),
     "access_control": (access_control.run, {"containers": 20, "requests": 300}, {"containers": 3, "requests": 20}),
     "merged_list": (merged_list.run, {"pods": 20, "requests": 200}, {"pods": 2, "requests": 20}),
     "state_changes": (state_changes.run, {"rounds": 50}, {"rounds": 3}),

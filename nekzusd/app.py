@@ -10,15 +10,15 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from . import accesslog, auth, httplogs, logs, ratelimit, realip, revocation, validation, ws
+from . import accesslog, auth, httplogs, livestats, logs, ratelimit, realip, revocation, validation, ws
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
 from .descriptors import Budget
 from .errors import error_middleware
 from .hub import Hub
-from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LOG_STREAMS, METRICS, OPERATIONS, PROBE, RATE_LIMITER,
-                   RUNTIMES, STARTED_AT, STATE_CHANGES, STORE, TOKEN_FILES, TOKENS)
+from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LIVE_STATS, LOG_STREAMS, METRICS, OPERATIONS, PROBE,
+                   RATE_LIMITER, RUNTIMES, STARTED_AT, STATE_CHANGES, STORE, TOKEN_FILES, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
@@ -55,6 +55,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         hub = app[HUB] = Hub()
         log_streams = app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
         stack.push_async_callback(log_streams.close)
+        live_stats = app[LIVE_STATS] = livestats.LiveStats(runtimes, apps, config.live_stats)
+        stack.push_async_callback(live_stats.close)
         health = app[HEALTH] = HealthTracker(apps, runtimes.all(), hub)
         app[OPERATIONS] = Operations(hub)
         app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
@@ -92,7 +94,7 @@ def create_app(config: Config, budget: Budget | None = None) -> web.Application:
     ratelimit.setup(app, limiter)
     validation.setup(app)  # bodies over the limit refused before anyone reads them
     auth.setup(app, config.auth, config.server.allowed_hosts)
-    ws.setup(app, logs.MESSAGE_TYPES)
+    ws.setup(app, logs.MESSAGE_TYPES, livestats.MESSAGE_TYPES)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(_on_shutdown)
     setup_routes(app)

@@ -176,6 +176,15 @@ class BulkConfig:
 
 
 @dataclass(frozen=True)
+class LiveStatsConfig:
+    """Caps of live stats over the WebSocket (nekzusd.livestats): containers watched per connection, and
+    by all connections together (a container watched by two connections counts twice)."""
+
+    max_per_connection: int = _checked(_positive, 256)
+    max_total: int = _checked(_positive, 4096)
+
+
+@dataclass(frozen=True)
 class AppConfig:
     id: str = _checked(check_app_id)
     name: str = ""
@@ -190,6 +199,7 @@ class Config:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    live_stats: LiveStatsConfig = field(default_factory=LiveStatsConfig)
     apps: tuple[AppConfig, ...] = ()
     max_api_apps: int = _checked(_non_negative, 256)
 
@@ -273,6 +283,9 @@ def _cross_checks(config: Config) -> list[str]:
     if not getattr(rt, rt.primary).enabled:
         problems.append(f"runtimes.primary: runtime {rt.primary!r} is not enabled")
     tls = config.server.tls
+    live = config.live_stats
+    if live.max_per_connection > live.max_total:
+        problems.append("live_stats.max_per_connection: must not be more than live_stats.max_total")
     if tls.mode == "files" and not (tls.cert and tls.key):
         problems.append("server.tls: mode 'files' needs both cert and key")
     seen: set[str] = set()

@@ -28,7 +28,8 @@ from .auth import PRINCIPAL, bearer_token
 from .errors import ApiError, EngineError, NotSupported, as_api_error, engine_errors
 from .hub import SEND_TIMEOUT
 from .keys import LOG_STREAMS
-from .logs import LOGS_FAILED, Holder, LogStreams, holder_of, line_json, line_source, parse_options, stream_key
+from .logs import LOGS_FAILED, LogStreams, line_json, line_source, parse_options, stream_key
+from .subscriptions import Holder, holder_of
 from .runtimes import LogLine
 from .views.common import target
 

@@ -9,6 +9,9 @@ A client that reads slowly must not grow the daemon's memory. Each client has on
 - a client that cannot take a batch of messages within ``SEND_TIMEOUT`` is stuck and closed (aborted, so
   that closing cannot hang on a peer that never reads).
 Producers that prefer waiting to dropping (a fast client that is briefly behind) use ``wait_log_room``.
+Messages where only the newest matters (live stats) go through ``send_latest``: one slot per key in the
+queue, whose text a newer message replaces until the writer takes it, so a slow reader gets fewer of them
+and the queue holds at most one per key.
 
 A session authenticated by a token lasts as long as the token: ``watch_token`` sets a timer (owned by the
 client, cancelled when it goes) for the token's expiry, and ``end_session`` ends the session with one clear
@@ -42,6 +45,15 @@ _CORK = getattr(socket, "TCP_CORK", None)  # Linux
 CORK_FROM = 4  # queued messages from which corking pays for its two setsockopt calls
 
 
+class _Latest:
+    """A queue slot whose text is the client's newest ``send_latest`` message of ``key``."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
 def envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type_, "data": data}
 
@@ -61,7 +73,9 @@ class Client:
         self.dropped: Counter[str] = Counter()  # container id -> log lines dropped, not yet reported
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # e.g. end log streams
         self._transport = transport
-        self._queue: deque[str | None] = deque()
+        self._queue: deque[str | _Latest | None] = deque()
+        self._latest: dict[str, str] = {}  # key -> the newest text of its slot still in the queue
+        self.replaced = 0  # send_latest messages replaced by a newer one before they were sent
         self._queued_chars = 0
         self._log_full = False  # log messages are dropped until the writer drains below half
         self._room = asyncio.Event()  # set while log messages are accepted
@@ -133,7 +147,7 @@ class Client:
         """Queue an already encoded message that must not be dropped."""
         if self.closed:
             return False
-        if len(self._queue) >= LOG_QUEUE_SIZE + CONTROL_RESERVE:
+        if len(self._queue) - len(self._latest) >= LOG_QUEUE_SIZE + CONTROL_RESERVE:  # latest slots: bounded apart
             self._stuck("send queue full")
             return False
         self._push(text)
@@ -152,6 +166,23 @@ class Client:
         if len(self._queue) >= LOG_QUEUE_SIZE or self._queued_chars >= LOG_QUEUE_BYTES:
             self._log_full = True
             self._room.clear()
+        return True
+
+    def send_latest(self, key: str, text: str) -> bool:
+        """Queue a message of which only the newest per ``key`` matters: while an earlier one of the same
+        key waits in the queue, ``text`` replaces it (in its place), so the queue never holds two. The
+        producer bounds the keys (one per watched container)."""
+        if self.closed:
+            return False
+        old = self._latest.get(key)
+        self._latest[key] = text
+        if old is not None:
+            self.replaced += 1
+            self._queued_chars += len(text) - len(old)
+            return True
+        self._queue.append(_Latest(key))
+        self._queued_chars += len(text)
+        self._wakeup.set()
         return True
 
     def drop(self, container_id: str, lines: int = 1) -> None:
@@ -210,9 +241,10 @@ class Client:
                     with self._corked(len(queue) >= CORK_FROM):
                         count = chars = 0
                         while queue and count < SEND_BATCH and chars < SEND_BATCH_BYTES:
-                            text = queue.popleft()
-                            if text is None:
+                            item = queue.popleft()
+                            if item is None:
                                 return
+                            text = self._latest.pop(item.key) if isinstance(item, _Latest) else item
                             self._popped(text)
                             await self.ws.send_str(text)
                             count += 1
@@ -247,6 +279,7 @@ class Client:
         """Drop the connection at once: a peer that does not read would make a polite close hang."""
         self._closed = True
         self._queue.clear()
+        self._latest.clear()
         self._queued_chars = 0
         self._room.set()  # producers waiting for room see the client closed
         if self._transport is not None:

@@ -21,6 +21,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     # These modules read keys from this one at import time: the type is named for mypy only.
+    from .livestats import LiveStats
     from .logs import LogStreams
     from .metrics import Metrics
     from .status import RuntimeProbe
@@ -42,3 +43,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams")  # .lines_sent, .lines_dropped, .active
 STATE_CHANGES = web.AppKey("state_changes", StateChanges)  # owns the engines' event streams
 BUDGET = web.AppKey("budget", Budget)  # descriptors: each consumer's share of the open files limit
+LIVE_STATS: web.AppKey[LiveStats] = web.AppKey("live_stats")  # WebSocket stats watches: .active, .tasks, .sent

@@ -22,14 +22,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from . import ws
-from .auth import PRINCIPAL
 from .errors import ApiError, EngineError, NotSupported, as_api_error
 from .hub import Client
 from .keys import LOG_STREAMS, RUNTIMES
-from .ratelimit import client_key
-from .realip import CLIENT
 from .runtimes import LogLine, Ref, Runtime
 from .runtimes.logparse import stamp_key
+from .subscriptions import LOCAL, Caps, Holder, holder_of
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +39,8 @@ BATCH_MAX_LINES = 1000
 # daemon-wide cap is lower when the open files limit leaves no room for 1,024 (descriptors.Budget).
 MAX_SUBSCRIPTIONS_PER_CLIENT = 32
 MAX_SUBSCRIPTIONS = 1024
-# Remote clients share the daemon-wide cap: each client address (an IPv6 /64, like the rate limits) and
-# each token subject may hold at most max(REMOTE_SHARE_MIN, cap / 8) streams, and all remote clients
-# together leave an eighth of the cap (LOCAL_RESERVE_FRACTION) to local clients. Without it one read
-# token from one address, over 32 connections, held all 1,024 streams and the owner got none.
-REMOTE_SHARE_MIN = 32
-LOCAL_RESERVE_FRACTION = 8
+# Remote clients share the daemon-wide cap (per address, per token subject, a reserve for local clients):
+# subscriptions.Caps, which live stats count with too.
 WAIT_FOR_CLIENT = 1.0  # how long a stream waits for a client that is behind before dropping its lines
 LOGS_FAILED = ("CONTAINER_LOGS_FAILED", "Failed to read container logs")  # how an engine failure is answered
 
@@ -195,21 +189,6 @@ class OwnStream(Protocol):
 
 
 SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, the container's own id (Container.id)
-# What a remote subscription counts against: ("address", client key) and ("subject", token subject).
-# A local client's holder is empty: it is bounded by the daemon-wide cap only.
-Holder = tuple[tuple[str, Hashable], ...]
-LOCAL: Holder = ()
-
-
-def holder_of(request: web.Request, subject: str | None) -> Holder:
-    """Who a client's streams (WebSocket or HTTP) count against. By address, because that is what one
-    attacker cannot multiply cheaply (like the rate limits and the connection cap); and by token subject
-    too, because a token is what the owner handed out, and one token used from many addresses is still one
-    grant."""
-    principal = request.get(PRINCIPAL)
-    if principal is not None and principal.local:
-        return LOCAL
-    return (("address", client_key(request.get(CLIENT))), ("subject", subject))
 
 
 class Subscription:
@@ -325,19 +304,27 @@ class LogStreams:
     """Every live subscription, by client, and counters the metrics read (lines sent / dropped, active).
 
     ``max_subscriptions`` is the daemon-wide cap; ``local_reserve`` of it only local clients may use, and
-    each remote address or token subject holds at most ``remote_share``."""
+    each remote address or token subject holds at most ``remote_share`` (``subscriptions.Caps``)."""
 
     def __init__(self, max_subscriptions: int = MAX_SUBSCRIPTIONS) -> None:
-        self.max_subscriptions = max_subscriptions
-        self.local_reserve = max(1, max_subscriptions // LOCAL_RESERVE_FRACTION)
-        self.remote_share = max(1, min(max(REMOTE_SHARE_MIN, max_subscriptions // 8),
-                                       max_subscriptions - self.local_reserve))
+        self.caps = Caps(max_subscriptions, "log streams", "log subscriptions")
         self.lines_sent = 0
         self.lines_dropped = 0
         self._by_client: dict[Client, dict[SubscriptionKey, Subscription]] = {}
         # Streams that are a connection of their own (HTTP GET …/logs): one per connection by nature.
         self.own: set[OwnStream] = set()
-        self._held: dict[tuple[str, Hashable], int] = {}  # streams per holder part; ("remote", None): all remote
+
+    @property
+    def max_subscriptions(self) -> int:
+        return self.caps.total
+
+    @property
+    def local_reserve(self) -> int:
+        return self.caps.local_reserve
+
+    @property
+    def remote_share(self) -> int:
+        return self.caps.remote_share
 
     @property
     def active(self) -> int:
@@ -357,73 +344,38 @@ class LogStreams:
             client.on_close.append(lambda: self.end_client(client))
         old = subs.get(key)
         if old is None:
-            if len(subs) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
-                raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
-                               f"At most {MAX_SUBSCRIPTIONS_PER_CLIENT} log subscriptions per connection")
-            self._check_total()
-            self._check_share(holder)
+            self.caps.check(holder, connection_holds=len(subs), per_connection=MAX_SUBSCRIPTIONS_PER_CLIENT)
         else:
             await old.stop()
-            self._check_share(holder)  # another connection of the holder may have taken the room meanwhile
+            self.caps.check_share(holder)  # another connection of the holder may have taken the room meanwhile
         if client.closed:
             raise ApiError(410, "CLIENT_GONE", "The connection closed")
         sub = subs[key] = Subscription(self, client, key, runtime, ref, options, holder)
-        self._count(holder, 1)
+        self.caps.take(holder)
         sub.start()
         return sub
 
     def open_own(self, stream: OwnStream) -> None:
         """Count a stream that is a connection of its own against the same caps as subscriptions (the
         daemon-wide cap, the holder's share, the local reserve), or refuse it with TOO_MANY_SUBSCRIPTIONS."""
-        self._check_total()
-        self._check_share(stream.holder)
+        self.caps.check(stream.holder, connection_holds=0, per_connection=1)
         self.own.add(stream)
-        self._count(stream.holder, 1)
+        self.caps.take(stream.holder)
 
     def close_own(self, stream: OwnStream) -> None:
         if stream in self.own:
             self.own.discard(stream)
-            self._count(stream.holder, -1)
-
-    def _count(self, holder: Holder, change: int) -> None:
-        for part in self._parts(holder):
-            held = self._held.get(part, 0) + change
-            if held > 0:
-                self._held[part] = held
-            else:
-                self._held.pop(part, None)
-
-    def _check_total(self) -> None:
-        if self.active >= self.max_subscriptions:
-            raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
-                           f"The daemon follows {self.max_subscriptions} log streams already; try again later")
-
-    @staticmethod
-    def _parts(holder: Holder) -> tuple[tuple[str, Hashable], ...]:
-        return (("remote", None), *holder) if holder else ()
+            self.caps.release(stream.holder)
 
     def held(self, part: tuple[str, Hashable]) -> int:
         """Streams held by one holder part: ("address", key), ("subject", name) or ("remote", None)."""
-        return self._held.get(part, 0)
-
-    def _check_share(self, holder: Holder) -> None:
-        """A remote holder over its share, or remote clients over the cap less the local reserve: 429."""
-        if not holder:
-            return
-        if self.held(("remote", None)) >= self.max_subscriptions - self.local_reserve:
-            raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
-                           f"Remote clients follow {self.max_subscriptions - self.local_reserve} log streams "
-                           "already (the rest is kept for local clients); try again later")
-        for kind, value in holder:
-            if self.held((kind, value)) >= self.remote_share:
-                raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
-                               f"At most {self.remote_share} log streams per client {kind}; unsubscribe first")
+        return self.caps.held(part)
 
     def forget(self, sub: Subscription) -> None:
         subs = self._by_client.get(sub.client)
         if subs is not None and subs.get(sub.key) is sub:
             del subs[sub.key]
-            self._count(sub.holder, -1)
+            self.caps.release(sub.holder)
 
     async def end_client(self, client: Client) -> None:
         """Disconnect or shutdown: every stream of the client ends with ``stopped``."""

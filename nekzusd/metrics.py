@@ -80,9 +80,13 @@ class _LiveCollector(Collector):
         yield info
         live = live_counters(self.app)
         gauges = {"websocket_clients": "Connected WebSocket clients",
-                  "log_streams": "Active log streams (WebSocket subscriptions and HTTP log streams)"}
+                  "log_streams": "Active log streams (WebSocket subscriptions and HTTP log streams)",
+                  "stats_subscriptions": "Containers watched by WebSocket stats subscriptions (per connection)"}
         counters = {"log_lines_streamed": "Log lines sent to clients (WebSocket subscriptions and HTTP log streams)",
                     "log_lines_dropped": "Log lines dropped because a client's send queue was full",
+                    "stats_messages_sent": "container.stats messages queued for WebSocket clients",
+                    "stats_messages_replaced": "container.stats messages replaced by a newer one before a slow "
+                                               "client took them",
                     "rate_limit_rejections": "Requests refused with 429 RATE_LIMITED"}
         for key, help_text in gauges.items():
             if live.get(key) is not None:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from . import __version__
 from .errors import ApiError
-from .keys import APPS, HEALTH, HUB, LOG_STREAMS, OPERATIONS, PROBE, RATE_LIMITER, RUNTIMES, STARTED_AT
+from .keys import APPS, HEALTH, HUB, LIVE_STATS, LOG_STREAMS, OPERATIONS, PROBE, RATE_LIMITER, RUNTIMES, STARTED_AT
 from .runtimes import Container, Runtime, Runtimes
 from .secrets import scrub_text
 
@@ -115,8 +115,17 @@ def live_counters(app: web.Application) -> dict[str, int]:
         "log_streams": log_streams.active,
         "log_lines_streamed": log_streams.lines_sent,
         "log_lines_dropped": log_streams.lines_dropped,
+        **_live_stats_counters(app),
         "rate_limit_rejections": app[RATE_LIMITER].rejected,
     }
+
+
+def _live_stats_counters(app: web.Application) -> dict[str, int]:
+    live = app.get(LIVE_STATS)
+    if live is None:
+        return {}
+    return {"stats_subscriptions": live.active, "stats_messages_sent": live.sent,
+            "stats_messages_replaced": live.replaced}
 
 
 def human_duration(seconds: float) -> str:
