@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import Daemon, Lab, Row, standalone
-from tests.k8s.cluster import Cluster, available
+from tests.harness.k8s.cluster import Cluster, available
 
 NAMESPACE = "default"
 

@@ -48,8 +48,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.engines import BUSYBOX, Engine, EngineError, build_busybox_rootfs
-from tests.k8s.cluster import BIN_DIR, BUILD_LOG, CACHE_DIR, CLUSTER_SH, Cluster, require_cluster
+from tests.harness.engines import BUSYBOX, Engine, EngineError, build_busybox_rootfs
+from tests.harness.k8s.cluster import BIN_DIR, BUILD_LOG, CACHE_DIR, CLUSTER_SH, Cluster, require_cluster
 
 HERE = Path(__file__).resolve().parent
 NODE_SH = HERE / "k8s" / "kubelet-node.sh"

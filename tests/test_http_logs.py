@@ -24,9 +24,9 @@ from nekzusd.keys import LOG_STREAMS, TOKEN_FILES, TOKENS
 from nekzusd.errors import ApiError
 from nekzusd.logs import Options, parse_options
 from nekzusd.runtimes.logparse import MAX_LINE, LogParser, stamp_key
-from tests.conftest import base_config, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, remote_connector, run_container, unique, wait_for, ws_connect
 from tests.test_cli import daemon_factory  # noqa: F401 -- a fixture
-from tests.k8s_fixtures import deployment, k8s_api, k8s_client, running_pods  # noqa: F401 -- fixtures
+from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_client, running_pods  # noqa: F401 -- fixtures
 from tests.test_logs import WAIT_GO, _logged, collect, go, subscribe, texts
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -266,7 +266,7 @@ async def capped(aiohttp_client, engine, tmp_path):
 
 
 def remote(address: str = "127.0.0.3") -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0), limit=0))
+    return aiohttp.ClientSession(connector=remote_connector(address, limit=0))
 
 
 async def test_http_streams_count_against_the_caps_with_websocket_ones(capped, engine):

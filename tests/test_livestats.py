@@ -23,9 +23,9 @@ from nekzusd import config as config_mod
 from nekzusd import revocation
 from nekzusd.app import create_app
 from nekzusd.keys import HUB, LIVE_STATS, RUNTIMES, TOKENS
-from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
-from tests.engines import Engine
-from tests.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
+from tests.harness.app import base_config, remote_session, next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.engines import Engine
+from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
 
 APP = {"nekzus.app.id": "grafana"}
 FIELDS = {"containerId", "cpu", "memory", "network", "timestamp"}
@@ -270,7 +270,7 @@ async def test_remote_clients_share_the_total_like_log_streams(engine, aiohttp_c
     ids = list(await asyncio.gather(*(run_container(engine, unique("share")) for _ in range(8))))
     token = client.app[TOKENS].create("sharer", ["read:containers"], 600)
     live = client.app[LIVE_STATS]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as http:
+    async with remote_session("127.0.0.3") as http:
         remote = await http.ws_connect(client.make_url("/api/v1/ws"))
         await remote.send_json({"type": "auth", "data": {"token": token}})
         assert (await remote.receive_json(timeout=5))["type"] == "auth_success"
@@ -382,7 +382,7 @@ async def test_a_revoked_token_ends_the_session_and_its_watches(engine, aiohttp_
     client = await aiohttp_client(create_app(config_mod.parse(data, env={})))
     cid = await run_container(engine, unique())
     token = client.app[TOKENS].create("watcher", ["read:containers"], 600)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as http:
+    async with remote_session("127.0.0.3") as http:
         ws = await http.ws_connect(client.make_url("/api/v1/ws"))
         await ws.send_json({"type": "auth", "data": {"token": token}})
         assert (await ws.receive_json(timeout=5))["type"] == "auth_success"

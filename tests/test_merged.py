@@ -22,8 +22,8 @@ import pytest
 from nekzusd.keys import OPERATIONS
 from nekzusd.merged import HEADER
 from nekzusd.status import gather
-from tests.conftest import base_config, run_container, unique, wait_for
-from tests.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_config,  # noqa: F401
+from tests.harness.app import base_config, run_container, unique, wait_for
+from tests.harness.k8s_fixtures import (APP_ID, bare_pod, deployment, k8s_api, k8s_client, k8s_config,  # noqa: F401
                                 pods_of, running_pods)
 
 C = "/api/v1/containers"

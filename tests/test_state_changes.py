@@ -17,10 +17,10 @@ from aiohttp import ClientWebSocketResponse
 from nekzusd.keys import STATE_CHANGES
 from nekzusd.runtimes.base import Container
 from nekzusd.state_changes import Told, changes
-from tests.conftest import base_config, next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, next_message, run_container, unique, wait_for, ws_connect
 from nekzusd.auth import load_or_create_secret
-from tests.engines import Engine
-from tests.test_auth_matrix import raw_token, remote_client
+from tests.harness.engines import Engine
+from tests.test_auth_matrix import raw_token
 
 FIELDS = {"containerId", "name", "runtime", "namespace", "state", "previousState", "status", "health", "timestamp"}
 
@@ -213,9 +213,9 @@ async def test_engine_restart_mid_stream_resyncs(engine, client):
     await ws.close()
 
 
-async def test_a_remote_read_token_receives_it(engine, make_client, config_data):
+async def test_a_remote_read_token_receives_it(engine, remote_client, config_data):
     """Read scope suffices, as for the other notifications: a remote client (127.0.0.2) with a read token."""
-    client = await remote_client(make_client, config_data)
+    client = await remote_client(config_data)
     secret = load_or_create_secret(Path(config_data["state_dir"]) / "jwt.secret")
     ws = await client.ws_connect("/api/v1/ws")
     await ws.send_json({"type": "auth", "data": {"token": raw_token("read", secret)}})
@@ -225,9 +225,9 @@ async def test_a_remote_read_token_receives_it(engine, make_client, config_data)
     await ws.close()
 
 
-async def test_an_unauthenticated_socket_receives_nothing(engine, make_client, config_data):
+async def test_an_unauthenticated_socket_receives_nothing(engine, remote_client, config_data):
     """Before its auth message, a remote socket is told nothing (it would learn names and states)."""
-    client = await remote_client(make_client, config_data)
+    client = await remote_client(config_data)
     ws = await client.ws_connect("/api/v1/ws")
     watch = client.app[STATE_CHANGES].watches[0]
     cid = await run_container(engine, unique("stranger"))

@@ -9,8 +9,8 @@ import pytest
 
 from nekzusd.keys import STATE_CHANGES
 from nekzusd.runtimes import k8s_watch
-from tests.conftest import next_message
-from tests.k8s_fixtures import bare_pod, deployment, k8s_api, k8s_client, running_pods  # noqa: F401
+from tests.harness.app import next_message
+from tests.harness.k8s_fixtures import bare_pod, deployment, k8s_api, k8s_client, running_pods  # noqa: F401
 from tests.test_state_changes import chain_to, connect
 
 pytestmark = pytest.mark.kubernetes
