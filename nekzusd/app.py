@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from . import accesslog, auth, logs, ratelimit, realip, revocation, validation, ws
+from . import accesslog, auth, httplogs, logs, ratelimit, realip, revocation, validation, ws
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
@@ -62,7 +62,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(health.stop)
         token_files = app[TOKEN_FILES] = revocation.TokenFiles(
             app[TOKENS], config.jwt_secret_path, revocation.path_in(config.state_path), auth.load_or_create_secret,
-            on_change=lambda: ws.recheck_sessions(hub, app[TOKENS]))
+            on_change=lambda: (ws.recheck_sessions(hub, app[TOKENS]),
+                               httplogs.recheck(log_streams, app[TOKENS].verify, auth.TokenRefused)))
         await token_files.start()
         stack.push_async_callback(token_files.stop)
         yield
@@ -72,6 +73,7 @@ async def _on_shutdown(app: web.Application) -> None:
     """Before the services close: finish in-flight operations (bounded), then say goodbye to clients."""
     await app[OPERATIONS].drain(SHUTDOWN_GRACE)
     await app[HUB].close_all(code=1001)
+    await app[LOG_STREAMS].end_own()  # HTTP log streams, before aiohttp waits for its handlers
 
 
 def create_app(config: Config, budget: Budget | None = None) -> web.Application:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncGenerator, Hashable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ from .keys import LOG_STREAMS, RUNTIMES
 from .ratelimit import client_key
 from .realip import CLIENT
 from .runtimes import LogLine, Ref, Runtime
+from .runtimes.logparse import stamp_key
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +55,95 @@ _encode = json.encoder.encode_basestring  # C version: a JSON string literal
 
 @dataclass(frozen=True)
 class Options:
+    """What a reader asked of one log stream; ``since``/``until`` in Unix seconds (inclusive)."""
+
     tail: int = TAIL_DEFAULT
     follow: bool = True
     timestamps: bool = False
     batch: bool = False
-    container: str = ""  # one container of a Kubernetes pod; "": the pod's only one
+    since: float | None = None
+    until: float | None = None
 
 
-CONTAINER_NAME_MAX = 63  # a Kubernetes container name is a DNS label
+HTTP_DEFAULTS = Options(follow=False)  # GET …/logs reads and ends, like `docker logs`, unless asked to follow
+LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: a later time is a typo, not a log window
+_UNIX_TIME = re.compile(r"\d{1,12}(?:\.\d{1,9})?")
+_AGO = re.compile(r"(\d{1,9})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_options(data: dict[str, Any]) -> Options:
-    """The subscribe message's options, with the defaults of docs/api.md; tail above 1000 is cut."""
-    tail = data.get("tail", TAIL_DEFAULT)
+def parse_options(values: Mapping[str, Any], *, query: bool = False) -> Options:
+    """The options of a WebSocket subscribe message (JSON values, defaults of ``Options``) or of the HTTP
+    route's query string (text, defaults of ``HTTP_DEFAULTS``): one set of rules for both readers.
+
+    ``tail``: lines from the end, 0..1000 (more is cut to 1000; anything else ``INVALID_TAIL``). Flags:
+    JSON booleans, or in a query true/false (also 1/0, yes/no). ``since``/``until``: Unix seconds, an
+    RFC 3339 time, or a duration back from now (``90s``, ``10m``, ``2h``, ``1d``). A wrong flag or time is
+    ``INVALID_MESSAGE`` in a message and ``INVALID_PARAMETER`` in a query, with the name in ``details``."""
+    defaults = HTTP_DEFAULTS if query else Options()
+
+    def invalid(name: str, message: str) -> ApiError:
+        value = str(values.get(name))[:40]
+        if query:
+            return ApiError(400, "INVALID_PARAMETER", message, {"parameter": name, "value": value})
+        return ApiError(400, "INVALID_MESSAGE", message, {name: value})
+
+    tail = values.get("tail", defaults.tail)
+    if query and isinstance(tail, str) and tail.isascii() and tail.isdigit():
+        tail = TAIL_MAX + 1 if len(tail) > 6 else int(tail)  # int() refuses over 4,300 digits
     if isinstance(tail, float) and tail.is_integer():
         tail = int(tail)
     if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
         raise ApiError(400, "INVALID_TAIL", f"tail must be a number of lines from 0 to {TAIL_MAX}",
                        {"tail": str(tail)[:40]})
     flags = {}
-    for name in ("follow", "timestamps", "batch"):
-        value = data.get(name, getattr(Options, name))
+    for name in ("follow", "timestamps") if query else ("follow", "timestamps", "batch"):
+        value = values.get(name, getattr(defaults, name))
+        if query and isinstance(value, str):
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(
+                value.lower(), value)
         if not isinstance(value, bool):
-            raise ApiError(400, "INVALID_MESSAGE", f"{name} must be true or false", {name: str(value)[:40]})
+            raise invalid(name, f"{name} must be true or false")
         flags[name] = value
-    container = data.get("container") or ""
-    if not isinstance(container, str) or len(container) > CONTAINER_NAME_MAX:
-        raise ApiError(400, "INVALID_MESSAGE", f"container must be a container name of at most {CONTAINER_NAME_MAX} "
-                       "characters", {"container": str(container)[:CONTAINER_NAME_MAX]})
-    return Options(tail=min(tail, TAIL_MAX), container=container, **flags)
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        value = values.get(name)
+        times[name] = None if value is None else _time_value(value, time.time(), query)
+        if value is not None and times[name] is None:
+            raise invalid(name, f"{name} must be Unix seconds, an RFC 3339 time (2024-05-01T12:00:00Z) or "
+                                "a duration back from now (90s, 10m, 2h, 1d)")
+    since, until = times["since"], times["until"]
+    if since is not None and until is not None and until < since:
+        raise invalid("until", "until must not be before since")
+    return Options(tail=min(tail, TAIL_MAX), since=since, until=until, **flags)
+
+
+def _time_value(value: Any, now: float, text_only: bool) -> float | None:
+    """A time given as Unix seconds (a JSON number, or digits), RFC 3339 or a duration back from ``now``;
+    None when it is none of these or out of range."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and not text_only:
+        seconds: float | None = float(value)
+    elif not isinstance(value, str) or len(value) > 40:
+        return None
+    elif _UNIX_TIME.fullmatch(value):
+        seconds = float(value)
+    elif (ago := _AGO.fullmatch(value)) is not None:
+        seconds = now - int(ago.group(1)) * _UNIT_SECONDS[ago.group(2)]
+    else:
+        key = stamp_key(value)
+        seconds = None if key is None else key[0] + key[1] / 1e9
+    if seconds is None or not 0 <= seconds <= LATEST_TIME:  # NaN fails too
+        return None
+    return seconds
+
+
+def line_source(runtime: Runtime, ref: Ref, options: Options) -> AsyncGenerator[LogLine, None]:
+    """The one way a reader (a WebSocket subscription, an HTTP stream) gets a container's log lines: the
+    runtime's own stream, parsed and joined by ``runtimes.logparse``, with the reader's options."""
+    return runtime.logs(ref, tail=options.tail, follow=options.follow, timestamps=options.timestamps,
+                        since=options.since, until=options.until)
 
 
 def _string_field(data: dict[str, Any], name: str) -> str:
@@ -94,8 +156,8 @@ def _string_field(data: dict[str, Any], name: str) -> str:
 class LineEncoder:
     """Log messages as JSON text, built from pieces fixed per subscription: one ``json`` call per line."""
 
-    def __init__(self, container_id: str, container: str = "") -> None:
-        cid = _encode(container_id) + (f',"container":{_encode(container)}' if container else "")
+    def __init__(self, container_id: str) -> None:
+        cid = _encode(container_id)
         self._heads = {stream: f'{{"type":"container.logs","data":{{"containerId":{cid},"stream":"{stream}",'
                                f'"message":' for stream in ("stdout", "stderr")}
         self._batch_head = f'{{"type":"container.logs.batch","data":{{"containerId":{cid},"lines":['
@@ -105,19 +167,31 @@ class LineEncoder:
         return f'{self._heads[line.stream]}{_encode(line.message)},"timestamp":{stamp}}}}}'
 
     def batch(self, lines: list[LogLine], now: int) -> str:
-        items = ",".join(
-            f'{{"stream":"{line.stream}","message":{_encode(line.message)},'
-            f'"timestamp":{now if line.timestamp is None else int(line.timestamp)}}}'
-            for line in lines)
-        return f"{self._batch_head}{items}]}}}}"
+        return f"{self._batch_head}{','.join(line_json(line, now) for line in lines)}]}}}}"
+
+
+def line_json(line: LogLine, now: int) -> str:
+    """One line as ``{stream, message, timestamp}`` (the line's own time, else ``now``, in whole seconds):
+    an item of a WebSocket batch, and a line of the HTTP route's NDJSON."""
+    stamp = now if line.timestamp is None else int(line.timestamp)
+    return f'{{"stream":"{line.stream}","message":{_encode(line.message)},"timestamp":{stamp}}}'
 
 
 def _event(type_: str, container_id: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, "data": {"containerId": container_id, **fields, "timestamp": int(time.time())}}
 
 
-def send_error(client: Client, container_id: str, code: str, message: str, **fields: Any) -> None:
-    client.send(_event("container.logs.error", container_id, **fields, error=code, message=message))
+def send_error(client: Client, container_id: str, code: str, message: str) -> None:
+    client.send(_event("container.logs.error", container_id, error=code, message=message))
+
+
+class OwnStream(Protocol):
+    """A log stream that is a connection of its own (``httplogs.HttpLogStream``), as the caps see it."""
+
+    holder: Holder
+
+    async def stop(self) -> None:
+        """End it now (shutdown): the stream is cut, its reading stops."""
 
 
 SubscriptionKey = tuple[str, str, str]  # runtime name, namespace, the container's own id (Container.id)
@@ -127,14 +201,15 @@ Holder = tuple[tuple[str, Hashable], ...]
 LOCAL: Holder = ()
 
 
-def holder_of(request: web.Request, client: Client) -> Holder:
-    """Who a WebSocket client's streams count against. By address, because that is what one attacker cannot
-    multiply cheaply (like the rate limits and the connection cap); and by token subject too, because a
-    token is what the owner handed out, and one token used from many addresses is still one grant."""
+def holder_of(request: web.Request, subject: str | None) -> Holder:
+    """Who a client's streams (WebSocket or HTTP) count against. By address, because that is what one
+    attacker cannot multiply cheaply (like the rate limits and the connection cap); and by token subject
+    too, because a token is what the owner handed out, and one token used from many addresses is still one
+    grant."""
     principal = request.get(PRINCIPAL)
     if principal is not None and principal.local:
         return LOCAL
-    return (("address", client_key(request.get(CLIENT))), ("subject", client.subject))
+    return (("address", client_key(request.get(CLIENT))), ("subject", subject))
 
 
 class Subscription:
@@ -153,15 +228,13 @@ class Subscription:
         self.ref = ref
         self.options = options
         self.ended = False
-        # a stream of one container of a pod says which in every message (one connection may follow several)
-        self._which = {"container": options.container} if options.container else {}
-        self._encoder = LineEncoder(self.container_id, options.container)
+        self._encoder = LineEncoder(self.container_id)
         self._batch: list[LogLine] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.client.send(_event("container.logs.started", self.container_id, **self._which))
+        self.client.send(_event("container.logs.started", self.container_id))
         self.task = asyncio.create_task(self._run(), name=f"logs-{self.container_id}")
 
     async def stop(self) -> None:
@@ -174,8 +247,7 @@ class Subscription:
     async def _run(self) -> None:
         options = self.options
         try:
-            lines = self.runtime.logs(self.ref, tail=options.tail, follow=options.follow,
-                                      timestamps=options.timestamps, container=options.container)
+            lines = line_source(self.runtime, self.ref, options)
             async with aclosing(lines):
                 deliver = self._collect if options.batch else self._deliver
                 client = self.client
@@ -235,7 +307,7 @@ class Subscription:
 
     def _fail(self, code: str, message: str) -> None:
         self._flush_batch()
-        send_error(self.client, self.container_id, code, message, **self._which)
+        send_error(self.client, self.container_id, code, message)
         self._end("error")
 
     def _end(self, reason: str) -> None:
@@ -245,7 +317,7 @@ class Subscription:
         self.ended = True
         self._flush_batch()
         self.client.report_drops(self.container_id)
-        self.client.send(_event("container.logs.ended", self.container_id, **self._which, reason=reason))
+        self.client.send(_event("container.logs.ended", self.container_id, reason=reason))
         self.streams.forget(self)
 
 
@@ -263,11 +335,13 @@ class LogStreams:
         self.lines_sent = 0
         self.lines_dropped = 0
         self._by_client: dict[Client, dict[SubscriptionKey, Subscription]] = {}
+        # Streams that are a connection of their own (HTTP GET …/logs): one per connection by nature.
+        self.own: set[OwnStream] = set()
         self._held: dict[tuple[str, Hashable], int] = {}  # streams per holder part; ("remote", None): all remote
 
     @property
     def active(self) -> int:
-        return sum(len(subs) for subs in self._by_client.values())
+        return sum(len(subs) for subs in self._by_client.values()) + len(self.own)
 
     def of(self, client: Client) -> dict[SubscriptionKey, Subscription]:
         return self._by_client.get(client, {})
@@ -286,9 +360,7 @@ class LogStreams:
             if len(subs) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
                 raise ApiError(429, "TOO_MANY_SUBSCRIPTIONS",
                                f"At most {MAX_SUBSCRIPTIONS_PER_CLIENT} log subscriptions per connection")
-            if self.active >= self.max_subscriptions:
-                raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
-                               f"The daemon follows {self.max_subscriptions} log streams already; try again later")
+            self._check_total()
             self._check_share(holder)
         else:
             await old.stop()
@@ -296,10 +368,35 @@ class LogStreams:
         if client.closed:
             raise ApiError(410, "CLIENT_GONE", "The connection closed")
         sub = subs[key] = Subscription(self, client, key, runtime, ref, options, holder)
-        for part in self._parts(holder):
-            self._held[part] = self._held.get(part, 0) + 1
+        self._count(holder, 1)
         sub.start()
         return sub
+
+    def open_own(self, stream: OwnStream) -> None:
+        """Count a stream that is a connection of its own against the same caps as subscriptions (the
+        daemon-wide cap, the holder's share, the local reserve), or refuse it with TOO_MANY_SUBSCRIPTIONS."""
+        self._check_total()
+        self._check_share(stream.holder)
+        self.own.add(stream)
+        self._count(stream.holder, 1)
+
+    def close_own(self, stream: OwnStream) -> None:
+        if stream in self.own:
+            self.own.discard(stream)
+            self._count(stream.holder, -1)
+
+    def _count(self, holder: Holder, change: int) -> None:
+        for part in self._parts(holder):
+            held = self._held.get(part, 0) + change
+            if held > 0:
+                self._held[part] = held
+            else:
+                self._held.pop(part, None)
+
+    def _check_total(self) -> None:
+        if self.active >= self.max_subscriptions:
+            raise ApiError(503, "TOO_MANY_SUBSCRIPTIONS",
+                           f"The daemon follows {self.max_subscriptions} log streams already; try again later")
 
     @staticmethod
     def _parts(holder: Holder) -> tuple[tuple[str, Hashable], ...]:
@@ -326,21 +423,20 @@ class LogStreams:
         subs = self._by_client.get(sub.client)
         if subs is not None and subs.get(sub.key) is sub:
             del subs[sub.key]
-            for part in self._parts(sub.holder):
-                left = self._held.get(part, 0) - 1
-                if left > 0:
-                    self._held[part] = left
-                else:
-                    self._held.pop(part, None)
+            self._count(sub.holder, -1)
 
     async def end_client(self, client: Client) -> None:
         """Disconnect or shutdown: every stream of the client ends with ``stopped``."""
         await asyncio.gather(*(sub.stop() for sub in list(self.of(client).values())))
         self._by_client.pop(client, None)
 
+    async def end_own(self) -> None:
+        """At shutdown, before aiohttp waits for its handlers: every stream of its own connection ends."""
+        await asyncio.gather(*(stream.stop() for stream in list(self.own)))
+
     async def close(self) -> None:
         """At shutdown, after the hub said goodbye: nothing may still read from a runtime."""
-        await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)))
+        await asyncio.gather(*(self.end_client(client) for client in list(self._by_client)), self.end_own())
 
 
 def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
@@ -353,12 +449,10 @@ def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
     return runtime, runtime.validate_ref(Ref(container_id, namespace))
 
 
-async def _key(runtime: Runtime, ref: Ref, container: str = "") -> SubscriptionKey:
+async def stream_key(runtime: Runtime, ref: Ref) -> SubscriptionKey:
     """The container's own id, so that a name and an id (short or full) of one container are one stream;
-    a container that does not exist gets CONTAINER_NOT_FOUND. Two containers of one pod are two streams
-    (``pod/container``; a container name has no "/")."""
-    own_id = (await runtime.get(ref)).id
-    return runtime.name, ref.namespace, f"{own_id}/{container}" if container else own_id
+    a container that does not exist gets CONTAINER_NOT_FOUND."""
+    return runtime.name, ref.namespace, (await runtime.get(ref)).id
 
 
 def _reply_id(data: dict[str, Any]) -> str:
@@ -370,32 +464,29 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
     try:
         runtime, ref = _target(request, data)
         options = parse_options(data)
-        key = await _key(runtime, ref, options.container)
-        await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client))
+        key = await stream_key(runtime, ref)
+        await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client.subject))
     except (ApiError, EngineError, NotSupported) as exc:
         error = as_api_error(exc, *LOGS_FAILED)
         send_error(client, _reply_id(data), error.code, error.message)
 
 
 async def handle_unsubscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
-    """End the named container's stream(s) on this connection (any runtime, unless one is named; every
-    container of a pod, unless ``container`` names one)."""
+    """End the named container's stream(s) on this connection (any runtime, unless one is named)."""
     container_id = data.get("containerId")
     if not isinstance(container_id, str) or not container_id:
         return send_error(client, "", "INVALID_CONTAINER_ID", "Container ID is required")
     try:
         namespace = _string_field(data, "namespace")
         runtime_name = _string_field(data, "runtime")
-        container = _string_field(data, "container")
     except ApiError as exc:
         return send_error(client, container_id[:200], exc.code, exc.message)
     subs = request.app[LOG_STREAMS].of(client)
     matching = [sub for (rt, ns, cid), sub in subs.items()
                 if container_id in (cid, sub.container_id) and (not namespace or ns == namespace)
-                and (not runtime_name or rt == runtime_name)
-                and (not container or sub.options.container == container)]
+                and (not runtime_name or rt == runtime_name)]
     if not matching and subs:
-        matching = await _named_otherwise(request, data, subs, container)
+        matching = await _named_otherwise(request, data, subs)
     if not matching:
         return send_error(client, container_id[:200], "NOT_SUBSCRIBED",
                           f"No log subscription for {container_id[:200]} on this connection")
@@ -403,11 +494,11 @@ async def handle_unsubscribe(request: web.Request, client: Client, data: dict[st
 
 
 async def _named_otherwise(request: web.Request, data: dict[str, Any],
-                           subs: dict[SubscriptionKey, Subscription], container: str) -> list[Subscription]:
+                           subs: dict[SubscriptionKey, Subscription]) -> list[Subscription]:
     """The stream of a container that the subscribe named otherwise (its id, and now its name, or the
     reverse): found through the engine."""
     try:
-        sub = subs.get(await _key(*_target(request, data), container))
+        sub = subs.get(await stream_key(*_target(request, data)))
     except (ApiError, EngineError):
         return []
     return [] if sub is None else [sub]

@@ -1,5 +1,6 @@
 """Every route of the daemon, in matching order: literal paths first, then the Docker forms
-/{id}/{action}, then the Kubernetes path form /{namespace}/{pod}/{action} (docs/kubernetes.md)."""
+/{id}/{action}, then the Kubernetes path form /{namespace}/{pod}/{action} (docs/kubernetes.md). So
+/{id}/stats and /{id}/logs are a Docker container's, never a pod named "stats" or "logs"."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aiohttp import web
 from . import ws
 from .actions import ACTIONS
 from .auth import PUBLIC, requires
-from .views import apps, bulk, containers, export, openapi, stats
+from .views import apps, bulk, containers, export, logs, openapi, stats
 from .views import status as operator
 
 API = "/api/v1"
@@ -45,6 +46,9 @@ def setup_routes(app: web.Application) -> None:
         r.add_get(one, containers.inspect_container)
         r.add_post(f"{one}/{LIFECYCLE}", containers.lifecycle)
         r.add_get(f"{one}/stats", stats.container_stats)
+        # No HEAD (405): a followed stream would read an engine's log for a reader that takes no body.
+        r.add_get(f"{one}/logs", logs.container_logs, allow_head=False)
+        r.add_route("HEAD", f"{one}/logs", only_get)
         r.add_post(f"{one}/export", export.export_container)
         r.add_post(f"{one}/export/preview", export.preview_container)
 
@@ -59,3 +63,9 @@ def literal(app: web.Application, method: str, path: str, handler: Any) -> None:
 
     app.router.add_route(method, path, handler)
     app.router.add_route("*", path, not_allowed)
+
+
+@requires(PUBLIC)
+async def only_get(request: web.Request) -> web.StreamResponse:
+    """A HEAD on a GET-only path: 405, rather than falling through to a route of another shape."""
+    raise web.HTTPMethodNotAllowed(request.method, {"GET"})

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+import time
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -43,6 +45,18 @@ SECRET_LOOKUP_CONCURRENCY = 8
 # for (an engine path that went somewhere else): it is refused before it fills the daemon's memory.
 MAX_ANSWER = 8 << 20
 MAX_LIST_ANSWER = 64 << 20
+
+
+def _log_window(since: float | None, until: float | None) -> dict[str, str]:
+    """``since``/``until`` as the engine's query, widened by a microsecond so that a line stamped exactly
+    at either end (to the nanosecond) stays inside: a float of today's Unix time holds about a quarter of a
+    microsecond. dockerd reads the fraction as a count of nanoseconds (".5" is 5 ns): always nine digits."""
+    window = {}
+    for name, value, rounding, slack in (("since", since, math.floor, -1), ("until", until, math.ceil, 1)):
+        if value is not None:
+            nanos = max(0, rounding(value * 1e6) + slack) * 1000
+            window[name] = f"{nanos // 10**9}.{nanos % 10**9:09d}"
+    return window
 
 
 def engine_path(*segments: str) -> str:
@@ -223,11 +237,12 @@ class DockerRuntime(Runtime):
                         yield Event(short_id(cid), action)
         raise RuntimeUnavailable(self.name, "event stream ended")
 
-    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool,
-                   container: str = "") -> AsyncGenerator[LogLine, None]:
-        """The container's log lines; a follow stream ends when the container stops (or is removed),
-        and raises RuntimeUnavailable when the engine goes away instead. ``container`` (a container of a
-        Kubernetes pod) has no meaning here and is refused.
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
+                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
+        """The container's log lines; a follow stream ends when the container stops (or is removed), or at
+        ``until`` (Unix seconds: dockerd itself would wait for a later line), and raises RuntimeUnavailable
+        when the engine goes away instead. ``since``/``until`` are the engine's own filters (inclusive).
+        ``container`` (a container of a Kubernetes pod) has no meaning here and is refused.
 
         The engine is always asked for timestamps (cut off again unless wanted): dockerd stores a last line
         without newline only at exit and can end the follow stream before it, so after the stream a
@@ -239,8 +254,9 @@ class DockerRuntime(Runtime):
                            "pod: it holds no containers to choose with \"container\"", {"containerId": ref.id[:200]})
         doc = await self._container_json(ref, "GET", "json", what="inspect")
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
+        window = _log_window(since, until)
         if not follow:
-            async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail)})) as reads:
+            async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail), **window})) as reads:
                 async for lines in reads:
                     for line in stamped_lines(lines, timestamps):
                         yield line
@@ -251,8 +267,8 @@ class DockerRuntime(Runtime):
                     for pair in lines]
             cursor = LogCursor(from_start=not last)
             cursor.passed(last)
-        params = {"tail": str(tail), "follow": "1"}
-        async with aclosing(self._log_reads(container_id, multiplexed, params)) as reads:
+        params = {"tail": str(tail), "follow": "1", **window}
+        async with aclosing(self._log_reads(container_id, multiplexed, params, until)) as reads:
             async for lines in reads:
                 for line in stamped_lines(lines, timestamps):
                     yield line
@@ -260,7 +276,9 @@ class DockerRuntime(Runtime):
         if not await self._still_there(ref):
             return
         fresh = cursor.fresh_filter()
-        params = {"tail": "all"} if cursor.since is None else {"since": cursor.since}
+        params = {"tail": "all", **window}
+        if cursor.since is not None and (since is None or float(cursor.since) > since):
+            params = {**window, "since": cursor.since}
         try:
             async with aclosing(self._log_reads(container_id, multiplexed, params)) as reads:
                 async for lines in reads:
@@ -271,14 +289,16 @@ class DockerRuntime(Runtime):
                 raise
 
     async def _log_reads(self, container_id: str, multiplexed: bool, params: dict[str, str],
-                         ) -> AsyncGenerator[list[tuple[str, str]], None]:
-        """The stamped lines of one logs request, per read. A follow stream may idle, and a line it ends
-        in is left to the catch-up read, which has it whole; other reads may not idle and end with the
-        unfinished lines."""
+                         until: float | None = None) -> AsyncGenerator[list[tuple[str, str]], None]:
+        """The stamped lines of one logs request, per read. A follow stream may idle (until ``until``, Unix
+        seconds, when given), and a line it ends in is left to the catch-up read, which has it whole; other
+        reads may not idle and end with the unfinished lines."""
 
         parser = LogParser(multiplexed, stamped=True)
         query = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "0", **params}
         follow = query["follow"] == "1"
+        loop = asyncio.get_running_loop()
+        deadline = None if until is None else loop.time() + until - time.time()
         async with self._call("logs", timeout=None), AsyncExitStack() as stack:
             async with asyncio.timeout(CALL_TIMEOUT):  # to the response headers
                 response = await stack.enter_async_context(
@@ -288,8 +308,12 @@ class DockerRuntime(Runtime):
             read = response.content.read
             while True:
                 try:
-                    async with asyncio.timeout(None if follow else CALL_TIMEOUT):
+                    async with asyncio.timeout_at(deadline if follow else loop.time() + CALL_TIMEOUT):
                         chunk = await read(READ_SIZE)
+                except TimeoutError:
+                    if not follow:
+                        raise
+                    break  # until has come: what is stored up to then, the catch-up read gives
                 except aiohttp.ClientPayloadError as exc:
                     raise RuntimeUnavailable(self.name, f"log stream broke: {exc}") from None
                 if not chunk:

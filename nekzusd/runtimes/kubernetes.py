@@ -29,7 +29,7 @@ from ..config import KubernetesConfig
 from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
-from .logparse import READ_SIZE, LogParser, line_time, stamped_lines
+from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds, stamped_lines
 
 CALL_TIMEOUT = 15.0   # seconds for any single API call
 POLL = 0.25           # seconds between looks while waiting for pods to come or go
@@ -442,17 +442,18 @@ class KubernetesRuntime(Runtime):
                 node = None
         return k8s.pod_stats(pod, metrics, node, time.time())
 
-    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool,
-                   container: str = "") -> AsyncGenerator[LogLine, None]:
+    async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
+                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
         """The log of one container of the pod (``container``; may be left out when the pod has one), as
         the API server relays it from the node's kubelet. A follow stream ends when that container stops
-        (exits, is restarted, or its pod is deleted).
+        (exits, is restarted, or its pod is deleted), or at ``until``.
 
         The kubelet merges stdout and stderr into one text stream, so every line is "stdout". It is always
         asked for timestamps (cut off again unless wanted): every log entry then starts with its stamp, which
-        is how a long line the engine stored in pieces is joined back under its first stamp, and how the
-        kubelet's own last words are told from the log: when the container goes away under a follow stream
-        (its pod deleted) the kubelet ends the body with an unstamped ``rpc error: code = … desc = …``."""
+        is how a long line the engine stored in pieces is joined back under its first stamp, how the window
+        is kept to the engine's precision (the API has ``sinceTime`` in whole seconds and no until), and how
+        the kubelet's own last words are told from the log: when the container goes away under a follow
+        stream the kubelet may end the body with an unstamped ``rpc error: code = … desc = …``."""
 
         pod = await self._pod(ref)
         if pod is None:
@@ -460,8 +461,13 @@ class KubernetesRuntime(Runtime):
         name = _log_container(pod, container)
         query = [("container", name), ("tailLines", str(tail)), ("follow", "true" if follow else "false"),
                  ("timestamps", "true")]
+        if since is not None:
+            query.append(("sinceTime", datetime.fromtimestamp(int(since), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
         path = f"/api/v1/namespaces/{ref.namespace}/pods/{ref.id}/log"
         parser = LogParser(multiplexed=False, stamped=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CALL_TIMEOUT if not follow else (
+            None if until is None else loop.time() + until - time.time())
         async with AsyncExitStack() as stack:
             try:
                 response = await stack.enter_async_context(self._response("GET", path, query=query))
@@ -470,9 +476,14 @@ class KubernetesRuntime(Runtime):
             last_words = ""
             while True:
                 try:
-                    async with asyncio.timeout(None if follow else CALL_TIMEOUT):
+                    async with asyncio.timeout_at(deadline):
                         chunk = await response.content.read(READ_SIZE)
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                except TimeoutError:
+                    if not follow:
+                        raise RuntimeUnavailable(self.name, f"log of {ref.id}/{name}: no answer within "
+                                                            f"{CALL_TIMEOUT:g} s") from None
+                    chunk = b""  # until has come
+                except aiohttp.ClientError as exc:
                     raise RuntimeUnavailable(self.name, f"log stream broke: {exc!r}") from None
                 pairs = parser.feed(chunk) if chunk else parser.flush()
                 lines = []
@@ -482,6 +493,12 @@ class KubernetesRuntime(Runtime):
                         continue
                     if not chunk and (cut := _RPC_ERROR.search(message)):  # said right after an unfinished line
                         last_words, message = message[cut.start():], message[:cut.start()]
+                    moment = stamp_seconds(message)
+                    if moment is not None and since is not None and moment < since:
+                        continue
+                    if moment is not None and until is not None and moment > until:
+                        chunk = b""  # one stream, in time order: nothing later is wanted
+                        break
                     lines.append((stream, message))
                 for line in stamped_lines(lines, timestamps):
                     yield line

@@ -185,6 +185,13 @@ def stamp_key(stamp: str) -> tuple[int, int] | None:
     return int(seconds), int((fraction or "").ljust(9, "0"))
 
 
+def stamp_seconds(line: str) -> float | None:
+    """The time (Unix seconds, as precise as a float holds) of a line that starts with an RFC 3339 stamp and a
+    space; None when it does not."""
+    key = stamp_key(line[:line.find(" ")]) if " " in line else None
+    return None if key is None else key[0] + key[1] / 1e9
+
+
 def _stamp_of(line: str) -> str:
     return line[:line.find(" ")]
 

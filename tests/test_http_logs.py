@@ -1,0 +1,369 @@
+"""Logs over HTTP (GET /api/v1/containers/{id}/logs) against the real dockerd (and Podman): real
+containers write known sequences; the daemon's own counters (LogStreams) show what is still open.
+
+Containers that must be followed from their first line wait for a go signal (a file made through
+``docker exec``), so that no line is written before the stream exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+from nekzusd import config as config_mod
+from nekzusd import httplogs
+from nekzusd.app import create_app
+from nekzusd.descriptors import Budget
+from nekzusd.keys import LOG_STREAMS, TOKEN_FILES, TOKENS
+from nekzusd.runtimes.logparse import MAX_LINE, LogParser
+from tests.conftest import base_config, run_container, unique, wait_for, ws_connect
+from tests.test_logs import WAIT_GO, _logged, go, subscribe
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def http_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "http-logs" and not t.done()]
+
+
+async def read_lines(client, path: str, **kwargs) -> tuple[aiohttp.ClientResponse, list[str]]:
+    async with client.get(path, **kwargs) as resp:
+        body = await resp.text()
+    return resp, body.split("\n")[:-1] if body else []
+
+
+async def test_plain_text_by_default_one_line_per_log_line(engine, client):
+    cid = await run_container(engine, unique(), "echo one; echo two >&2; echo 'caf\u00e9 <b>x</b>'; sleep 100000")
+    await wait_for(lambda: _stored(engine, cid, 3))
+    resp, lines = await read_lines(client, f"/api/v1/containers/{cid}/logs")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers.get("Transfer-Encoding") == "chunked"
+    assert sorted(lines) == sorted(["one", "two", "caf\u00e9 <b>x</b>"])  # two streams: ordered within each
+    assert lines.index("one") < lines.index("caf\u00e9 <b>x</b>")
+    assert client.app[LOG_STREAMS].active == 0
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "application/ndjson",
+                                    "text/plain;q=0.5, application/x-ndjson"])
+async def test_ndjson_when_accept_asks_stdout_and_stderr_apart(engine, client, accept):
+    cid = await run_container(engine, unique(), "echo out1; echo err1 >&2; echo out2; sleep 100000")
+    await wait_for(lambda: _stored(engine, cid, 3))
+    resp, lines = await read_lines(client, f"/api/v1/containers/{cid}/logs", headers={"Accept": accept})
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-ndjson"
+    items = [json.loads(line) for line in lines]
+    assert all(set(item) == {"stream", "message", "timestamp"} and isinstance(item["timestamp"], int)
+               for item in items)
+    assert [i["message"] for i in items if i["stream"] == "stdout"] == ["out1", "out2"]
+    assert [i["message"] for i in items if i["stream"] == "stderr"] == ["err1"]
+
+
+async def _stored(engine, cid: str, count: int) -> bool:
+    """The engine holds ``count`` lines of the (non-TTY) container's log, stdout and stderr together."""
+    status, body = await asyncio.to_thread(engine.api, "GET", f"/containers/{cid}/logs?stdout=1&stderr=1")
+    parser = LogParser(multiplexed=True)
+    return status == 200 and len(parser.feed(body) + parser.flush()) >= count
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "*/*", "application/json", "application/x-ndjson;q=0",
+                                    "application/x-ndjson;q=0.4, text/*;q=0.5"])
+async def test_other_accepts_get_text(engine, client, accept):
+    cid = await run_container(engine, unique(), "echo hello; sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "hello"))
+    resp, lines = await read_lines(client, f"/api/v1/containers/{cid}/logs", headers={"Accept": accept})
+    assert resp.headers["Content-Type"] == "text/plain; charset=utf-8" and lines == ["hello"]
+
+
+async def test_tail(engine, client):
+    cid = await run_container(engine, unique(), "seq 1 1500; sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "1500"))
+    path = f"/api/v1/containers/{cid}/logs"
+    assert (await read_lines(client, f"{path}?tail=10"))[1] == [str(i) for i in range(1491, 1501)]
+    assert (await read_lines(client, path))[1] == [str(i) for i in range(1401, 1501)]  # default 100
+    assert (await read_lines(client, f"{path}?tail=5000"))[1] == [str(i) for i in range(501, 1501)]  # cut
+    assert (await read_lines(client, f"{path}?tail=99999999999999999999999"))[1][0] == "501"
+    resp, lines = await read_lines(client, f"{path}?tail=0")
+    assert resp.status == 200 and lines == []
+
+
+async def test_timestamps_and_since_until_windows(engine, client):
+    """since/until are inclusive, in any of their forms (Unix seconds, RFC 3339, a duration back)."""
+    cid = await run_container(engine, unique(), "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done; "
+                              "sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "line5"))
+    path = f"/api/v1/containers/{cid}/logs"
+    _, stamped = await read_lines(client, f"{path}?timestamps=true")
+    assert [line.partition(" ")[2] for line in stamped] == [f"line{i}" for i in range(1, 6)]
+    stamps = [line.partition(" ")[0] for line in stamped]
+    assert all(STAMP.fullmatch(stamp) for stamp in stamps)
+    _, plain = await read_lines(client, f"{path}?timestamps=false")
+    assert plain == [f"line{i}" for i in range(1, 6)]
+    # line2's stamp up to line4's: those three lines
+    window = {"since": stamps[1], "until": stamps[3]}
+    _, lines = await read_lines(client, path, params=window)
+    assert lines == ["line2", "line3", "line4"]
+    seconds = {name: _unix(value) for name, value in window.items()}
+    _, lines = await read_lines(client, path, params=seconds)
+    assert lines == ["line2", "line3", "line4"]
+    _, lines = await read_lines(client, path, params={"since": stamps[3]})
+    assert lines == ["line4", "line5"]
+    _, lines = await read_lines(client, path, params={"since": "1h", "until": stamps[0]})
+    assert lines == ["line1"]
+    _, lines = await read_lines(client, path, params={"since": "0", "until": "1"})  # 1970
+    assert lines == []
+    # ndjson: the line's own time
+    resp, lines = await read_lines(client, path, params={"since": stamps[4], "timestamps": "true"},
+                                   headers={"Accept": "application/x-ndjson"})
+    [item] = [json.loads(line) for line in lines]
+    assert item["message"].startswith(stamps[4]) and item["timestamp"] == int(_unix(stamps[4]).split(".")[0])
+
+
+def _unix(stamp: str) -> str:
+    from nekzusd.runtimes.logparse import stamp_key
+
+    seconds, nanos = stamp_key(stamp)
+    return f"{seconds}.{nanos:09d}"
+
+
+async def test_follow_ends_when_the_container_stops(engine, client):
+    cid = await run_container(engine, unique(), "i=0; while true; do i=$((i+1)); echo $i; sleep 0.01; done")
+    streams = client.app[LOG_STREAMS]
+    async with client.get(f"/api/v1/containers/{cid}/logs?follow=true&tail=0") as resp:
+        assert resp.status == 200
+        first = [int(await resp.content.readline()) for _ in range(3)]
+        assert streams.active == 1 and len(http_tasks()) == 1
+        await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
+        rest = (await asyncio.wait_for(resp.text(), 30)).split("\n")[:-1]  # a clean end: no payload error
+    numbers = first + [int(line) for line in rest]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # no gap, no duplicate
+    await wait_for(lambda: _true(streams.active == 0 and not http_tasks()))
+
+
+async def test_follow_from_go_every_line_once_then_the_end(engine, client):
+    count = 20_000
+    cid = await run_container(engine, unique(), WAIT_GO + f"seq 1 {count}")
+    async with client.get(f"/api/v1/containers/{cid}/logs?follow=1&tail=0",
+                          headers={"Accept": "application/x-ndjson"}) as resp:
+        await wait_for(lambda: _true(client.app[LOG_STREAMS].active == 1))
+        await go(engine, cid)
+        body = await asyncio.wait_for(resp.text(), 60)
+    assert [json.loads(line)["message"] for line in body.splitlines()] == [str(i) for i in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_reader_that_leaves_ends_the_stream(engine, client, busy):
+    """Quiet container (the daemon must notice the reader left without writing) and a busy one: the
+    stream, its task and its count go, and the engine stream with them."""
+    cmd = "while true; do echo tick; sleep 0.01; done" if busy else "sleep 100000"
+    cid = await run_container(engine, unique(), cmd)
+    streams = client.app[LOG_STREAMS]
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(client.make_url(f"/api/v1/containers/{cid}/logs"), params={"follow": "true"})
+        assert resp.status == 200
+        if busy:
+            assert await resp.content.readline() == b"tick\n"
+        assert streams.active == 1 and len(http_tasks()) == 1
+        resp.close()  # the connection goes with it
+    await wait_for(lambda: _true(streams.active == 0 and not http_tasks()), timeout=10)
+    assert streams.held(("remote", None)) == 0
+
+
+async def test_tty_container_gives_raw_lines(engine, client):
+    cid = await run_container(engine, unique(), WAIT_GO + "echo first; echo second >&2; printf 'no '; "
+                              "sleep 0.3; echo newline; printf 'unfinished last'", tty=True)
+    async with client.get(f"/api/v1/containers/{cid}/logs?follow=true&tail=0",
+                          headers={"Accept": "application/x-ndjson"}) as resp:
+        await wait_for(lambda: _true(client.app[LOG_STREAMS].active == 1))
+        await go(engine, cid)
+        body = await asyncio.wait_for(resp.text(), 30)
+    assert [(i["stream"], i["message"]) for i in map(json.loads, body.splitlines())] == [
+        ("stdout", "first"), ("stdout", "second"), ("stdout", "no newline"), ("stdout", "unfinished last")]
+
+
+async def test_a_stalled_reader_is_bounded_then_cut(engine, client, monkeypatch):
+    """A reader that takes nothing while the container floods: the daemon reads at most its buffer ahead
+    (the engine waits meanwhile), then cuts the stream when a write has waited SEND_TIMEOUT."""
+    monkeypatch.setattr(httplogs, "SEND_TIMEOUT", 3.0)  # a limit, not a replaced component
+    cid = await run_container(engine, unique(), WAIT_GO + "yes 'a line of a flood, a hundred bytes or so, "
+                              "written as fast as the engine takes it ....................' | head -c 100000000; "
+                              "sleep 100000")
+    streams = client.app[LOG_STREAMS]
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(client.make_url(f"/api/v1/containers/{cid}/logs"),
+                                 params={"follow": "true", "tail": "0"})
+        [stream] = streams.own
+        await go(engine, cid)
+        peak = 0
+        async with asyncio.timeout(60):
+            while streams.active:
+                peak = max(peak, stream._chars)
+                await asyncio.sleep(0.01)
+        lines_read = stream.lines
+        # What it read is about what the sockets and the buffer hold, not the 100 MB the container wrote.
+        assert peak <= httplogs.BUFFER_CHARS + MAX_LINE
+        assert lines_read < 200_000, lines_read
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 30)  # cut: no terminating chunk
+        resp.close()
+    assert not http_tasks()
+
+
+async def test_errors_before_the_stream_are_json(engine, client):
+    cid = await run_container(engine, unique())
+    path = f"/api/v1/containers/{cid}/logs"
+    cases = [(f"{path}?tail=-1", 400, "INVALID_TAIL"), (f"{path}?tail=abc", 400, "INVALID_TAIL"),
+             (f"{path}?tail=1e3", 400, "INVALID_TAIL"), (f"{path}?tail=%EF%BC%91", 400, "INVALID_TAIL"),
+             (f"{path}?follow=maybe", 400, "INVALID_PARAMETER"),
+             (f"{path}?timestamps=", 400, "INVALID_PARAMETER"),
+             (f"{path}?since=yesterday", 400, "INVALID_PARAMETER"),
+             (f"{path}?since=-5", 400, "INVALID_PARAMETER"),
+             (f"{path}?since=999999999999", 400, "INVALID_PARAMETER"),
+             (f"{path}?until=" + "9" * 5000, 400, "INVALID_PARAMETER"),
+             (f"{path}?since=2024-05-01T12:00:00Z&until=2024-05-01T11:00:00Z", 400, "INVALID_PARAMETER"),
+             (f"{path}?tail=1&tail=2", 400, "INVALID_PARAMETER"),
+             (f"{path}?runtime=lxc", 400, "INVALID_RUNTIME"),
+             ("/api/v1/containers/nosuchcontainer/logs", 404, "CONTAINER_NOT_FOUND"),
+             ("/api/v1/containers/-bad/logs", 400, "INVALID_CONTAINER_ID"),
+             ("/api/v1/containers/default/somepod/logs", 404, "NOT_FOUND")]  # no Kubernetes runtime
+    for url, status, code in cases:
+        async with client.get(url) as resp:
+            body = await resp.json()
+            assert (resp.status, body["error"]) == (status, code), (url, body)
+            assert resp.content_type == "application/json" and body["message"]
+    async with client.get(f"{path}?until=2024-05-01T11:00:00Z&since=2024-05-01T12:00:00Z") as resp:
+        assert (await resp.json())["details"] == {"parameter": "until", "value": "2024-05-01T11:00:00Z"}
+    async with client.head(path) as resp:
+        assert resp.status == 405
+    assert client.app[LOG_STREAMS].active == 0
+
+
+@pytest.fixture
+async def capped(aiohttp_client, engine, tmp_path):
+    """A daemon with a cap of 8 log streams: reserve 1 for local clients, remote clients 7 in all."""
+    data = base_config(engine, tmp_path / "state", auth={"local_networks": ["127.0.0.1/32"]})
+    app = create_app(config_mod.parse(data, env={}), budget=replace(Budget.current(), log_streams=8))
+    return await aiohttp_client(app)
+
+
+def remote(address: str = "127.0.0.3") -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0), limit=0))
+
+
+async def test_http_streams_count_against_the_caps_with_websocket_ones(capped, engine):
+    streams = capped.app[LOG_STREAMS]
+    assert (streams.max_subscriptions, streams.local_reserve, streams.remote_share) == (8, 1, 7)
+    cid = await run_container(engine, unique(), "sleep 100000")
+    token = capped.app[TOKENS].create("reader", ["read:containers"], 600)
+    url = capped.make_url(f"/api/v1/containers/{cid}/logs")
+    opened = []
+    async with remote() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(7):
+            resp = await http.get(url, params={"follow": "true"}, headers=headers)
+            assert resp.status == 200
+            opened.append(resp)
+        assert streams.held(("subject", "reader")) == 7
+        async with http.get(url, params={"follow": "true"}, headers=headers) as refused:
+            body = await refused.json()
+        assert refused.status == 429 and body["error"] == "TOO_MANY_SUBSCRIPTIONS"
+        assert "kept for local clients" in body["message"]
+        # The owner takes the reserve over the WebSocket, then the daemon-wide cap holds for HTTP too.
+        ws = await ws_connect(capped)
+        await subscribe(ws, cid, tail=0)
+        async with capped.get(f"/api/v1/containers/{cid}/logs?follow=true") as full:
+            body = await full.json()
+        assert full.status == 503 and body["error"] == "TOO_MANY_SUBSCRIPTIONS"
+        # A stream that ends gives its place back.
+        opened.pop().close()
+        await wait_for(lambda: _true(streams.active == 7))
+        async with capped.get(f"/api/v1/containers/{cid}/logs?follow=true") as local:
+            assert local.status == 200 and streams.active == 8
+            local.close()
+        for resp in opened:
+            resp.close()
+        await ws.close()
+    await wait_for(lambda: _true(streams.active == 0 and not http_tasks()))
+    assert streams.held(("remote", None)) == 0
+
+
+async def test_scope(capped, engine):
+    cid = await run_container(engine, unique(), "echo hello; sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "hello"))
+    tokens = capped.app[TOKENS]
+    url = capped.make_url(f"/api/v1/containers/{cid}/logs")
+    async with remote() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 401 and (await resp.json())["error"] == "UNAUTHORIZED"
+        nothing = tokens.create("nothing", [], 600)
+        async with http.get(url, headers={"Authorization": f"Bearer {nothing}"}) as resp:
+            assert resp.status == 403 and (await resp.json())["error"] == "INSUFFICIENT_SCOPE"
+        for scopes in (["read:containers"], ["read:*"], ["write:containers"]):
+            token = tokens.create("reader", scopes, 600)
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200 and await resp.text() == "hello\n"
+        # A local address with another site's page behind it is not trusted: a token is needed.
+        async with capped.get(f"/api/v1/containers/{cid}/logs", headers={"Sec-Fetch-Site": "cross-site"}) as resp:
+            assert resp.status == 401
+
+
+async def test_a_revoked_token_cuts_its_follow(capped, engine):
+    cid = await run_container(engine, unique(), "sleep 100000")
+    tokens = capped.app[TOKENS]
+    token = tokens.create("reader", ["read:containers"], 600)
+    streams = capped.app[LOG_STREAMS]
+    async with remote() as http:
+        resp = await http.get(capped.make_url(f"/api/v1/containers/{cid}/logs"), params={"follow": "true"},
+                              headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200 and streams.active == 1
+        tokens.use_secret(b"another secret, so that every token stops verifying")
+        capped.app[TOKEN_FILES].on_change()  # what the daemon runs when its token files change
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 10)
+        resp.close()
+    await wait_for(lambda: _true(streams.active == 0 and not http_tasks()))
+
+
+async def test_shutdown_cuts_open_streams(engine, client):
+    cid = await run_container(engine, unique(), "sleep 100000")
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(client.make_url(f"/api/v1/containers/{cid}/logs"), params={"follow": "true"})
+        assert resp.status == 200
+        streams = client.app[LOG_STREAMS]
+        await asyncio.wait_for(client.server.close(), 10)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 10)
+        resp.close()
+    assert streams.active == 0 and not http_tasks()
+
+
+async def test_on_podman(podman_engine, make_client, tmp_path):
+    client = await make_client(base_config(podman_engine, tmp_path / "state"))
+    try:
+        cid = await run_container(podman_engine, unique("plog"), "echo out1; echo err1 >&2; "
+                                  "i=0; while true; do i=$((i+1)); echo n$i; sleep 0.02; done")
+        path = f"/api/v1/containers/{cid}/logs"
+        async with client.get(f"{path}?follow=true&tail=all") as resp:
+            assert resp.status == 400  # tail=all is not a number, as over the WebSocket
+        async with client.get(f"{path}?follow=true&tail=1000", headers={"Accept": "application/x-ndjson"}) as resp:
+            assert resp.status == 200
+            items = [json.loads(await resp.content.readline()) for _ in range(5)]
+            await asyncio.to_thread(podman_engine.api_json, "POST", f"/containers/{cid}/stop?t=5",
+                                    expect=(204, 304))
+            rest = await asyncio.wait_for(resp.text(), 30)
+        items += [json.loads(line) for line in rest.splitlines()]
+        assert [i["message"] for i in items if i["stream"] == "stderr"] == ["err1"]
+        numbers = [int(i["message"][1:]) for i in items if i["message"].startswith("n")]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert client.app[LOG_STREAMS].active == 0
+    finally:
+        await asyncio.to_thread(podman_engine.remove_all)
