@@ -22,6 +22,8 @@ from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, TOKEN_FILES, TOKENS
 from nekzusd.runtimes.logparse import MAX_LINE, LogParser
 from tests.conftest import base_config, run_container, unique, wait_for, ws_connect
+from tests.test_cli import daemon_factory  # noqa: F401 -- a fixture
+from tests.k8s_fixtures import deployment, k8s_api, k8s_client, running_pods  # noqa: F401 -- fixtures
 from tests.test_logs import WAIT_GO, _logged, go, subscribe
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -367,3 +369,92 @@ async def test_on_podman(podman_engine, make_client, tmp_path):
         assert client.app[LOG_STREAMS].active == 0
     finally:
         await asyncio.to_thread(podman_engine.remove_all)
+
+
+async def metric(http: aiohttp.ClientSession, daemon, name: str) -> float:
+    async with http.get(f"{daemon.base_url}/metrics") as resp:
+        text = await resp.text()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+async def test_a_real_daemon_lets_go_of_readers_that_leave_or_stall(daemon_factory, engine):
+    """``nekzusd serve`` as deployed (aiohttp does not cancel a handler whose client left there): a reader
+    that leaves a quiet stream, one that leaves a busy one, and one that stops reading a flood. The
+    daemon's own metrics show the streams and their tasks gone; its memory stays bounded meanwhile."""
+    daemon = await daemon_factory()
+    quiet = await run_container(engine, unique("quiet"), "sleep 100000")
+    busy = await run_container(engine, unique("busy"), "while true; do echo tick; sleep 0.01; done")
+    flood = await run_container(engine, unique("flood"), WAIT_GO + "yes 'a line of a flood, a hundred bytes or "
+                                "so, written as fast as the engine takes it ...............' | head -c 100000000; "
+                                "sleep 100000")
+    async with aiohttp.ClientSession() as http:
+        idle_tasks = await metric(http, daemon, "nekzusd_asyncio_tasks")
+        for cid in (quiet, busy):
+            async with aiohttp.ClientSession() as reader:
+                resp = await reader.get(f"{daemon.base_url}/api/v1/containers/{cid}/logs?follow=true")
+                assert resp.status == 200
+                if cid == busy:
+                    assert await resp.content.readline() == b"tick\n"
+                assert await metric(http, daemon, "nekzusd_log_streams") == 1
+                resp.close()
+            await wait_for(lambda: _metric_is(http, daemon, "nekzusd_log_streams", 0), timeout=10)
+        async with aiohttp.ClientSession() as reader:
+            resp = await reader.get(f"{daemon.base_url}/api/v1/containers/{flood}/logs?follow=true&tail=0")
+            baseline = peak = rss_mb(daemon.proc.pid)
+            await go(engine, flood)
+            async with asyncio.timeout(httplogs.SEND_TIMEOUT + 30):
+                while await metric(http, daemon, "nekzusd_log_streams"):
+                    peak = max(peak, rss_mb(daemon.proc.pid))
+                    await asyncio.sleep(0.1)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(resp.read(), 30)
+        print(f"stalled HTTP reader: daemon RSS growth {peak - baseline:.1f} MB")
+        assert peak - baseline < 50
+        assert "cutting a stalled HTTP log reader" in daemon.stderr()
+        # every stream's tasks are gone: back to what the idle daemon had (a scrape is one request)
+        await wait_for(lambda: _metric_at_most(http, daemon, "nekzusd_asyncio_tasks", idle_tasks), timeout=10)
+
+
+async def _metric_is(http, daemon, name: str, value: float) -> bool:
+    return await metric(http, daemon, name) == value
+
+
+async def _metric_at_most(http, daemon, name: str, value: float) -> bool:
+    return await metric(http, daemon, name) <= value
+
+
+@pytest.mark.kubernetes
+async def test_the_pod_form_reads_through_the_kubernetes_runtime(k8s_client, k8s_api, k8s_cluster, engine):
+    """A real kube-apiserver without a kubelet (tests/k8s): the routing, the checks and the runtime's own
+    failure (the API server cannot reach the node's kubelet) as a JSON error before the stream. Live pod
+    logs need a kubelet (tested where one runs)."""
+    from kubernetes_asyncio import client as k8s
+
+    await k8s.AppsV1Api(k8s_api).create_namespaced_deployment("default", deployment("logweb", 1))
+    async with k8s_cluster.fake_kubelet(namespaces=("default",)):
+        pod = (await running_pods(k8s_api, "default", "logweb", 1))[0]
+    cid = await run_container(engine, unique(), "echo docker-side; sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "docker-side"))
+    cases = [(f"/api/v1/containers/default/{pod}/logs", 500, "CONTAINER_LOGS_FAILED"),
+             (f"/api/v1/containers/default/{pod}/logs?follow=true&since=10m", 500, "CONTAINER_LOGS_FAILED"),
+             (f"/api/v1/containers/{pod}/logs?runtime=kubernetes&namespace=default", 500, "CONTAINER_LOGS_FAILED"),
+             ("/api/v1/containers/default/no-such-pod/logs", 404, "CONTAINER_NOT_FOUND"),
+             ("/api/v1/containers/forbidden-ns/some-pod/logs", 403, "NAMESPACE_NOT_ALLOWED"),
+             ("/api/v1/containers/default/Not_A_Pod/logs", 400, "INVALID_CONTAINER_ID"),
+             (f"/api/v1/containers/default/{pod}/logs?tail=-1", 400, "INVALID_TAIL"),
+             (f"/api/v1/containers/default/{pod}/logs?runtime=docker", 404, "CONTAINER_NOT_FOUND")]
+    for url, status, code in cases:
+        async with k8s_client.get(url) as resp:
+            body = await resp.json()
+        assert (resp.status, body["error"]) == (status, code), (url, body)
+        if code == "CONTAINER_LOGS_FAILED":
+            assert "kubelet" in body["message"], body
+    # /{id}/logs stays the primary runtime's (Docker), whatever the daemon's other runtimes
+    async with k8s_client.get(f"/api/v1/containers/{cid}/logs") as resp:
+        assert resp.status == 200 and await resp.text() == "docker-side\n"
+    assert k8s_client.app[LOG_STREAMS].active == 0
