@@ -3,7 +3,8 @@
 A private dockerd and a real `nekzusd serve` process; a container waits for a go signal, then writes
 N numbered lines as fast as it can (`seq`). Subscribed before the signal: a raw aiodocker follow stream
 (in a child process, so that it has a core of its own as a real client would) and 1 or 20 WebSocket
-clients, per-line and batch mode. Rate = lines / (last line time - first line time) per consumer.
+clients, per-line and batch mode, or one HTTP follow (GET …/logs, text and NDJSON). Rate = lines / (last
+line time - first line time) per consumer.
 Also the daemon's RSS growth while a client that never reads is subscribed to a 200 MB flood.
 
     python -m bench.logs [--lines 200000] [--clients 20] [--flood-mb 200]
@@ -106,6 +107,51 @@ async def throughput(engine, url: str, lines: int, clients: int, batch: bool) ->
     return raw_rate, ws_rate
 
 
+async def http_client(session: aiohttp.ClientSession, url: str, cid: str, lines: int, ndjson: bool,
+                      opened: asyncio.Event) -> tuple[float, float]:
+    """One HTTP follow (GET …/logs?follow=true&tail=0), text or NDJSON: (first line time, last line time)."""
+    headers = {"Accept": "application/x-ndjson"} if ndjson else {}
+    async with session.get(f"{url}/api/v1/containers/{cid}/logs", params={"follow": "true", "tail": "0"},
+                           headers=headers) as resp:
+        assert resp.status == 200, resp.status
+        opened.set()
+        seen, first, tail = 0, None, b""
+        async for chunk in resp.content.iter_any():
+            if first is None:
+                first = time.perf_counter()
+            seen += chunk.count(b"\n")
+            tail = (tail + chunk)[-200:]
+            if seen >= lines:
+                break
+        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode()
+        assert (json.loads(last)["message"] if ndjson else last) == str(lines), last
+        assert first is not None
+        return first, time.perf_counter()
+
+
+async def http_throughput(engine, url: str, lines: int, ndjson: bool) -> tuple[float, float]:
+    """(raw lines/s, HTTP lines/s) for one flood followed by both at once."""
+    cid = await asyncio.to_thread(engine.run, None, WAIT_GO + f"seq 1 {lines}; sleep 100000")
+    ctx = multiprocessing.get_context("spawn")
+    ready, (receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
+    child = ctx.Process(target=raw_follow, args=(engine.url, cid, lines, ready, send))
+    child.start()
+    try:
+        opened = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            task = asyncio.create_task(http_client(session, url, cid, lines, ndjson, opened))
+            await asyncio.wait_for(opened.wait(), 30)
+            await asyncio.to_thread(ready.wait, 30)
+            await asyncio.sleep(0.5)  # the raw stream's request is on its way: let it settle
+            await asyncio.to_thread(go, engine, cid)
+            first, last = await asyncio.wait_for(task, 600)
+        raw_rate = await asyncio.to_thread(receive.recv)
+    finally:
+        child.join(30)
+        await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
+    return raw_rate, lines / (last - first)
+
+
 async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float) -> float:
     """Peak RSS growth of the daemon (MB) while a client that never reads is subscribed to a flood, over
     ``seconds`` (longer than hub.SEND_TIMEOUT, after which the daemon closes the stuck client)."""
@@ -139,6 +185,11 @@ async def measure(engine, url: str, pid: int, lines: int, clients: int, flood_mb
             raw, ws = await throughput(engine, url, lines if count == 1 else lines // 4, count, batch)
             rows.append(Row(f"log lines/s, {mode}, {count} client(s) (sum)", ws, "lines/s", raw,
                             f"ratio >= {target}" if target else "-", None if target is None else ws / raw >= target))
+    for ndjson in (False, True):
+        raw, http = await http_throughput(engine, url, lines, ndjson)
+        kind = "NDJSON" if ndjson else "text"
+        rows.append(Row(f"log lines/s over HTTP (GET …/logs?follow=true, {kind}), 1 client", http, "lines/s", raw,
+                        "ratio >= 0.8" if not ndjson else "-", http / raw >= 0.8 if not ndjson else None))
     growth = await stalled_rss(engine, url, pid, flood_mb, stalled_seconds)
     rows.append(Row(f"daemon RSS growth, a stalled client under a {flood_mb} MB flood", growth, "MB", None,
                     "<= 50 MB", growth <= 50))

@@ -123,6 +123,9 @@ async def test_timestamps_and_since_until_windows(engine, client):
     assert lines == ["line1"]
     _, lines = await read_lines(client, path, params={"since": "0", "until": "1"})  # 1970
     assert lines == []
+    # tail counts back from the log's end first (line4, line5), then the window applies (as docker logs)
+    _, lines = await read_lines(client, path, params={"tail": "2", "until": stamps[2]})
+    assert lines == []
     # ndjson: the line's own time
     resp, lines = await read_lines(client, path, params={"since": stamps[4], "timestamps": "true"},
                                    headers={"Accept": "application/x-ndjson"})
@@ -458,3 +461,21 @@ async def test_the_pod_form_reads_through_the_kubernetes_runtime(k8s_client, k8s
     async with k8s_client.get(f"/api/v1/containers/{cid}/logs") as resp:
         assert resp.status == 200 and await resp.text() == "docker-side\n"
     assert k8s_client.app[LOG_STREAMS].active == 0
+
+
+async def test_a_follow_ends_when_its_token_expires(capped, engine):
+    """A token still accepted for about two more seconds (exp in the past, within the 30 s leeway): the
+    followed stream opens, then is cut at the moment the token stops being accepted."""
+    cid = await run_container(engine, unique(), "sleep 100000")
+    token = capped.app[TOKENS].create("short", ["read:containers"], -28)
+    async with remote() as http:
+        resp = await http.get(capped.make_url(f"/api/v1/containers/{cid}/logs"), params={"follow": "true"},
+                              headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 10)
+        resp.close()
+        async with http.get(capped.make_url(f"/api/v1/containers/{cid}/logs"),
+                            headers={"Authorization": f"Bearer {token}"}) as again:
+            assert again.status == 401
+    await wait_for(lambda: _true(capped.app[LOG_STREAMS].active == 0 and not http_tasks()))
