@@ -67,8 +67,8 @@ class Options:
 
 HTTP_DEFAULTS = Options(follow=False)  # GET …/logs reads and ends, like `docker logs`, unless asked to follow
 LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: a later time is a typo, not a log window
-_UNIX_TIME = re.compile(r"\d{1,12}(?:\.\d{1,9})?")
-_AGO = re.compile(r"(\d{1,9})([smhd])")
+_UNIX_TIME = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_AGO = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

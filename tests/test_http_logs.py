@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import replace
 
 import aiohttp
@@ -20,11 +21,13 @@ from nekzusd import httplogs
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, TOKEN_FILES, TOKENS
-from nekzusd.runtimes.logparse import MAX_LINE, LogParser
+from nekzusd.errors import ApiError
+from nekzusd.logs import Options, parse_options
+from nekzusd.runtimes.logparse import MAX_LINE, LogParser, stamp_key
 from tests.conftest import base_config, run_container, unique, wait_for, ws_connect
 from tests.test_cli import daemon_factory  # noqa: F401 -- a fixture
 from tests.k8s_fixtures import deployment, k8s_api, k8s_client, running_pods  # noqa: F401 -- fixtures
-from tests.test_logs import WAIT_GO, _logged, go, subscribe
+from tests.test_logs import WAIT_GO, _logged, collect, go, subscribe, texts
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
@@ -479,3 +482,78 @@ async def test_a_follow_ends_when_its_token_expires(capped, engine):
                             headers={"Authorization": f"Bearer {token}"}) as again:
             assert again.status == 401
     await wait_for(lambda: _true(capped.app[LOG_STREAMS].active == 0 and not http_tasks()))
+
+
+async def test_a_follow_ends_at_until(engine, client):
+    """dockerd would keep a follow with a future until open until a later line came; the stream ends at
+    until, cleanly, with the lines logged up to then."""
+    cid = await run_container(engine, unique(), "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done")
+    until = time.time() + 2
+    started = time.monotonic()
+    async with client.get(f"/api/v1/containers/{cid}/logs",
+                          params={"follow": "true", "tail": "0", "until": f"{until:.3f}", "timestamps": "true"}) as resp:
+        body = await asyncio.wait_for(resp.text(), 20)  # a clean end
+    assert 1.5 < time.monotonic() - started < 10
+    lines = body.splitlines()
+    assert lines and all(stamp_key(line.partition(" ")[0]) <= (int(until), int(until % 1 * 1e9) + 1000)
+                         for line in lines)
+    numbers = [int(line.partition(" ")[2]) for line in lines]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert client.app[LOG_STREAMS].active == 0
+
+
+async def test_websocket_subscriptions_take_the_same_window(engine, client):
+    cid = await run_container(engine, unique(), "for i in 1 2 3; do echo w$i; sleep 0.3; done; sleep 100000")
+    await wait_for(lambda: _logged(engine, cid, "w3"))
+    _, stamped = await read_lines(client, f"/api/v1/containers/{cid}/logs?timestamps=true")
+    ws = await ws_connect(client)
+    await subscribe(ws, cid, follow=False, since=stamped[1].partition(" ")[0],
+                    until=float(_unix(stamped[1].partition(" ")[0])))
+    messages, ended = await collect(ws, cid)
+    assert texts(messages) == ["w2"] and ended["data"]["reason"] == "container_stopped"
+    for bad in ({"since": "yesterday"}, {"until": True}, {"since": -1}, {"since": 5, "until": 4}):
+        await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, **bad}})
+        reply = await ws.receive_json(timeout=10)
+        assert reply["type"] == "container.logs.error" and reply["data"]["error"] == "INVALID_MESSAGE", (bad, reply)
+    await ws.close()
+
+
+@pytest.mark.parametrize("query, expected", [
+    ({}, Options(100, False, False, False)),
+    ({"tail": "7", "follow": "TRUE", "timestamps": "yes"}, Options(7, True, True, False)),
+    ({"follow": "0", "timestamps": "no"}, Options(100, False, False, False)),
+    ({"since": "1700000000", "until": "1700000000.5"}, Options(since=1700000000.0, until=1700000000.5, follow=False)),
+    ({"since": "2023-11-14T23:13:20.5+01:00"}, Options(since=1700000000.5, follow=False)),
+    ({"batch": "true"}, Options(follow=False)),  # not an HTTP option: ignored like any other unknown name
+])
+def test_query_options(query, expected):
+    assert parse_options(query, query=True) == expected
+
+
+def test_query_durations_count_back_from_now():
+    options = parse_options({"since": "1d", "until": "10m"}, query=True)
+    assert options.since == pytest.approx(time.time() - 86400, abs=5)
+    assert options.until == pytest.approx(time.time() - 600, abs=5)
+    with pytest.raises(ApiError) as info:  # until a day ago is before since ten minutes ago
+        parse_options({"since": "10m", "until": "1d"}, query=True)
+    assert info.value.code == "INVALID_PARAMETER" and info.value.details["parameter"] == "until"
+
+
+@pytest.mark.parametrize("value", ["", "abc", "1e9", "0x10", "１２", "-1", "10y", "10 m", "2024-05-01",
+                                   "2024-05-01T12:00:00", "2024-13-01T12:00:00Z", "nan", "inf", "9" * 13, "x" * 5000])
+def test_bad_query_times(value):
+    with pytest.raises(ApiError) as info:
+        parse_options({"since": value}, query=True)
+    assert info.value.code == "INVALID_PARAMETER" and info.value.details["parameter"] == "since"
+
+
+@pytest.mark.parametrize("accept, ndjson", [
+    ("", False), ("*/*", False), ("application/x-ndjson", True), ("application/ndjson", True),
+    ("APPLICATION/X-NDJSON; charset=utf-8", True), ("text/plain, application/x-ndjson", True),
+    ("text/plain, application/x-ndjson;q=0.9", False), ("application/x-ndjson;q=0", False),
+    ("application/x-ndjson;q=abc", False), ("application/x-ndjson;q=2", False),
+    ("application/json", False), (", ;;, =", False), ("text/*;q=0.1, application/x-ndjson;q=0.2", True),
+    ("a/b," * 10_000 + "application/x-ndjson", False),  # only the first 64 entries are looked at
+])
+def test_accept(accept, ndjson):
+    assert httplogs.wants_ndjson(accept) is ndjson

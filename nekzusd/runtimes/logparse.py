@@ -181,7 +181,10 @@ def stamp_key(stamp: str) -> tuple[int, int] | None:
     if match is None:
         return None
     base, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    try:
+        seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    except ValueError:  # month 13, offset +25:00, digits of another script: not a time (a client typed it)
+        return None
     return int(seconds), int((fraction or "").ljust(9, "0"))
 
 
