@@ -83,7 +83,8 @@ class HttpLogStream:
         self.holder = holder
         self.token = token  # the token it stands on (remote readers), checked again on revocation
         self.expires_at = expires_at  # wall-clock seconds the token stops being accepted
-        self.lines = 0  # lines handed to the response
+        self.lines = 0  # lines written to the response
+        self.read = 0  # lines read from the source (written, or in the buffer)
         self._encode: Callable[[LogLine], str] = _ndjson_line if ndjson else _text_line
         self._pieces: list[str] = []
         self._chars = 0
@@ -156,7 +157,7 @@ class HttpLogStream:
                     text = encode(line)
                     pieces.append(text)
                     self._chars += len(text)
-                    self.lines += 1
+                    self.read += 1
                     self._ready.set()
                     if self._chars >= BUFFER_CHARS:
                         self._room.clear()
@@ -190,9 +191,11 @@ class HttpLogStream:
                 self._pieces.clear()
                 self._chars = 0
                 self._room.set()
+                lines = self.read - self.lines
                 try:
                     async with asyncio.timeout(SEND_TIMEOUT):
                         await response.write(text.encode())
+                    self.lines += lines
                 except TimeoutError:
                     log.warning("cutting a stalled HTTP log reader: nothing accepted for %g s", SEND_TIMEOUT)
                     return False

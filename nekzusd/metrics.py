@@ -80,8 +80,8 @@ class _LiveCollector(Collector):
         yield info
         live = live_counters(self.app)
         gauges = {"websocket_clients": "Connected WebSocket clients",
-                  "log_streams": "Active log streams"}
-        counters = {"log_lines_streamed": "Log lines sent to WebSocket clients",
+                  "log_streams": "Active log streams (WebSocket subscriptions and HTTP log streams)"}
+        counters = {"log_lines_streamed": "Log lines sent to clients (WebSocket subscriptions and HTTP log streams)",
                     "log_lines_dropped": "Log lines dropped because a client's send queue was full",
                     "rate_limit_rejections": "Requests refused with 429 RATE_LIMITED"}
         for key, help_text in gauges.items():

@@ -166,6 +166,8 @@ async def test_follow_from_go_every_line_once_then_the_end(engine, client):
         await go(engine, cid)
         body = await asyncio.wait_for(resp.text(), 60)
     assert [json.loads(line)["message"] for line in body.splitlines()] == [str(i) for i in range(1, count + 1)]
+    streams = client.app[LOG_STREAMS]
+    assert streams.lines_sent == count and streams.lines_dropped == 0 and streams.active == 0
 
 
 @pytest.mark.parametrize("busy", [False, True])
@@ -216,7 +218,7 @@ async def test_a_stalled_reader_is_bounded_then_cut(engine, client, monkeypatch)
             while streams.active:
                 peak = max(peak, stream._chars)
                 await asyncio.sleep(0.01)
-        lines_read = stream.lines
+        lines_read = stream.read
         # What it read is about what the sockets and the buffer hold, not the 100 MB the container wrote.
         assert peak <= httplogs.BUFFER_CHARS + MAX_LINE
         assert lines_read < 200_000, lines_read
