@@ -401,3 +401,43 @@ async def test_a_restart_while_followed_ends_the_old_pods_stream(kubelet_cluster
     await inbox.wait("container.restart.completed", timeout=90)
     assert [m for m in inbox.seen if m["type"] in ("container.logs", "container.logs.error")] == []
     await inbox.ws.close()
+
+
+# ------------------------------------------------------------------------------------------- logs over HTTP
+
+async def test_pod_logs_over_http(kubelet_cluster, live_api, live_client):
+    """GET /api/v1/containers/{namespace}/{pod}/logs on a real pod: text and NDJSON, ?container=, the
+    choices named when it is missing, and a follow that ends when the pod is deleted (no kubelet words)."""
+    import json
+
+    from kubernetes_asyncio import client
+
+    await started_pod(kubelet_cluster, live_api, pod(
+        "duo", container("app", "seq 1 20; echo err >&2; sleep 3600 & wait"),
+        container("side", "echo from side; sleep 3600 & wait")))
+    await wait_for(lambda: _logged(live_client, "duo", "app"), timeout=20)
+
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?tail=3")
+    body = await resp.json()
+    assert resp.status == 400 and body["error"] == "POD_CONTAINER_REQUIRED", body
+    assert body["details"]["containers"] == ["app", "side"] and "app, side" in body["message"]
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "POD_CONTAINER_NOT_FOUND"
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=" + "x" * 64)
+    assert resp.status == 400 and (await resp.json())["error"] == "INVALID_PARAMETER"
+
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=app&tail=3")
+    assert resp.status == 200 and await resp.text() == "19\n20\nerr\n"
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=app&tail=2&timestamps=true",
+                                 headers={"Accept": "application/x-ndjson"})
+    rows = [json.loads(line) for line in (await resp.text()).splitlines()]
+    assert [STAMP.sub("", r["message"]) for r in rows] == ["20", "err"]
+    assert all(r["stream"] == "stdout" and STAMP.match(r["message"]) for r in rows)  # the kubelet merges stderr
+
+    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=side&follow=true&tail=5")
+    assert resp.status == 200
+    assert await resp.content.readline() == b"from side\n"
+    await client.CoreV1Api(live_api).delete_namespaced_pod("duo", "default", grace_period_seconds=0)
+    async with asyncio.timeout(30):
+        rest = await resp.content.read()
+    assert b"rpc error" not in rest and rest == b"", rest
