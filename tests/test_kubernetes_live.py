@@ -266,9 +266,14 @@ async def test_long_lines_and_non_utf8_bytes(kubelet_cluster, live_api, live_cli
     await ws.close()
 
 
-async def test_a_stalled_client_loses_lines_it_is_told_about(kubelet_cluster, live_api, live_client):
+async def test_a_stalled_client_loses_lines_it_is_told_about(kubelet_cluster, live_api, live_client, monkeypatch):
     """A client that stops reading while the pod floods: lines are dropped and counted, the daemon keeps
-    up with the kubelet, received + dropped = all, in order."""
+    up with the kubelet, received + dropped = all, in order. The kubelet's stream comes slower than a local
+    dockerd's (on a loaded machine the first drop came after the 10 s in which a client that takes nothing
+    is cut): the cut, tested in tests/test_logs.py, is moved out of this test's way."""
+    from nekzusd import hub
+
+    monkeypatch.setattr(hub, "SEND_TIMEOUT", 120.0)
     count = 200_000
     doc = await started_pod(kubelet_cluster, live_api, pod("flood", container(
         "main", WAIT_GO + f"seq 1 {count}; sleep 3600 & wait")))
@@ -426,8 +431,10 @@ async def test_pod_logs_over_http(kubelet_cluster, live_api, live_client):
     resp = await live_client.get("/api/v1/containers/default/duo/logs?container=" + "x" * 64)
     assert resp.status == 400 and (await resp.json())["error"] == "INVALID_PARAMETER"
 
-    resp = await live_client.get("/api/v1/containers/default/duo/logs?container=app&tail=3")
-    assert resp.status == 200 and await resp.text() == "19\n20\nerr\n"
+    async with asyncio.timeout(20):  # stderr's line is logged last
+        while (text := await (await live_client.get("/api/v1/containers/default/duo/logs?container=app&tail=3")).text()
+               ) != "19\n20\nerr\n":
+            await asyncio.sleep(0.1)
     resp = await live_client.get("/api/v1/containers/default/duo/logs?container=app&tail=2&timestamps=true",
                                  headers={"Accept": "application/x-ndjson"})
     rows = [json.loads(line) for line in (await resp.text()).splitlines()]
