@@ -40,6 +40,7 @@ EVENT_QUEUE = 256
 # How the kubelet ends a follow stream whose container went away (gRPC status text from dockershim), and
 # the part of it that means "removed" (a deleted pod), which is the end of the log rather than a failure.
 _RPC_ERROR = re.compile(r"rpc error: code = \w+ desc = .*\Z", re.S)
+_RPC_START = "rpc error: code = "
 _CONTAINER_GONE = re.compile(r"No such container|not found|is terminated", re.I)
 
 
@@ -448,24 +449,27 @@ class KubernetesRuntime(Runtime):
         the API server relays it from the node's kubelet. A follow stream ends when that container stops
         (exits, is restarted, or its pod is deleted), or at ``until``.
 
-        The kubelet merges stdout and stderr into one text stream, so every line is "stdout". It is always
-        asked for timestamps (cut off again unless wanted): every log entry then starts with its stamp, which
-        is how a long line the engine stored in pieces is joined back under its first stamp, how the window
-        is kept to the engine's precision (the API has ``sinceTime`` in whole seconds and no until), and how
-        the kubelet's own last words are told from the log: when the container goes away under a follow
-        stream the kubelet may end the body with an unstamped ``rpc error: code = … desc = …``."""
+        The kubelet merges stdout and stderr into one text stream, so every line is "stdout". When the container
+        goes away under a follow stream the kubelet may end the body with its own words, ``rpc error: code = …
+        desc = …``, which are not a log line. With timestamps (asked when wanted, or for a window, whose bounds
+        the API has only in whole seconds and without an end) every log entry starts with its stamp: a long
+        line the engine stored in pieces is joined back under its first stamp, and the kubelet's words are the
+        unstamped text. Without, the stream is a third of the bytes for short lines, and a line that reads
+        like those words is held back until the log goes on: at the end of a follow body it was the kubelet's."""
 
         pod = await self._pod(ref)
         if pod is None:
             raise ContainerNotFound(ref.id)
         name = _log_container(pod, container)
         query = [("container", name), ("tailLines", str(tail)), ("follow", "true" if follow else "false"),
-                 ("timestamps", "true")]
+                 ("timestamps", "true" if timestamps or since is not None or until is not None else "false")]
         if since is not None:
             query.append(("sinceTime", datetime.fromtimestamp(int(since), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
         path = f"/api/v1/namespaces/{ref.namespace}/pods/{ref.id}/log"
-        parser = LogParser(multiplexed=False, stamped=True)
         windowed = since is not None or until is not None
+        stamped = timestamps or windowed
+        parser = LogParser(multiplexed=False, stamped=stamped)
+        held: tuple[str, str] | None = None  # unstamped: a line like the kubelet's last words, out if the log goes on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CALL_TIMEOUT if not follow else (
             None if until is None else loop.time() + until - time.time())
@@ -489,11 +493,13 @@ class KubernetesRuntime(Runtime):
                 pairs = parser.feed(chunk) if chunk else parser.flush()
                 lines = []
                 for stream, message in pairs:
-                    if line_time(message) is None:  # not a log entry: what the kubelet said on ending
+                    if stamped and line_time(message) is None:  # not a log entry: what the kubelet said on ending
                         last_words = message
                         continue
                     if not chunk and (cut := _RPC_ERROR.search(message)):  # said right after an unfinished line
                         last_words, message = message[cut.start():], message[:cut.start()]
+                        if not message:
+                            continue
                     if windowed:  # reading every stamp halves the throughput: only when asked
                         moment = stamp_seconds(message)
                         if moment is not None and since is not None and moment < since:
@@ -502,10 +508,18 @@ class KubernetesRuntime(Runtime):
                             chunk = b""  # one stream, in time order: nothing later is wanted
                             break
                     lines.append((stream, message))
-                for line in stamped_lines(lines, timestamps):
+                if follow and not stamped:
+                    if held is not None and lines:
+                        lines.insert(0, held)
+                        held = None
+                    if lines and lines[-1][1].startswith(_RPC_START):
+                        held = lines.pop()
+                for line in stamped_lines(lines, timestamps) if stamped else (LogLine(s, m) for s, m in lines):
                     yield line
                 if not chunk:
                     break
+        if held is not None:
+            last_words = held[1]
         if last_words and not _CONTAINER_GONE.search(last_words):
             raise EngineError(f"the kubelet ended the log of {ref.id}/{name}: {last_words[:300]}")
 
