@@ -3,7 +3,9 @@ dockerd write known sequences, and nekzusd reads them the way it does in a clust
 server, which relays them from the kubelet.
 
 Containers that must be followed from their first line wait for a go signal (a file made with
-``docker exec`` on the node's dockerd), so that no line is written before the subscription exists.
+``docker exec`` on the node's dockerd), so that no line is written before the subscription exists; they
+are followed with ``tail=1000``, not 0: ``started`` goes out before the kubelet's follow request is open,
+and with ``tailLines=0`` what the container writes in between would be missed (a flake seen once).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ async def test_follow_from_the_first_line_and_stderr_is_merged(kubelet_cluster, 
     doc = await started_pod(kubelet_cluster, live_api, pod("talker", container(
         "main", WAIT_GO + "for i in $(seq 1 30); do echo out $i; echo err $i >&2; done; sleep 3600 & wait")))
     ws = await ws_connect(live_client)
-    await subscribe(ws, "talker", tail=0)
+    await subscribe(ws, "talker", tail=1000)
     await go(kubelet_cluster, doc)
     lines: list[str] = []
     streams = set()
@@ -201,8 +203,8 @@ async def test_a_pod_deleted_or_a_container_removed_while_followed_ends_the_stre
     deleted = await started_pod(kubelet_cluster, live_api, pod("doomed", container("main", script)))
     removed = await started_pod(kubelet_cluster, live_api, pod("yanked", container("main", script)))
     ws = await ws_connect(live_client)
-    await subscribe(ws, "doomed", tail=0, timestamps=True)
-    await subscribe(ws, "yanked", tail=0)  # unstamped: the kubelet's words look like any line but are held back
+    await subscribe(ws, "doomed", tail=1000, timestamps=True)
+    await subscribe(ws, "yanked", tail=1000)  # unstamped: the kubelet's words look like any line but are held back
     info = kubelet_cluster.cluster.info
     context = ssl.create_default_context(cafile=str(info.ca_file))
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {info.admin_token}"}) as session:
@@ -237,7 +239,7 @@ async def test_a_container_that_exits_and_is_restarted_ends_the_stream(kubelet_c
     doc = await started_pod(kubelet_cluster, live_api, pod("phoenix", container(
         "main", WAIT_GO + "echo run $(cat /proc/uptime | cut -d. -f1); printf 'no newline'; exit 3")))
     ws = await ws_connect(live_client)
-    await subscribe(ws, "phoenix", tail=0)
+    await subscribe(ws, "phoenix", tail=1000)
     await go(kubelet_cluster, doc)
     messages, ended = await collect(ws, "phoenix", timeout=30)
     assert ended["data"]["reason"] == "container_stopped"
@@ -279,7 +281,7 @@ async def test_a_stalled_client_loses_lines_it_is_told_about(kubelet_cluster, li
     doc = await started_pod(kubelet_cluster, live_api, pod("flood", container(
         "main", WAIT_GO + f"seq 1 {count}"), restartPolicy="Never"))  # its end ends the stream: drops reported
     ws = await ws_connect(live_client)
-    await subscribe(ws, "flood", tail=0)
+    await subscribe(ws, "flood", tail=1000)
     streams = live_client.app[LOG_STREAMS]
     await go(kubelet_cluster, doc)
     await wait_for(lambda: _true(streams.lines_dropped > 0), timeout=60)  # not reading meanwhile
