@@ -7,7 +7,7 @@ engine's ``GET /containers/json?all=1`` plus the API server's lists that a Kuber
 and Deployments and StatefulSets for the workloads nekzusd scaled to 0), asked at once as the runtime does.
 nekzusd asks both runtimes at once, so the ratio can be below 1. Also each runtime's part alone against
 its raw list. Skipped, with the reason as its row, where the cluster's binaries are not built
-(tests/k8s/cluster.sh build).
+(tests/harness/k8s/cluster.sh build).
 
     python -m bench.merged_list [--containers 30] [--pods 20] [--requests 200]
 """

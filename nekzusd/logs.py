@@ -57,8 +57,10 @@ class Options:
     batch: bool = False
     since: float | None = None
     until: float | None = None
+    container: str = ""  # one container of a Kubernetes pod; "": the pod's only one
 
 
+CONTAINER_NAME_MAX = 63  # a Kubernetes container name is a DNS label
 HTTP_DEFAULTS = Options(follow=False)  # GET …/logs reads and ends, like `docker logs`, unless asked to follow
 LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: a later time is a typo, not a log window
 _UNIX_TIME = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
@@ -72,7 +74,8 @@ def parse_options(values: Mapping[str, Any], *, query: bool = False) -> Options:
 
     ``tail``: lines from the end, 0..1000 (more is cut to 1000; anything else ``INVALID_TAIL``). Flags:
     JSON booleans, or in a query true/false (also 1/0, yes/no). ``since``/``until``: Unix seconds, an
-    RFC 3339 time, or a duration back from now (``90s``, ``10m``, ``2h``, ``1d``). A wrong flag or time is
+    RFC 3339 time, or a duration back from now (``90s``, ``10m``, ``2h``, ``1d``). ``container``: a name of
+    at most 63 characters (which container of a pod; the runtime checks it). A wrong flag, time or name is
     ``INVALID_MESSAGE`` in a message and ``INVALID_PARAMETER`` in a query, with the name in ``details``."""
     defaults = HTTP_DEFAULTS if query else Options()
 
@@ -109,7 +112,10 @@ def parse_options(values: Mapping[str, Any], *, query: bool = False) -> Options:
     since, until = times["since"], times["until"]
     if since is not None and until is not None and until < since:
         raise invalid("until", "until must not be before since")
-    return Options(tail=min(tail, TAIL_MAX), since=since, until=until, **flags)
+    container = values.get("container") or ""
+    if not isinstance(container, str) or len(container) > CONTAINER_NAME_MAX:
+        raise invalid("container", f"container must be a container name of at most {CONTAINER_NAME_MAX} characters")
+    return Options(tail=min(tail, TAIL_MAX), since=since, until=until, container=container, **flags)
 
 
 def _time_value(value: Any, now: float, text_only: bool) -> float | None:
@@ -137,7 +143,7 @@ def line_source(runtime: Runtime, ref: Ref, options: Options) -> AsyncGenerator[
     """The one way a reader (a WebSocket subscription, an HTTP stream) gets a container's log lines: the
     runtime's own stream, parsed and joined by ``runtimes.logparse``, with the reader's options."""
     return runtime.logs(ref, tail=options.tail, follow=options.follow, timestamps=options.timestamps,
-                        since=options.since, until=options.until)
+                        since=options.since, until=options.until, container=options.container)
 
 
 def _string_field(data: dict[str, Any], name: str) -> str:
@@ -150,8 +156,8 @@ def _string_field(data: dict[str, Any], name: str) -> str:
 class LineEncoder:
     """Log messages as JSON text, built from pieces fixed per subscription: one ``json`` call per line."""
 
-    def __init__(self, container_id: str) -> None:
-        cid = _encode(container_id)
+    def __init__(self, container_id: str, container: str = "") -> None:
+        cid = _encode(container_id) + (f',"container":{_encode(container)}' if container else "")
         self._heads = {stream: f'{{"type":"container.logs","data":{{"containerId":{cid},"stream":"{stream}",'
                                f'"message":' for stream in ("stdout", "stderr")}
         self._batch_head = f'{{"type":"container.logs.batch","data":{{"containerId":{cid},"lines":['
@@ -175,8 +181,8 @@ def _event(type_: str, container_id: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, "data": {"containerId": container_id, **fields, "timestamp": int(time.time())}}
 
 
-def send_error(client: Client, container_id: str, code: str, message: str) -> None:
-    client.send(_event("container.logs.error", container_id, error=code, message=message))
+def send_error(client: Client, container_id: str, code: str, message: str, **fields: Any) -> None:
+    client.send(_event("container.logs.error", container_id, **fields, error=code, message=message))
 
 
 class OwnStream(Protocol):
@@ -207,13 +213,15 @@ class Subscription:
         self.ref = ref
         self.options = options
         self.ended = False
-        self._encoder = LineEncoder(self.container_id)
+        # a stream of one container of a pod says which in every message (one connection may follow several)
+        self._which = {"container": options.container} if options.container else {}
+        self._encoder = LineEncoder(self.container_id, options.container)
         self._batch: list[LogLine] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.client.send(_event("container.logs.started", self.container_id))
+        self.client.send(_event("container.logs.started", self.container_id, **self._which))
         self.task = asyncio.create_task(self._run(), name=f"logs-{self.container_id}")
 
     async def stop(self) -> None:
@@ -286,7 +294,7 @@ class Subscription:
 
     def _fail(self, code: str, message: str) -> None:
         self._flush_batch()
-        send_error(self.client, self.container_id, code, message)
+        send_error(self.client, self.container_id, code, message, **self._which)
         self._end("error")
 
     def _end(self, reason: str) -> None:
@@ -296,7 +304,7 @@ class Subscription:
         self.ended = True
         self._flush_batch()
         self.client.report_drops(self.container_id)
-        self.client.send(_event("container.logs.ended", self.container_id, reason=reason))
+        self.client.send(_event("container.logs.ended", self.container_id, **self._which, reason=reason))
         self.streams.forget(self)
 
 
@@ -401,10 +409,12 @@ def _target(request: web.Request, data: dict[str, Any]) -> tuple[Runtime, Ref]:
     return runtime, runtime.validate_ref(Ref(container_id, namespace))
 
 
-async def stream_key(runtime: Runtime, ref: Ref) -> SubscriptionKey:
+async def stream_key(runtime: Runtime, ref: Ref, container: str = "") -> SubscriptionKey:
     """The container's own id, so that a name and an id (short or full) of one container are one stream;
-    a container that does not exist gets CONTAINER_NOT_FOUND."""
-    return runtime.name, ref.namespace, (await runtime.get(ref)).id
+    a container that does not exist gets CONTAINER_NOT_FOUND. Two containers of one pod are two streams
+    (``pod/container``; a container name has no "/")."""
+    own_id = (await runtime.get(ref)).id
+    return runtime.name, ref.namespace, f"{own_id}/{container}" if container else own_id
 
 
 def _reply_id(data: dict[str, Any]) -> str:
@@ -416,7 +426,7 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
     try:
         runtime, ref = _target(request, data)
         options = parse_options(data)
-        key = await stream_key(runtime, ref)
+        key = await stream_key(runtime, ref, options.container)
         await request.app[LOG_STREAMS].subscribe(client, key, runtime, ref, options, holder_of(request, client.subject))
     except (ApiError, EngineError, NotSupported) as exc:
         error = as_api_error(exc, *LOGS_FAILED)
@@ -424,21 +434,24 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
 
 
 async def handle_unsubscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
-    """End the named container's stream(s) on this connection (any runtime, unless one is named)."""
+    """End the named container's stream(s) on this connection (any runtime, unless one is named; every
+    container of a pod, unless ``container`` names one)."""
     container_id = data.get("containerId")
     if not isinstance(container_id, str) or not container_id:
         return send_error(client, "", "INVALID_CONTAINER_ID", "Container ID is required")
     try:
         namespace = _string_field(data, "namespace")
         runtime_name = _string_field(data, "runtime")
+        container = _string_field(data, "container")
     except ApiError as exc:
         return send_error(client, container_id[:200], exc.code, exc.message)
     subs = request.app[LOG_STREAMS].of(client)
     matching = [sub for (rt, ns, cid), sub in subs.items()
                 if container_id in (cid, sub.container_id) and (not namespace or ns == namespace)
-                and (not runtime_name or rt == runtime_name)]
+                and (not runtime_name or rt == runtime_name)
+                and (not container or sub.options.container == container)]
     if not matching and subs:
-        matching = await _named_otherwise(request, data, subs)
+        matching = await _named_otherwise(request, data, subs, container)
     if not matching:
         return send_error(client, container_id[:200], "NOT_SUBSCRIBED",
                           f"No log subscription for {container_id[:200]} on this connection")
@@ -446,11 +459,11 @@ async def handle_unsubscribe(request: web.Request, client: Client, data: dict[st
 
 
 async def _named_otherwise(request: web.Request, data: dict[str, Any],
-                           subs: dict[SubscriptionKey, Subscription]) -> list[Subscription]:
+                           subs: dict[SubscriptionKey, Subscription], container: str) -> list[Subscription]:
     """The stream of a container that the subscribe named otherwise (its id, and now its name, or the
     reverse): found through the engine."""
     try:
-        sub = subs.get(await stream_key(*_target(request, data)))
+        sub = subs.get(await stream_key(*_target(request, data), container))
     except (ApiError, EngineError):
         return []
     return [] if sub is None else [sub]

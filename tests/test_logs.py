@@ -475,3 +475,16 @@ async def test_open_log_streams_do_not_starve_other_engine_calls(engine, client)
             assert (await client.get(f"/api/v1/containers/{cid}")).status == 200
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_container_name_is_refused_for_a_docker_container(engine, client):
+    """``container`` chooses a container of a Kubernetes pod; a Docker container holds none."""
+    cid = await run_container(engine, unique(), "echo hi; sleep 100000")
+    ws = await ws_connect(client)
+    await subscribe(ws, cid, container="main")
+    error = await next_message(ws, "container.logs.error")
+    assert error["data"]["error"] == "CONTAINER_NOT_A_POD" and error["data"]["container"] == "main"
+    assert (await next_message(ws, "container.logs.ended"))["data"]["reason"] == "error"
+    resp = await client.get(f"/api/v1/containers/{cid}/logs?container=main")
+    assert resp.status == 400 and (await resp.json())["error"] == "CONTAINER_NOT_A_POD"
+    await ws.close()

@@ -1,4 +1,4 @@
-"""``container.state_changed`` on the live cluster (tests/k8s_live.py): the pod status is written by a real
+"""``container.state_changed`` on the live cluster (tests/harness/k8s_live.py): the pod status is written by a real
 kubelet, and the crash is a real one (the pod's container killed through the node's own dockerd)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.k8s_live import LIVE, container, kubelet_cluster, live_api, live_client, pod  # noqa: F401
+from tests.harness.k8s_live import LIVE, container, kubelet_cluster, live_api, live_client, pod  # noqa: F401
 from tests.test_state_changes import chain_to, connect
 
 pytestmark = LIVE

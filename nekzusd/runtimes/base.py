@@ -146,10 +146,11 @@ class Runtime(abc.ABC):
         raise NotSupported(self.name, "Resource statistics")
 
     def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-             until: float | None = None) -> AsyncGenerator[LogLine, None]:
+             until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
         """Log lines, oldest first; ends when the container stops (follow) or the tail is done. ``since`` and
         ``until`` (Unix seconds, inclusive) keep the lines logged in that window; a follow stream ends at
-        ``until`` at the latest (the engine would wait for a later line)."""
+        ``until`` at the latest (the engine would wait for a later line). ``container`` names one container
+        of a Kubernetes pod (a runtime whose containers hold none refuses it)."""
         raise NotSupported(self.name, "Reading logs")
 
     def events(self) -> AsyncGenerator[Event, None]:

@@ -240,16 +240,20 @@ class DockerRuntime(Runtime):
         raise RuntimeUnavailable(self.name, "event stream ended")
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-                   until: float | None = None) -> AsyncGenerator[LogLine, None]:
+                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
         """The container's log lines; a follow stream ends when the container stops (or is removed), or at
         ``until`` (Unix seconds: dockerd itself would wait for a later line), and raises RuntimeUnavailable
         when the engine goes away instead. ``since``/``until`` are the engine's own filters (inclusive).
+        ``container`` (a container of a Kubernetes pod) has no meaning here and is refused.
 
         The engine is always asked for timestamps (cut off again unless wanted): dockerd stores a last line
         without newline only at exit and can end the follow stream before it, so after the stream a
         catch-up read from the stamps of the last lines handed out (one place per output stream, whose
         stamps alone follow the log's order) hands out what the stream missed, and nothing twice."""
 
+        if container:
+            raise ApiError(400, "CONTAINER_NOT_A_POD", f"{ref.id[:200]} is a {self.name} container, not a Kubernetes "
+                           "pod: it holds no containers to choose with \"container\"", {"containerId": ref.id[:200]})
         doc = await self._container_json(ref, "GET", "json", what="inspect")
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
         window = _log_window(since, until)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,12 +30,17 @@ from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineErr
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
 from .k8s_watch import pod_events
-from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds
+from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds, stamped_lines
 
 CALL_TIMEOUT = 15.0   # seconds for any single API call
 POLL = 0.25           # seconds between looks while waiting for pods to come or go
 START_WAIT = 25.0     # seconds start waits for the pods to run (inside the operation's deadline)
 SETTLE_MARGIN = 25.0  # stop/restart wait the grace period plus this for the pods to go or roll
+# How the kubelet ends a follow stream whose container went away (gRPC status text from dockershim), and
+# the part of it that means "removed" (a deleted pod), which is the end of the log rather than a failure.
+_RPC_ERROR = re.compile(r"rpc error: code = \w+ desc = .*\Z", re.S)
+_RPC_START = "rpc error: code = "
+_CONTAINER_GONE = re.compile(r"No such container|not found|is terminated", re.I)
 
 
 class KubeError(EngineError):
@@ -437,55 +443,84 @@ class KubernetesRuntime(Runtime):
         return k8s.pod_stats(pod, metrics, node, time.time())
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-                   until: float | None = None) -> AsyncGenerator[LogLine, None]:
-        """The log of the pod's first container (the API insists on one when a pod has several), raw text
-        split into lines, all as "stdout" (the API does not tell the streams apart). A follow stream ends
-        when the container stops, or at ``until``. The API has ``sinceTime`` (whole seconds) and no until:
-        with either, lines are asked with their stamps and filtered here to the engine's precision."""
+                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
+        """The log of one container of the pod (``container``; may be left out when the pod has one), as
+        the API server relays it from the node's kubelet. A follow stream ends when that container stops
+        (exits, is restarted, or its pod is deleted), or at ``until``.
+
+        The kubelet merges stdout and stderr into one text stream, so every line is "stdout". When the container
+        goes away under a follow stream the kubelet may end the body with its own words, ``rpc error: code = …
+        desc = …``, which are not a log line. With timestamps (asked when wanted, or for a window, whose bounds
+        the API has only in whole seconds and without an end) every log entry starts with its stamp: a long
+        line the engine stored in pieces is joined back under its first stamp, and the kubelet's words are the
+        unstamped text. Without, the stream is a third of the bytes for short lines, and a line that reads
+        like those words is held back until the log goes on: at the end of a follow body it was the kubelet's."""
 
         pod = await self._pod(ref)
         if pod is None:
             raise ContainerNotFound(ref.id)
-        containers = (pod.get("spec") or {}).get("containers") or [{}]
-        window = since is not None or until is not None
-        query = [("container", containers[0].get("name", "")), ("tailLines", str(tail)),
-                 ("follow", "true" if follow else "false"),
-                 ("timestamps", "true" if timestamps or window else "false")]
+        name = _log_container(pod, container)
+        query = [("container", name), ("tailLines", str(tail)), ("follow", "true" if follow else "false"),
+                 ("timestamps", "true" if timestamps or since is not None or until is not None else "false")]
         if since is not None:
             query.append(("sinceTime", datetime.fromtimestamp(int(since), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
-        parser = LogParser(multiplexed=False)
+        path = f"/api/v1/namespaces/{ref.namespace}/pods/{ref.id}/log"
+        windowed = since is not None or until is not None
+        stamped = timestamps or windowed
+        parser = LogParser(multiplexed=False, stamped=stamped)
+        held: tuple[str, str] | None = None  # unstamped: a line like the kubelet's last words, out if the log goes on
         loop = asyncio.get_running_loop()
-        deadline = None if until is None or not follow else loop.time() + until - time.time()
+        deadline = loop.time() + CALL_TIMEOUT if not follow else (
+            None if until is None else loop.time() + until - time.time())
         async with AsyncExitStack() as stack:
             try:
-                response = await stack.enter_async_context(
-                    self._response("GET", f"/api/v1/namespaces/{ref.namespace}/pods/{ref.id}/log", query=query))
+                response = await stack.enter_async_context(self._response("GET", path, query=query))
             except KubeError as exc:
-                if exc.status == 404:
-                    raise ContainerNotFound(ref.id) from None
-                raise EngineError(f"Kubernetes could not read the pod's log (from the node's kubelet): "
-                                  f"{exc}", exc.status) from None
+                raise _log_error(exc, ref, name) from None
+            last_words = ""
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await response.content.read(READ_SIZE)
                 except TimeoutError:
+                    if not follow:
+                        raise RuntimeUnavailable(self.name, f"log of {ref.id}/{name}: no answer within "
+                                                            f"{CALL_TIMEOUT:g} s") from None
                     chunk = b""  # until has come
                 except aiohttp.ClientError as exc:
-                    raise RuntimeUnavailable(self.name, f"log stream broke: {exc}") from None
+                    raise RuntimeUnavailable(self.name, f"log stream broke: {exc!r}") from None
                 pairs = parser.feed(chunk) if chunk else parser.flush()
-                for _stream, message in pairs:
-                    if window:
+                lines = []
+                for stream, message in pairs:
+                    if stamped and line_time(message) is None:  # not a log entry: what the kubelet said on ending
+                        last_words = message
+                        continue
+                    if not chunk and (cut := _RPC_ERROR.search(message)):  # said right after an unfinished line
+                        last_words, message = message[cut.start():], message[:cut.start()]
+                        if not message:
+                            continue
+                    if windowed:  # reading every stamp halves the throughput: only when asked
                         moment = stamp_seconds(message)
                         if moment is not None and since is not None and moment < since:
                             continue
                         if moment is not None and until is not None and moment > until:
-                            return  # one stream, in time order: nothing later is wanted
-                        if not timestamps:
-                            message = message[message.find(" ") + 1:]
-                    yield LogLine("stdout", message, line_time(message) if timestamps else None)
+                            chunk = b""  # one stream, in time order: nothing later is wanted
+                            break
+                    lines.append((stream, message))
+                if follow and not stamped:
+                    if held is not None and lines:
+                        lines.insert(0, held)
+                        held = None
+                    if lines and lines[-1][1].startswith(_RPC_START):
+                        held = lines.pop()
+                for line in stamped_lines(lines, timestamps) if stamped else (LogLine(s, m) for s, m in lines):
+                    yield line
                 if not chunk:
                     break
+        if held is not None:
+            last_words = held[1]
+        if last_words and not _CONTAINER_GONE.search(last_words):
+            raise EngineError(f"the kubelet ended the log of {ref.id}/{name}: {last_words[:300]}")
 
     def events(self) -> AsyncGenerator[Event, None]:
         """Pod changes in every configured namespace (runtimes/k8s_watch.py)."""
@@ -541,3 +576,35 @@ async def _kube_error(response: aiohttp.ClientResponse) -> KubeError:
     if isinstance(status, dict) and status.get("kind") == "Status":
         return KubeError(response.status, status.get("reason", ""), status.get("message", text))
     return KubeError(response.status, "", f"HTTP {response.status}: {text.strip()[:300]}")
+
+
+def _log_container(pod: dict[str, Any], asked: str) -> str:
+    """The container whose log is read: the one asked (a container or init container of the pod), else the
+    pod's only container; a pod with several needs one named, and both errors list the choices."""
+    spec = pod.get("spec") or {}
+    names = [c.get("name", "") for c in spec.get("containers") or []]
+    choices = names + [c.get("name", "") for c in spec.get("initContainers") or []]
+    pod_name = pod["metadata"]["name"]
+    details = {"pod": pod_name, "containers": names}
+    if asked:
+        if asked in choices:
+            return asked
+        raise ApiError(404, "POD_CONTAINER_NOT_FOUND",
+                       f"Pod {pod_name} has no container {asked[:63]!r}; its containers: {', '.join(choices)}",
+                       {**details, "container": asked[:63], "initContainers": choices[len(names):]})
+    if len(names) == 1:
+        return names[0]
+    raise ApiError(400, "POD_CONTAINER_REQUIRED",
+                   f"Pod {pod_name} has {len(names)} containers ({', '.join(names)}): "
+                   "name the one whose log you want with \"container\"", details)
+
+
+def _log_error(exc: KubeError, ref: Ref, container: str) -> Exception:
+    """What the API server's refusal to open a log means for the caller."""
+    if exc.status == 404:
+        return ContainerNotFound(ref.id)
+    if exc.status == 400 and ("waiting to start" in str(exc) or "is not running" in str(exc)):
+        # e.g. "container \"main\" in pod \"web\" is waiting to start: ContainerCreating"
+        return ContainerNotRunning(ref.id, f"Pod {ref.id}: {exc}", "pending")
+    return EngineError(f"Kubernetes could not read the log of {ref.id}/{container} (from the node's kubelet): "
+                       f"{exc}", exc.status)

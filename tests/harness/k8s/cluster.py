@@ -147,7 +147,7 @@ class Cluster:
         (about 5 s warm).  Returns the paths and URL; also kept as ``self.info``.
 
         ``node="kubelet"``: no fake node; the control plane is set up for the real kubelet that
-        tests/k8s_live.py starts (node ``127.0.0.1``, its kubeconfig ``base_dir/kubeconfig-node``)."""
+        tests/harness/k8s_live.py starts (node ``127.0.0.1``, its kubeconfig ``base_dir/kubeconfig-node``)."""
         if self.info is not None:
             raise RuntimeError("cluster already started")
         from tests.harness.machine import refuse_engines_if_asked

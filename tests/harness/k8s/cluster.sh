@@ -6,12 +6,12 @@
 #                           into ${NEKZUSD_K8S_CACHE:-$HOME/.cache/nekzusd-k8s}/bin
 #   cluster.sh build-kubelet
 #                           build (once) the kubelet from the same source into the same bin/
-#                           (tests/k8s_live.py runs it with a private dockerd)
+#                           (tests/harness/k8s_live.py runs it with a private dockerd)
 #   cluster.sh up DIR       start etcd + apiserver + controller-manager + scheduler on
 #                           127.0.0.1 with state, logs, pid files and kubeconfigs in DIR;
 #                           with NEKZUSD_K8S_NODE=kubelet no fake node is made: the apiserver
 #                           and controllers are set up for a real kubelet (node 127.0.0.1,
-#                           DIR/kubeconfig-node), which tests/k8s_live.py then starts
+#                           DIR/kubeconfig-node), which tests/harness/k8s_live.py then starts
 #   cluster.sh down DIR     stop everything started by "up DIR"
 #   cluster.sh status DIR   exit 0 when the apiserver of DIR answers /readyz
 #

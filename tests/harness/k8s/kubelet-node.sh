@@ -3,29 +3,36 @@
 #
 #   unshare --pid --fork --kill-child --mount-proc --mount --propagation slave kubelet-node.sh DIR
 #
-# Runs as PID 1 of its own pid + mount namespace (tests/k8s_live.py starts it that way), because the
+# Runs as PID 1 of its own pid + mount namespace (tests/harness/k8s_live.py starts it that way), because the
 # kubelet otherwise changes the host: it sets kernel settings, renices and re-scores every process named
 # dockerd it can see, and writes below /var/log and /var/lib/kubelet (some of it at fixed paths). Here
-# /var/log and /var/lib are private directories of DIR, /proc/sys is read-only with files holding the
+# /var/log, /var/lib and /run are private directories of DIR, /proc/sys is read-only with files holding the
 # values the kubelet wants bound over the six settings it checks, and every process of the node dies
 # with this one (the kernel kills a pid namespace with its PID 1). What remains on the host afterwards
-# is cgroup folders below the node's own cgroup root (made and removed by tests/k8s_live.py).
+# is cgroup folders below the node's own cgroup root (made and removed by tests/harness/k8s_live.py).
 #
 # DIR/node.env gives: KUBELET (binary), DOCKER_DIR (dockerd's base, short: unix socket paths),
 # KUBECONFIG_NODE, KUBELET_PORT, HEALTHZ_PORT, CGROUP_ROOT (e.g. /nekzusd-kubelet-1234), PAUSE_IMAGE.
 # SIGTERM: the kubelet stops, then dockerd (its containers with it), then this script exits 0.
 set -euo pipefail
+# (all in main: bash reads a script as it runs it, and an edit of this file meanwhile must not change what runs)
+
+log() { printf '[kubelet-node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+main() {
 
 DIR=$1
 # shellcheck disable=SC1091
 . "$DIR/node.env"
-log() { printf '[kubelet-node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 [[ $$ -eq 1 ]] || { log "must run as PID 1 of its own pid namespace (see the header)"; exit 2; }
 
-mkdir -p "$DIR/ns/varlog" "$DIR/ns/varlib" "$DIR/ns/sysctl" "$DIR/logs"
+mkdir -p "$DIR/ns/varlog" "$DIR/ns/varlib" "$DIR/ns/run" "$DIR/ns/sysctl" "$DIR/logs"
 mount --bind "$DIR/ns/varlog" /var/log
 mount --bind "$DIR/ns/varlib" /var/lib
+# containerd's shims put their sockets in /run/containerd/s whatever dockerd's exec root, and a shim that
+# is killed (the namespace ending) leaves its socket behind
+mount --bind "$DIR/ns/run" /run
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 for setting in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
@@ -105,3 +112,6 @@ set +e
 wait -n "$dockerd_pid" "$kubelet_pid"
 log "dockerd or the kubelet exited on its own (logs in $DIR/logs)"
 stop 1
+}
+
+main "$@"

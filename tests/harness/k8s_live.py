@@ -5,10 +5,10 @@ The fast control plane of tests/k8s (a fake node whose pods the tests mark Runni
 else; this one costs a kubelet build once per machine (several minutes, cached beside the control plane's
 binaries) and about 15-20 s of start-up per session:
 
-- the control plane of tests/k8s/cluster.sh in its ``kubelet`` mode (Node authorizer, node lifecycle
+- the control plane of tests/harness/k8s/cluster.sh in its ``kubelet`` mode (Node authorizer, node lifecycle
   controller, no fake node);
 - a private dockerd and the kubelet (v1.20, built-in dockershim) as PID 1's children of their own pid and
-  mount namespaces (tests/k8s/kubelet-node.sh says why and how: kernel settings, /var/log, /var/lib, the
+  mount namespaces (tests/harness/k8s/kubelet-node.sh says why and how: kernel settings, /var/log, /var/lib, the
   processes it renices all stay off the host), with the runc wrapper that clamps negative oom_score_adj;
 - pods get the node's cgroup root ``/nekzusd-kubelet-<pid>-<n>`` in every cgroup v1 hierarchy (and the
   unified one), made before the kubelet starts and removed after it stopped, so that two of these clusters
@@ -24,7 +24,7 @@ priority) and fails the session if anything is left.
 Pods here need ``hostNetwork: true`` (no bridge on these machines) and ``imagePullPolicy: Never``:
 ``pod()`` and ``deployment()`` below write them so. Tests that use ``kubelet_cluster`` carry ``LIVE``
 (``kubernetes`` and ``xdist_group("kubelet")``: under pytest-xdist with ``--dist loadgroup`` only one worker
-starts the node). ``python -m tests.k8s_live`` starts one by hand and prints its kubeconfig.
+starts the node). ``python -m tests.harness.k8s_live`` starts one by hand and prints its kubeconfig.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def host_state(base: Path | None = None) -> dict[str, Any]:
             state[f"sysctl {key}"] = fh.read().strip()
     for path in HOST_PATHS:
         state[path] = os.path.lexists(path)
-    state["cgroups"] = sorted(f"{mount}/{name}" for mount in _cgroup_mounts() for name in os.listdir(mount)
-                              if name.startswith(CGROUP_PREFIX) or name == "kubepods")
+    # a kubelet's default cgroup root (other live clusters' roots come and go: each checks its own)
+    state["cgroups"] = sorted(f"{mount}/kubepods" for mount in _cgroup_mounts()
+                              if os.path.exists(f"{mount}/kubepods"))
     if base is not None:
         with open("/proc/self/mountinfo") as fh:
             state["mounts"] = [line.split()[4] for line in fh if str(base) in line.split()[4]]
@@ -421,6 +422,9 @@ class LiveCluster:
         left = [f"{key}: {self._before.get(key)!r} -> {value!r}" for key, value in after.items()
                 if key in self._before and value != self._before[key]]
         left += [f"mount {m}" for m in after["mounts"]] + [f"process {p}" for p in after["processes"]]
+        if self.cgroup_root:
+            left += [f"cgroup {mount}{self.cgroup_root}" for mount in _cgroup_mounts()
+                     if os.path.exists(mount + self.cgroup_root)]
         now = _dockerds()
         left += [f"dockerd {pid}: oom_score_adj/nice {was} -> {now[pid]}" for pid, was in self._dockerds.items()
                  if pid in now and now[pid] != was]
@@ -550,7 +554,7 @@ async def wait_pod(api: Any, namespace: str, name: str, phase: str = "Running", 
 
 
 def main() -> None:
-    """``python -m tests.k8s_live``: start one, print its kubeconfig and timings, stop on Enter/EOF."""
+    """``python -m tests.harness.k8s_live``: start one, print its kubeconfig and timings, stop on Enter/EOF."""
     live = LiveCluster()
     try:
         live.start()
