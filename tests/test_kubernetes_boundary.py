@@ -1,7 +1,7 @@
-"""Pod metrics and pod logs of the Kubernetes runtime, tested at the HTTP boundary.
+"""Pod logs of the Kubernetes runtime, tested at the HTTP boundary (pod statistics: tests/test_k8s_stats.py).
 
-Both need components that cannot run on this machine (metrics-server, and a kubelet that the API server
-relays logs from). So here, and only here, the Kubernetes API is a small fake HTTP server answering with
+They need a component that could not run on this machine (a kubelet that the API server relays logs
+from). So here, and only here, the Kubernetes API is a small fake HTTP server answering with
 the bodies in tests/data/k8s/: the pod and node documents and the error answers were recorded from the
 real kube-apiserver of tests/k8s; the PodMetrics and log bodies are written in those components' exact
 shape (see tests/data/k8s/README.md). Everything on nekzusd's side is real: the runtime, its HTTP client
@@ -103,49 +103,6 @@ async def daemon(fake_api, make_client, tmp_path):
                      "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig), "namespaces": ["default"]}},
         "apps": [{"id": "grafana", "name": "Grafana"}]})
     return fake, client
-
-
-async def test_stats_from_pod_metrics_with_limits_from_the_pod_spec(daemon):
-    fake, client = daemon
-    resp = await client.get(f"/api/v1/containers/default/{NAME}/stats")
-    assert resp.status == 200, await resp.text()
-    stats = await resp.json()
-    # metrics-server: 137581447n + 0 CPU, 92780Ki + 324Ki memory; limits 500m+100m CPU, 256Mi+64Mi memory
-    used = (92780 + 324) * 1024
-    limit = (256 + 64) * 1024 * 1024
-    assert stats == {
-        "containerId": NAME,
-        "cpu": {"usage": 13.76, "coresUsed": 0.1376, "totalCores": 0.6},
-        "memory": {"usage": round(used / limit * 100, 2), "used": used, "limit": limit, "available": limit - used},
-        "network": {"rx": 0, "tx": 0},
-        "timestamp": 1795883762,  # the PodMetrics timestamp, 2026-11-28T16:36:02Z
-    }
-    assert ("/api/v1/nodes/fake-node", {}) not in fake.asked  # limits known: the node is not needed
-
-
-async def test_stats_of_an_unlimited_pod_use_the_node_allocatable(daemon):
-    fake, client = daemon
-    for c in fake.pod["spec"]["containers"]:
-        c["resources"].pop("limits")
-    stats = await (await client.get(f"/api/v1/containers/{NAME}/stats?namespace=default")).json()
-    node = json.loads((DATA / "node.json").read_text())["status"]["allocatable"]
-    assert node["cpu"] == "16" and node["memory"] == "64Gi"
-    assert stats["cpu"]["totalCores"] == 16.0 and stats["memory"]["limit"] == 64 * 1024 ** 3
-
-
-async def test_stats_errors_are_clear(daemon):
-    fake, client = daemon
-    fake.metrics = (404, (DATA / "metrics-api-missing.txt").read_text(), "text/plain")  # the real answer
-    body = await (await client.get(f"/api/v1/containers/default/{NAME}/stats")).json()
-    assert body["error"] == "CONTAINER_STATS_FAILED" and "metrics.k8s.io) is not available" in body["message"]
-
-    fake.metrics = (404, (DATA / "podmetrics-not-found.json").read_text(), "application/json")
-    body = await (await client.get(f"/api/v1/containers/default/{NAME}/stats")).json()
-    assert body["error"] == "CONTAINER_STATS_FAILED" and "No metrics for pod" in body["message"]
-
-    fake.pod["status"]["phase"] = "Pending"
-    resp = await client.get(f"/api/v1/containers/default/{NAME}/stats")
-    assert resp.status == 409 and (await resp.json())["error"] == "CONTAINER_NOT_RUNNING"
 
 
 async def test_logs_are_lines_of_the_first_container(daemon):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,10 @@ async def all_stats(request: web.Request) -> web.Response:
     runtime, containers = await listed(request)
     running = [c for c in request.app[APPS].linked(containers) if c.running and not runtime.is_self(c)]
     running.sort(key=lambda c: (c.namespace, c.name))
+    unavailable: list[dict[str, Any]] = []
     with engine_errors(*_FAILED):
-        results = await stats.collect(runtime, running)
-    return json_response({"containers": results, "timestamp": int(time.time())})
+        results = await stats.collect(runtime, running, unavailable=unavailable)
+    body: dict[str, Any] = {"containers": results, "timestamp": int(time.time())}
+    if unavailable:  # pods left out because no statistics source answers for them (docs/stats.md)
+        body["statsUnavailable"] = unavailable
+    return json_response(body)
