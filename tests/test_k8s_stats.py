@@ -279,6 +279,19 @@ async def test_metrics_without_a_sample_yet_falls_back_to_the_kubelet(daemon):
     assert fake.count(METRICS_GROUP) == 1
 
 
+async def test_a_registered_but_dead_metrics_api_is_left_until_the_recheck(daemon):
+    """metrics-server down behind its APIService: the API server answers 503 (written in its shape);
+    auto reads the kubelet instead and stops asking the metrics API until it checks again."""
+    fake, client = daemon
+    fake.metrics = (503, "service unavailable\n", "text/plain")
+    body = await assert_metrics_unavailable(await client.get(f"/api/v1/containers/default/{NAME}/stats"),
+                                            ["metrics", "kubelet"])
+    assert "registered but not answering" in body["details"]["tried"][0]["reason"]
+    await forget_samplers(client)
+    await assert_metrics_unavailable(await client.get(f"/api/v1/containers/default/{NAME}/stats"), ["kubelet"])
+    assert fake.count(POD_METRICS) == 1  # not asked again before the recheck
+
+
 async def test_forced_sources_ask_only_themselves(fake_api, make_client, tmp_path):
     fake, client = await daemon_for(fake_api, make_client, tmp_path, stats="metrics")
     fake.metrics = NOT_SERVED
