@@ -141,9 +141,13 @@ class Cluster:
         self._pod_ip_counter = 0
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, base_dir: str | os.PathLike | None = None, timeout: float = 180) -> ClusterInfo:
+    def start(self, base_dir: str | os.PathLike | None = None, timeout: float = 180,
+              node: str = "fake") -> ClusterInfo:
         """Start the cluster with its state under base_dir (a temp dir when None); blocks until ready
-        (about 5 s warm).  Returns the paths and URL; also kept as ``self.info``."""
+        (about 5 s warm).  Returns the paths and URL; also kept as ``self.info``.
+
+        ``node="kubelet"``: no fake node; the control plane is set up for the real kubelet that
+        tests/k8s_live.py starts (node ``127.0.0.1``, its kubeconfig ``base_dir/kubeconfig-node``)."""
         if self.info is not None:
             raise RuntimeError("cluster already started")
         ok, reason = available()
@@ -153,7 +157,8 @@ class Cluster:
         base.mkdir(parents=True, exist_ok=True)
         base = base.resolve()
         proc = subprocess.run(["bash", str(CLUSTER_SH), "up", str(base)], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "NEKZUSD_K8S_NODE": node})
         if proc.returncode != 0:
             raise RuntimeError(f"cluster.sh up failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
         env = {}

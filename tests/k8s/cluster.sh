@@ -4,8 +4,14 @@
 #   cluster.sh build        build (once) kube-apiserver, kube-controller-manager and
 #                           kube-scheduler from Debian's own kubernetes source package
 #                           into ${NEKZUSD_K8S_CACHE:-$HOME/.cache/nekzusd-k8s}/bin
+#   cluster.sh build-kubelet
+#                           build (once) the kubelet from the same source into the same bin/
+#                           (tests/k8s_live.py runs it with a private dockerd)
 #   cluster.sh up DIR       start etcd + apiserver + controller-manager + scheduler on
-#                           127.0.0.1 with state, logs, pid files and kubeconfigs in DIR
+#                           127.0.0.1 with state, logs, pid files and kubeconfigs in DIR;
+#                           with NEKZUSD_K8S_NODE=kubelet no fake node is made: the apiserver
+#                           and controllers are set up for a real kubelet (node 127.0.0.1,
+#                           DIR/kubeconfig-node), which tests/k8s_live.py then starts
 #   cluster.sh down DIR     stop everything started by "up DIR"
 #   cluster.sh status DIR   exit 0 when the apiserver of DIR answers /readyz
 #
@@ -25,9 +31,10 @@ BIN="$CACHE/bin"
 log() { printf '[cluster.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-have_binaries() {
+have_binaries() {   # have_binaries [COMPONENT...]: all built (default: the control plane)
     local c
-    for c in "${COMPONENTS[@]}"; do [[ -x "$BIN/$c" ]] || return 1; done
+    (( $# )) || set -- "${COMPONENTS[@]}"
+    for c in "$@"; do [[ -x "$BIN/$c" ]] || return 1; done
     return 0
 }
 
@@ -85,11 +92,13 @@ fetch_source() {
     fi
 }
 
-do_build() {
+do_build() {   # do_build [COMPONENT...] (default: the control plane)
+    (( $# )) || set -- "${COMPONENTS[@]}"
+    local components=("$@")
     mkdir -p "$CACHE"
     exec 9>"$CACHE/build.lock"
     flock 9      # one build at a time (parallel test runs share the cache)
-    if have_binaries; then
+    if have_binaries "${components[@]}"; then
         log "binaries cached in $BIN; build skipped"
         return 0
     fi
@@ -111,7 +120,7 @@ do_build() {
     rm -f "$v"/*.go "$v"/*.s
     find "$REFLECT2_DEB" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' -exec cp {} "$v/" \;
     ln -sfn "$tree" "$work/.go/src/k8s.io/kubernetes"
-    log "building ${COMPONENTS[*]} (GOPATH mode; takes several minutes)"
+    log "building ${components[*]} (GOPATH mode; takes several minutes)"
     (
         cd "$work/.go/src/k8s.io/kubernetes"
         export GOPATH="$work/.go" GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0
@@ -119,17 +128,17 @@ do_build() {
         export KUBE_GIT_VERSION="$K8S_GIT_VERSION" KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=debian
         export KUBE_VERBOSE=1
         local what="" c
-        for c in "${COMPONENTS[@]}"; do what+=" cmd/$c"; done
+        for c in "${components[@]}"; do what+=" cmd/$c"; done
         make WHAT="${what# }" </dev/null >&2
     )
-    mkdir -p "$BIN.tmp"
+    # into bin/ beside what is already there; each binary appears whole (rename) or not at all
+    mkdir -p "$BIN"
     local c f
-    for c in "${COMPONENTS[@]}"; do
+    for c in "${components[@]}"; do
         f=$(find "$tree/_output" -type f -name "$c" -perm -u+x | head -n1)
         [[ -n "$f" ]] || die "built $c not found under $tree/_output"
-        cp "$f" "$BIN.tmp/$c"
+        cp "$f" "$BIN/.$c.tmp"; mv "$BIN/.$c.tmp" "$BIN/$c"
     done
-    rm -rf "$BIN"; mv "$BIN.tmp" "$BIN"
     rm -rf "$work" "$CACHE/gocache"   # keep only the binaries and the downloaded source
     log "build done in $((SECONDS - t0)) s; binaries in $BIN"
 }
@@ -138,6 +147,7 @@ do_build() {
 # Stop order: the reverse of the start order.
 PROCS=(kube-scheduler kube-controller-manager kube-apiserver etcd)
 NODE_NAME=fake-node
+KUBELET_NODE_NAME=127.0.0.1   # the real kubelet's --hostname-override (a loopback address, no DNS)
 
 free_port() {   # free_port VAR: a loopback port nothing listens on, below the ephemeral range
     local p
@@ -240,77 +250,7 @@ make_pki() {
     chmod 600 "$pki"/*.key
 }
 
-do_up() {
-    DIR="$1"
-    have_binaries || die "binaries missing in $BIN: run '$0 build' first"
-    command -v etcd >/dev/null || die "etcd missing: run '$0 build' (installs etcd-server)"
-    mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
-    local p
-    for p in "${PROCS[@]}"; do
-        pid_of "$DIR" "$p" >/dev/null && die "$p of $DIR is already running: '$0 down $DIR' first"
-    done
-    rm -rf "$DIR/etcd-data" "$DIR/logs" "$DIR/pki" "$DIR/cluster.env"
-    mkdir -p "$DIR/logs"
-    # any failure from here on (die, set -e) stops what was started
-    trap 'rc=$?; if [[ $rc -ne 0 ]]; then log "start-up failed; stopping what was started"; do_down "$DIR" || true; fi' EXIT
-    local t0=$SECONDS
-
-    make_pki
-    ADMIN_TOKEN=$(openssl rand -hex 24); LIMITED_TOKEN=$(openssl rand -hex 24)
-    # token,user,uid,"groups"
-    printf '%s,admin,uid-admin,"system:masters"\n%s,limited,uid-limited\n' \
-        "$ADMIN_TOKEN" "$LIMITED_TOKEN" > "$DIR/pki/tokens.csv"
-    chmod 600 "$DIR/pki/tokens.csv"
-
-    local etcd_port etcd_peer api_port
-    free_port etcd_port; free_port etcd_peer; free_port api_port
-    API="https://127.0.0.1:$api_port"
-
-    start_proc "$DIR" etcd etcd --name nekzusd-test --data-dir "$DIR/etcd-data" --logger=zap \
-        --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-        --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-        --initial-cluster "nekzusd-test=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync
-    wait_until 30 "$DIR" etcd curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health"
-
-    start_proc "$DIR" kube-apiserver "$BIN/kube-apiserver" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
-        --etcd-servers="http://127.0.0.1:$etcd_port" \
-        --cert-dir="$DIR/pki" --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
-        --client-ca-file="$DIR/pki/ca.crt" \
-        --token-auth-file="$DIR/pki/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
-        --service-account-key-file="$DIR/pki/sa.pub" --service-account-signing-key-file="$DIR/pki/sa.key" \
-        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-        --disable-admission-plugins=ServiceAccount --service-cluster-ip-range=10.0.0.0/24 \
-        --kubelet-preferred-address-types=InternalIP \
-        --endpoint-reconciler-type=none --allow-privileged=true --profiling=false
-    wait_until 90 "$DIR" kube-apiserver \
-        curl -sf --max-time 2 --cacert "$DIR/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"
-    log "kube-apiserver ready at $API after $((SECONDS - t0)) s"
-
-    write_kubeconfig "$DIR/kubeconfig" admin "$ADMIN_TOKEN"
-    write_kubeconfig "$DIR/kubeconfig-limited" limited "$LIMITED_TOKEN"
-
-    start_proc "$DIR" kube-controller-manager "$BIN/kube-controller-manager" \
-        --kubeconfig="$DIR/kubeconfig" --controllers='*,-nodelifecycle' --leader-elect=false \
-        --port=0 --secure-port=0 --use-service-account-credentials=false \
-        --service-account-private-key-file="$DIR/pki/sa.key" --root-ca-file="$DIR/pki/ca.crt" \
-        --cluster-signing-cert-file="$DIR/pki/ca.crt" --cluster-signing-key-file="$DIR/pki/ca.key" \
-        --profiling=false
-    start_proc "$DIR" kube-scheduler "$BIN/kube-scheduler" \
-        --kubeconfig="$DIR/kubeconfig" --leader-elect=false --port=0 --secure-port=0 --profiling=false
-
-    # Namespaces and RBAC for the limited user: "view" in default and team-a, nothing elsewhere.
-    local ns
-    for ns in team-a forbidden-ns; do
-        api POST /api/v1/namespaces "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"$ns\"}}" >/dev/null
-    done
-    for ns in default team-a; do
-        api POST "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings" \
-            '{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"limited-view"},
-              "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
-              "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"limited"}]}' >/dev/null
-    done
-
+make_fake_node() {
     # A Node object without a kubelet: Ready, schedulable, its only address on loopback; with
     # --kubelet-preferred-address-types=InternalIP anything the apiserver proxies "to the kubelet"
     # (pod logs, exec, port-forward) only ever dials 127.0.0.1:10250 (no DNS lookup of the name).
@@ -330,6 +270,92 @@ do_up() {
                       \"machineID\":\"\",\"systemUUID\":\"\",\"bootID\":\"\"}}}" application/merge-patch+json >/dev/null
     # The TaintNodesByCondition admission plugin gave it node.kubernetes.io/not-ready: drop all taints.
     api PATCH "/api/v1/nodes/$NODE_NAME" '{"spec":{"taints":null}}' application/merge-patch+json >/dev/null
+}
+
+do_up() {
+    DIR="$1"
+    have_binaries || die "binaries missing in $BIN: run '$0 build' first"
+    command -v etcd >/dev/null || die "etcd missing: run '$0 build' (installs etcd-server)"
+    mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
+    local p
+    for p in "${PROCS[@]}"; do
+        pid_of "$DIR" "$p" >/dev/null && die "$p of $DIR is already running: '$0 down $DIR' first"
+    done
+    local mode="${NEKZUSD_K8S_NODE:-fake}"
+    [[ "$mode" == fake || "$mode" == kubelet ]] || die "NEKZUSD_K8S_NODE must be fake or kubelet, not $mode"
+    # A real kubelet needs the Node authorizer (its own node's pods and secrets), an address type it
+    # reports for 127.0.0.1, and the node lifecycle controller (which lifts the not-ready taint).
+    local authz=RBAC address_types=InternalIP controllers='*,-nodelifecycle'
+    if [[ "$mode" == kubelet ]]; then
+        authz=Node,RBAC address_types=InternalIP,Hostname controllers='*'
+        NODE_NAME=$KUBELET_NODE_NAME
+    fi
+    rm -rf "$DIR/etcd-data" "$DIR/logs" "$DIR/pki" "$DIR/cluster.env"
+    mkdir -p "$DIR/logs"
+    # any failure from here on (die, set -e) stops what was started
+    trap 'rc=$?; if [[ $rc -ne 0 ]]; then log "start-up failed; stopping what was started"; do_down "$DIR" || true; fi' EXIT
+    local t0=$SECONDS
+
+    make_pki
+    ADMIN_TOKEN=$(openssl rand -hex 24); LIMITED_TOKEN=$(openssl rand -hex 24); NODE_TOKEN=$(openssl rand -hex 24)
+    # token,user,uid,"groups"
+    printf '%s,admin,uid-admin,"system:masters"\n%s,limited,uid-limited\n' \
+        "$ADMIN_TOKEN" "$LIMITED_TOKEN" > "$DIR/pki/tokens.csv"
+    [[ "$mode" == fake ]] || printf '%s,system:node:%s,uid-node,"system:nodes"\n' \
+        "$NODE_TOKEN" "$NODE_NAME" >> "$DIR/pki/tokens.csv"
+    chmod 600 "$DIR/pki/tokens.csv"
+
+    local etcd_port etcd_peer api_port
+    free_port etcd_port; free_port etcd_peer; free_port api_port
+    API="https://127.0.0.1:$api_port"
+
+    start_proc "$DIR" etcd etcd --name nekzusd-test --data-dir "$DIR/etcd-data" --logger=zap \
+        --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-cluster "nekzusd-test=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync
+    wait_until 30 "$DIR" etcd curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health"
+
+    start_proc "$DIR" kube-apiserver "$BIN/kube-apiserver" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
+        --etcd-servers="http://127.0.0.1:$etcd_port" \
+        --cert-dir="$DIR/pki" --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
+        --client-ca-file="$DIR/pki/ca.crt" \
+        --token-auth-file="$DIR/pki/tokens.csv" --authorization-mode="$authz" --anonymous-auth=false \
+        --service-account-key-file="$DIR/pki/sa.pub" --service-account-signing-key-file="$DIR/pki/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --disable-admission-plugins=ServiceAccount --service-cluster-ip-range=10.0.0.0/24 \
+        --kubelet-preferred-address-types="$address_types" \
+        --endpoint-reconciler-type=none --allow-privileged=true --profiling=false
+    wait_until 90 "$DIR" kube-apiserver \
+        curl -sf --max-time 2 --cacert "$DIR/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"
+    log "kube-apiserver ready at $API after $((SECONDS - t0)) s"
+
+    write_kubeconfig "$DIR/kubeconfig" admin "$ADMIN_TOKEN"
+    write_kubeconfig "$DIR/kubeconfig-limited" limited "$LIMITED_TOKEN"
+    [[ "$mode" == fake ]] || write_kubeconfig "$DIR/kubeconfig-node" "system:node:$NODE_NAME" "$NODE_TOKEN"
+
+    start_proc "$DIR" kube-controller-manager "$BIN/kube-controller-manager" \
+        --kubeconfig="$DIR/kubeconfig" --controllers="$controllers" --leader-elect=false \
+        --port=0 --secure-port=0 --use-service-account-credentials=false \
+        --service-account-private-key-file="$DIR/pki/sa.key" --root-ca-file="$DIR/pki/ca.crt" \
+        --cluster-signing-cert-file="$DIR/pki/ca.crt" --cluster-signing-key-file="$DIR/pki/ca.key" \
+        --profiling=false
+    start_proc "$DIR" kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig="$DIR/kubeconfig" --leader-elect=false --port=0 --secure-port=0 --profiling=false
+
+    # Namespaces and RBAC for the limited user: "view" in default and team-a, nothing elsewhere.
+    local ns
+    for ns in team-a forbidden-ns; do
+        api POST /api/v1/namespaces "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"$ns\"}}" >/dev/null
+    done
+    for ns in default team-a; do
+        api POST "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings" \
+            '{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"limited-view"},
+              "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
+              "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"limited"}]}' >/dev/null
+    done
+
+    if [[ "$mode" == fake ]]; then make_fake_node; fi
 
     # The default ServiceAccount is needed by nothing here (the ServiceAccount admission plugin is
     # off), but the controller-manager creates it; wait for both controllers to be alive.
@@ -348,6 +374,7 @@ ADMIN_TOKEN=$ADMIN_TOKEN
 LIMITED_TOKEN=$LIMITED_TOKEN
 NODE_NAME=$NODE_NAME
 EOF
+    [[ "$mode" == fake ]] || echo "KUBECONFIG_NODE=$DIR/kubeconfig-node" >> "$DIR/cluster.env"
     chmod 600 "$DIR/cluster.env"
     trap - EXIT
     log "cluster up in $((SECONDS - t0)) s: $API (kubeconfig: $DIR/kubeconfig)"
@@ -396,8 +423,9 @@ do_status() {
 
 case "${1:-}" in
     build) do_build ;;
+    build-kubelet) do_build kubelet ;;
     up)     [[ $# -eq 2 ]] || die "usage: $0 up DIR"; do_up "$2" ;;
     down)   [[ $# -eq 2 ]] || die "usage: $0 down DIR"; do_down "$2" ;;
     status) [[ $# -eq 2 ]] || die "usage: $0 status DIR"; do_status "$2" ;;
-    *) die "usage: $0 build | up DIR | down DIR | status DIR" ;;
+    *) die "usage: $0 build | build-kubelet | up DIR | down DIR | status DIR" ;;
 esac
