@@ -101,7 +101,11 @@ def test_pod_figures_are_summed_from_containers_without_pod_level_cgroups() -> N
          "memory": {"workingSetBytes": 20}}]
     reading = k8s_stats.pod_reading({"pods": [entry]}, "default", NAME, None)
     assert reading == k8s_stats.Reading(time_ns=1796119202 * 10**9, cpu_ns=12, nano_cores=3, working_set=30,
-                                        rx=0, tx=0)
+                                        rx=0, tx=0, scope="containers")
+    # The same while the pod's own reading is still the all-zero one taken as its cgroup was made.
+    entry["cpu"] = {"time": "2026-12-01T09:59:59Z", "usageNanoCores": 0, "usageCoreNanoSeconds": 0}
+    entry["memory"] = {"time": "2026-12-01T09:59:59Z", "workingSetBytes": 0}
+    assert k8s_stats.pod_reading({"pods": [entry]}, "default", NAME, None) == reading
 
 
 # ------------------------------------------------------------------------------------------ HTTP boundary

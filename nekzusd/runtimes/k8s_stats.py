@@ -80,6 +80,7 @@ class Reading:
     working_set: int
     rx: int
     tx: int
+    scope: str = "pod"  # "pod": the pod's own cgroup; "containers": its containers' figures summed
 
 
 class PodStats:
@@ -214,6 +215,9 @@ class PodStats:
         if not node:
             raise SourceUnavailable("the pod is not on a node yet", "ask again once it runs")
         cores, memory = await self._limits(pod)
+        # A pod on the host's network has none of its own: the summary then shows the host's interfaces,
+        # which are not the pod's traffic (as Docker shows none for --network host).
+        own_network = not spec.get("hostNetwork")
         before: Reading | None = None
         current: Reading | None = None
         waiting_since = time.monotonic()
@@ -225,10 +229,12 @@ class PodStats:
                 if time.monotonic() - waiting_since > FIRST_WAIT:
                     raise SourceUnavailable(f"node {node}'s kubelet has no figures for this pod yet",
                                             "ask again in a few seconds")
-            elif current is None or reading.time_ns > current.time_ns:
+            elif current is None or reading.scope != current.scope:
+                before, current = None, reading  # two scopes' CPU times are not comparable: start again
+            elif reading.time_ns > current.time_ns:
                 before, current = current, reading
             if current is not None and (before is not None or current.nano_cores is not None):
-                yield kubelet_sample(meta["name"], current, before, cores, memory)
+                yield kubelet_sample(meta["name"], current, before, cores, memory, own_network)
             await asyncio.sleep(KUBELET_POLL)
 
     async def _summary(self, node: str) -> Any:
@@ -324,15 +330,17 @@ def pod_reading(summary: dict[str, Any], namespace: str, name: str, uid: str | N
     """The pod's figures in a kubelet summary (/stats/summary), None when the summary lacks it.
 
     Pod-level cpu and memory exist when the kubelet runs with --cgroups-per-qos (the default); without
-    them the containers' figures are summed. Network: summed over the pod's interfaces (absent for
-    pods on the host's network)."""
+    them the containers' figures are summed, and so they are while the pod's own reading is still the one
+    the kubelet took as its cgroup was made (all zero; measured: the next comes 10-20 s later). Network:
+    summed over the pod's interfaces (for a pod on the host's network, those are the host's)."""
     for entry in summary.get("pods") or []:
         ref = entry.get("podRef") or {}
         if ref.get("namespace") != namespace or ref.get("name") != name or (uid and ref.get("uid") != uid):
             continue
         containers = entry.get("containers") or []
         cpu = entry.get("cpu") or {}
-        if cpu.get("usageCoreNanoSeconds") is not None:
+        scope = "pod" if cpu.get("usageCoreNanoSeconds") else "containers"
+        if scope == "pod":
             cpu_ns = int(cpu["usageCoreNanoSeconds"])
             nano = cpu.get("usageNanoCores")
             stamp = cpu.get("time")
@@ -349,7 +357,7 @@ def pod_reading(summary: dict[str, Any], namespace: str, name: str, uid: str | N
         if read is None:
             return None
         memory = entry.get("memory") or {}
-        if memory.get("workingSetBytes") is not None:
+        if scope == "pod" and memory.get("workingSetBytes") is not None:
             working_set = int(memory["workingSetBytes"])
         else:
             working_set = sum(int((c.get("memory") or {}).get("workingSetBytes") or 0) for c in containers)
@@ -358,15 +366,16 @@ def pod_reading(summary: dict[str, Any], namespace: str, name: str, uid: str | N
         return Reading(time_ns=_time_ns(str(stamp), read), cpu_ns=cpu_ns,
                        nano_cores=None if nano is None else int(nano), working_set=working_set,
                        rx=sum(int(i.get("rxBytes") or 0) for i in interfaces),
-                       tx=sum(int(i.get("txBytes") or 0) for i in interfaces))
+                       tx=sum(int(i.get("txBytes") or 0) for i in interfaces), scope=scope)
     return None
 
 
 def kubelet_sample(name: str, current: Reading, before: Reading | None, cores_limit: float,
-                   memory_limit: float) -> Sample:
+                   memory_limit: float, network: bool = True) -> Sample:
     """A Sample of ``current`` paired with the reading ``before`` it (Δ CPU time / Δ time, as for Docker
     with online CPUs 1 and the system's CPU time counted as wall time); without one, with the kubelet's
-    own rate between its last two readings, carried as the CPU time of the second before ``current``."""
+    own rate between its last two readings, carried as the CPU time of the second before ``current``.
+    ``network`` False: the pod has no network of its own, its counters are 0."""
     if before is not None:
         pre_cpu, pre_time = before.cpu_ns, before.time_ns
     else:
@@ -375,7 +384,8 @@ def kubelet_sample(name: str, current: Reading, before: Reading | None, cores_li
                   cpu_total=current.cpu_ns, system_cpu=current.time_ns,
                   pre_cpu_total=pre_cpu, pre_system_cpu=pre_time,
                   memory_usage=current.working_set, memory_limit=int(memory_limit),
-                  rx_bytes=current.rx, tx_bytes=current.tx, total_cores=cores_limit)
+                  rx_bytes=current.rx if network else 0, tx_bytes=current.tx if network else 0,
+                  total_cores=cores_limit)
 
 
 def _time_ns(stamp: str, read: float) -> int:
