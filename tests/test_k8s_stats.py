@@ -334,6 +334,20 @@ async def test_a_huge_summary_is_cut_off_not_buffered(fake_api, make_client, tmp
     assert "too large" in body["details"]["tried"][0]["reason"]
 
 
+async def test_a_flood_of_stats_requests_costs_one_source_call(fake_api, make_client, tmp_path):
+    """50 requests at once for a pod without a source: one sampler, so one kubelet summary asked; then
+    50 more for the batch route: still within the summary's 2 s, no new call."""
+    import asyncio
+
+    fake, client = await daemon_for(fake_api, make_client, tmp_path, stats="kubelet")
+    answers = await asyncio.gather(*(client.get(f"/api/v1/containers/default/{NAME}/stats") for _ in range(50)))
+    assert {r.status for r in answers} == {503}
+    assert fake.count(SUMMARY) == 1
+    batches = await asyncio.gather(*(client.get("/api/v1/containers/stats?runtime=kubernetes") for _ in range(50)))
+    assert {r.status for r in batches} == {200}
+    assert fake.count(SUMMARY) <= 2  # once more at most, should the 2 s have passed meanwhile
+
+
 async def test_a_pod_that_does_not_run_has_no_stats(daemon):
     fake, client = daemon
     fake.pod["status"]["phase"] = "Pending"
