@@ -130,8 +130,9 @@ def host_state(base: Path | None = None) -> dict[str, Any]:
             state[f"sysctl {key}"] = fh.read().strip()
     for path in HOST_PATHS:
         state[path] = os.path.lexists(path)
-    state["cgroups"] = sorted(f"{mount}/{name}" for mount in _cgroup_mounts() for name in os.listdir(mount)
-                              if name.startswith(CGROUP_PREFIX) or name == "kubepods")
+    # a kubelet's default cgroup root (other live clusters' roots come and go: each checks its own)
+    state["cgroups"] = sorted(f"{mount}/kubepods" for mount in _cgroup_mounts()
+                              if os.path.exists(f"{mount}/kubepods"))
     if base is not None:
         with open("/proc/self/mountinfo") as fh:
             state["mounts"] = [line.split()[4] for line in fh if str(base) in line.split()[4]]
@@ -421,6 +422,9 @@ class LiveCluster:
         left = [f"{key}: {self._before.get(key)!r} -> {value!r}" for key, value in after.items()
                 if key in self._before and value != self._before[key]]
         left += [f"mount {m}" for m in after["mounts"]] + [f"process {p}" for p in after["processes"]]
+        if self.cgroup_root:
+            left += [f"cgroup {mount}{self.cgroup_root}" for mount in _cgroup_mounts()
+                     if os.path.exists(mount + self.cgroup_root)]
         now = _dockerds()
         left += [f"dockerd {pid}: oom_score_adj/nice {was} -> {now[pid]}" for pid, was in self._dockerds.items()
                  if pid in now and now[pid] != was]
