@@ -74,6 +74,7 @@ class KubernetesRuntime(Runtime):
         self._api: ApiClient | None = None
         self._connect_lock = asyncio.Lock()
         self.pod_stats = PodStats(config.stats, self._response)
+        self.samplers = self.pod_stats.samplers  # the same name as Docker's, for whoever counts live samplers
 
     # ------------------------------------------------------------------------------- connection
     async def open(self) -> None:
