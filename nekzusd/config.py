@@ -158,6 +158,10 @@ class KubernetesConfig:
     enabled: bool = False
     kubeconfig: str | None = None
     namespaces: tuple[str, ...] = ("default",)
+    # Where pod statistics come from: the metrics API (metrics-server), the kubelet's summary through the
+    # API server's node proxy (needs get on nodes/proxy), or auto: the metrics API when the cluster serves
+    # it, else the kubelet (runtimes/k8s_stats.py).
+    stats: str = _checked(_one_of("auto", "metrics", "kubelet"), "auto")
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,20 @@ class RuntimeUnavailable(ApiError):
                          {"runtime": runtime}, {"Retry-After": "5"})
 
 
+class MetricsUnavailable(ApiError):
+    """No source of a pod's statistics answers (503): an optional cluster component is missing, not
+    reachable or not granted, which is not a server error. ``tried`` names each source asked, why it did
+    not answer and what would make it answer (install metrics-server, grant nodes/proxy, ...)."""
+
+    def __init__(self, container_id: str, namespace: str, tried: list[dict[str, str]]) -> None:
+        reasons = "; ".join(f"{t['source']}: {t['reason']} ({t['fix']})" for t in tried)
+        super().__init__(503, "METRICS_UNAVAILABLE",
+                         f"No statistics for pod {namespace}/{container_id}: no source answers. {reasons}",
+                         {"containerId": container_id, "namespace": namespace, "runtime": "kubernetes",
+                          "tried": tried},
+                         {"Retry-After": "30"})
+
+
 class EngineError(Exception):
     """The engine refused or failed an operation. Runtimes raise it without choosing an API code: the
     caller knows what was being done and maps it with ``engine_errors``. ``details`` go to the answer."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .concurrency import gather_all
-from .errors import ApiError, EngineError, RuntimeUnavailable
+from .errors import ApiError, EngineError, MetricsUnavailable, RuntimeUnavailable
 from .runtimes.base import Ref
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ class Sample:
     memory_limit: int = 0
     rx_bytes: int = 0
     tx_bytes: int = 0
+    # The cores the container may use when that is not every online CPU (a Kubernetes pod: its limits or
+    # its node's allocatable CPU); None: ``online_cpus``.
+    total_cores: float | None = None
 
 
 def cpu_cores(sample: Sample, previous: Sample | None = None) -> float | None:
@@ -73,7 +76,7 @@ def as_json(sample: Sample, cores: float) -> dict[str, Any]:
     return {
         "containerId": sample.container_id,
         "cpu": {"usage": round(cores * 100, 2), "coresUsed": round(cores, 4),
-                "totalCores": float(sample.online_cpus)},
+                "totalCores": float(sample.online_cpus if sample.total_cores is None else sample.total_cores)},
         "memory": {"usage": round(used / limit * 100, 2) if limit else 0.0, "used": used, "limit": limit,
                    "available": max(limit - used, 0)},
         "network": {"rx": sample.rx_bytes, "tx": sample.tx_bytes},
@@ -193,13 +196,20 @@ class Samplers:
 BATCH_CONCURRENCY = 256
 
 
-async def collect(runtime: Runtime, containers: list[Container],
-                  limit: int = BATCH_CONCURRENCY) -> list[dict[str, Any]]:
+async def collect(runtime: Runtime, containers: list[Container], limit: int = BATCH_CONCURRENCY,
+                  unavailable: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Stats of many containers, concurrently (bounded), in the given order. Containers that stopped or
-    vanished since they were listed are left out; any other failure fails the whole batch."""
+    vanished since they were listed are left out; so are pods no statistics source answers for (a
+    missing optional cluster component), each then noted in ``unavailable`` so that the answer can say
+    so. Any other failure fails the whole batch."""
     async def one(container: Container) -> dict[str, Any] | None:
         try:
             return await runtime.stats(Ref(container.id, container.namespace))
+        except MetricsUnavailable as exc:
+            if unavailable is not None:
+                unavailable.append({"containerId": container.id, "namespace": container.namespace,
+                                    "runtime": container.runtime, "error": exc.code, "message": exc.message})
+            return None
         except ApiError as exc:
             if exc.status in (404, 409):
                 return None

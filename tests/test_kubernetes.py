@@ -214,17 +214,6 @@ async def test_missing_rbac_rights_give_a_clear_error(make_client, engine, tmp_p
     assert (await client.AppsV1Api(k8s_api).read_namespaced_deployment("web", "default")).spec.replicas == 1
 
 
-async def test_stats_say_when_the_metrics_api_is_missing(k8s_client, k8s_api, k8s_cluster):
-    """This cluster has no metrics-server, like many small ones: a clear CONTAINER_STATS_FAILED."""
-    await _create(k8s_api, "default", deployment("web", 1))
-    async with k8s_cluster.fake_kubelet(namespaces=("default",)):
-        pod = (await running_pods(k8s_api, "default", "web", 1))[0]
-    resp = await k8s_client.get(f"/api/v1/containers/default/{pod}/stats")
-    body = await resp.json()
-    assert resp.status == 500 and body["error"] == "CONTAINER_STATS_FAILED", body
-    assert "metrics.k8s.io" in body["message"] and "metrics-server" in body["message"]
-
-
 async def test_pod_logs_without_a_kubelet_end_in_a_clear_error(k8s_client, k8s_api, k8s_cluster):
     """The API server relays logs from the node's kubelet, which this cluster lacks (its real 500)."""
     await _create(k8s_api, "default", deployment("web", 1))

@@ -29,6 +29,7 @@ from ..config import KubernetesConfig
 from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineError, RuntimeUnavailable
 from . import k8s_objects as k8s
 from .base import Container, Event, LogLine, Ref, Runtime
+from .k8s_stats import PodStats
 from .k8s_watch import pod_events
 from .logparse import READ_SIZE, LogParser, line_time, stamp_seconds, stamped_lines
 
@@ -77,6 +78,8 @@ class KubernetesRuntime(Runtime):
         self.namespaces = tuple(config.namespaces) or ("default",)
         self._api: ApiClient | None = None
         self._connect_lock = asyncio.Lock()
+        self.pod_stats = PodStats(config.stats, self._response)
+        self.samplers = self.pod_stats.samplers  # the same name as Docker's, for whoever counts live samplers
 
     # ------------------------------------------------------------------------------- connection
     async def open(self) -> None:
@@ -86,6 +89,7 @@ class KubernetesRuntime(Runtime):
             pass  # the daemon starts anyway; every call retries and says why it cannot
 
     async def close(self) -> None:
+        await self.pod_stats.close()
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -416,31 +420,17 @@ class KubernetesRuntime(Runtime):
 
     # ------------------------------------------------------------------------------- stats and logs
     async def stats(self, ref: Ref) -> dict[str, Any]:
+        """From the pod's live sampler (runtimes/k8s_stats.py: metrics API or kubelet summary)."""
+        hit = self.pod_stats.cached(ref)
+        if hit is not None:
+            return hit
         pod = await self._pod(ref)
         if pod is None:
             raise ContainerNotFound(ref.id)
         container = k8s.container_from_pod(pod)
         if not container.running:
             raise ContainerNotRunning(ref.id, f"Pod {ref.id} is {container.state}, not running", container.state)
-        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{ref.namespace}/pods/{ref.id}"
-        try:
-            metrics = await self._json("GET", path)
-        except KubeError as exc:
-            if exc.status == 404 and exc.reason != "NotFound":  # no such API group: a plain-text 404
-                raise EngineError("Kubernetes metrics API (metrics.k8s.io) is not available in this cluster: "
-                                  "install metrics-server to get pod statistics",
-                                  details={"containerId": ref.id}) from None
-            if exc.status == 404:
-                raise EngineError(f"No metrics for pod {ref.id} yet (metrics-server samples every 15-60 s)",
-                                  details={"containerId": ref.id}) from None
-            raise EngineError(f"pod metrics: {exc}", details={"containerId": ref.id}) from None
-        node = None
-        if not _has_limits(pod):  # an unlimited pod may use its node: read the node (optional right)
-            try:
-                node = await self._optional(f"/api/v1/nodes/{(pod.get('spec') or {}).get('nodeName')}")
-            except KubeError:
-                node = None
-        return k8s.pod_stats(pod, metrics, node, time.time())
+        return await self.pod_stats.get(pod)
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
                    until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
@@ -537,11 +527,6 @@ def _controller(meta: dict[str, Any]) -> dict[str, str] | None:
         if ref.get("controller"):
             return {"kind": ref["kind"], "name": ref["name"]}
     return None
-
-
-def _has_limits(pod: dict[str, Any]) -> bool:
-    return all({"cpu", "memory"} <= set((c.get("resources") or {}).get("limits") or {})
-               for c in (pod.get("spec") or {}).get("containers") or [])
 
 
 def _not_scalable(container: Container, owner: dict[str, str] | None) -> ApiError:
