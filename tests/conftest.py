@@ -12,7 +12,7 @@ import pytest
 from tests.harness.app import base_config, next_message, run_container, unique, wait_for, ws_connect  # noqa: F401
 # Fixtures are registered by being imported here.
 from tests.harness.fixtures import client, config_data, docker_engine, engine, make_client  # noqa: F401
-from tests.harness.fixtures import k8s_cluster, podman_engine, remote_client  # noqa: F401
+from tests.harness.fixtures import k8s_cluster, podman_engine, remote_client, short_tmp  # noqa: F401
 from tests.harness.k8s_fixtures import k8s_api, k8s_client  # noqa: F401
 from tests.harness.scheduling import end_run, make_scheduler, mark_items, start_run, turn
 

@@ -7,6 +7,7 @@ the shared session engine of conftest.py.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.engines import BUSYBOX, GRACE_PERIOD, Engine, EngineUnavailable, start_dockerd, start_podman
+from tests.harness.fixtures import short_dir
 
 # Starts engines of its own (session fixtures): one worker runs the whole module, so they start once.
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("engines")]
@@ -24,25 +26,29 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("engines")]
 
 
 @pytest.fixture(scope="session")
-def h_docker(tmp_path_factory):
+def h_docker():
+    base = short_dir("nkhd")
     try:
-        eng = start_dockerd(tmp_path_factory.mktemp("dockerd"))
+        eng = start_dockerd(base)
     except EngineUnavailable as exc:
         pytest.skip(str(exc))
     eng.ensure_busybox()
     yield eng
     eng.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def h_podman(tmp_path_factory):
+def h_podman():
+    base = short_dir("nkhp")
     try:
-        eng = start_podman(tmp_path_factory.mktemp("podman"))
+        eng = start_podman(base)
     except EngineUnavailable as exc:
         pytest.skip(str(exc))
     eng.ensure_busybox()
     yield eng
     eng.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["docker", pytest.param("podman", marks=pytest.mark.podman)])
@@ -235,11 +241,11 @@ def test_docker_user_defined_network_with_alias(h_docker):
     assert not any(Path("/sys/class/net", b).exists() for b in bridges)
 
 
-def test_docker_stale_leftovers_do_not_break_start(tmp_path_factory):
+def test_docker_stale_leftovers_do_not_break_start(short_tmp):
     """A crashed run leaves dockerd, containerd, a shim and a container running in the same
     base dir, plus pid and socket files: a new Engine there still starts, and stop() leaves
     nothing behind."""
-    base = tmp_path_factory.mktemp("stale")
+    base = short_tmp
     old = start_dockerd(base)
     old.ensure_busybox()
     old.run("left-over", "sleep 100000")
@@ -263,11 +269,11 @@ def test_docker_stale_leftovers_do_not_break_start(tmp_path_factory):
     assert str(base) not in mounts
 
 
-def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))
+def test_missing_binary_is_a_clear_error(short_tmp, monkeypatch):
+    monkeypatch.setenv("PATH", str(short_tmp))
     monkeypatch.setattr(os.path, "exists", lambda p: False)
     with pytest.raises(EngineUnavailable, match="apt-get install"):
-        Engine("docker", tmp_path / "x")._check_binaries()
+        Engine("docker", short_tmp / "x")._check_binaries()
 
 
 def test_daemon_runs_in_own_process_group(h_docker):

@@ -57,15 +57,30 @@ async def test_event_watch_resumes_after_engine_restart(client, engine):
     await asyncio.to_thread(engine.restart)
     cid = await run_container(engine, unique("after"), labels={"nekzus.app.id": "grafana"})
     ws = await ws_connect(client)
-
-    async def healthy() -> bool:
-        apps = await (await client.get("/api/v1/apps")).json()
-        return apps[0]["health"] == "healthy"
-    await wait_for(healthy, timeout=30)
-    await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
-    change = await next_message(ws, "health_change", where=lambda m: m["data"]["status"] == "unhealthy")
+    # The daemon lists the containers, then subscribes to the events: an event in between is not seen (it
+    # happened under load: the start above, and the stop below). Events of a container of no app, made
+    # every second, make any subscribed watcher list again; a watcher that never came back sees none.
+    nudges = asyncio.create_task(nudge(engine))
+    try:
+        async def healthy() -> bool:
+            apps = await (await client.get("/api/v1/apps")).json()
+            return apps[0]["health"] == "healthy"
+        await wait_for(healthy, timeout=30)
+        await asyncio.to_thread(engine.api_json, "POST", f"/containers/{cid}/stop?t=5", expect=(204,))
+        change = await next_message(ws, "health_change", where=lambda m: m["data"]["status"] == "unhealthy")
+    finally:
+        nudges.cancel()
+        await asyncio.gather(nudges, return_exceptions=True)
     assert change["data"]["appId"] == "grafana"
     await ws.close()
+
+
+async def nudge(engine) -> None:
+    """Engine events (create, destroy) of a container no app links, once a second."""
+    while True:
+        await asyncio.sleep(1)
+        cid = await asyncio.to_thread(engine.run, unique("nudge"), start=False)
+        await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
 
 
 class CuttingProxy(EngineProxy):

@@ -21,10 +21,25 @@ from tests.harness.app import REMOTE_ADDR, base_config, check_remote, remote_con
 from tests.harness.engines import Engine, EngineUnavailable, start_dockerd, start_podman
 
 
+def short_dir(prefix: str) -> Path:
+    """A new directory with a short path, for an engine's base_dir: unix socket paths are limited to 107
+    bytes, and pytest's tmp_path under an xdist worker (``.../pytest-N/popen-gw1/test_name0/``) is too long
+    for dockerd's containerd sockets and Podman's conmon sockets. The caller removes it."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """Like ``tmp_path``, but short enough to hold an engine's sockets (see :func:`short_dir`)."""
+    path = short_dir("nkt")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
     """This process's private dockerd (started on first use, stopped at the end of the session)."""
-    base = Path(tempfile.mkdtemp(prefix="nkd-"))  # short: unix socket paths are limited to 107 bytes
+    base = short_dir("nkd")
     engine = start_dockerd(base)
     engine.ensure_busybox()
     yield engine
@@ -35,7 +50,7 @@ def docker_engine() -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def podman_engine() -> Iterator[Engine]:
     """A private Podman API service for the session (skipped where Podman cannot run)."""
-    base = Path(tempfile.mkdtemp(prefix="nkp-"))
+    base = short_dir("nkp")
     try:
         engine = start_podman(base)
     except EngineUnavailable as exc:

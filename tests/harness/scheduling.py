@@ -115,12 +115,26 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
         groups: dict[str, str] | None = None
+        original: dict[str, str] = {}
+
+        def add_node_collection(self, node: Any, collection: list[str]) -> None:
+            # Scope scheduling keys tests by node id, and schemathesis gives all the cases of test_fuzz one
+            # id (38 items, one run: the others were silently left out). Repeats get a numbered id here;
+            # workers are sent positions in the collection, which do not change.
+            seen: dict[str, int] = {}
+            unique = []
+            for nodeid in collection:
+                seen[nodeid] = seen.get(nodeid, 0) + 1
+                name = nodeid if seen[nodeid] == 1 else f"{nodeid} (#{seen[nodeid]})"
+                self.original[name] = nodeid
+                unique.append(name)
+            super().add_node_collection(node, unique)
 
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:
                 path = Path(os.environ.get(RUN_DIR_VAR, "/nonexistent")) / "groups.json"
                 self.groups = json.loads(path.read_text()) if path.exists() else {}
-            group = self.groups.get(nodeid)
+            group = self.groups.get(self.original.get(nodeid, nodeid))
             return nodeid if group is None else f"@group {group}"
 
     return GroupScheduling(config, log)
