@@ -27,6 +27,7 @@ import aiohttp
 
 from bench.common import ROOT, Daemon, Row, table
 from tests.harness.k8s_live import LiveCluster, container, pod, wait_pod
+from tests.harness.app import BROADCASTS
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -61,7 +62,7 @@ async def ws_client(url: str, name: str, lines: int, batch: bool, subscribed: as
         await ws.receive_json()
         await ws.send_json({"type": "container.logs.subscribe",
                             "data": {"containerId": name, "namespace": "default", "tail": 0, "batch": batch}})
-        while (answer := await ws.receive_json())["type"] == "health_change":  # the pod's app: broadcast
+        while (answer := await ws.receive_json())["type"] in BROADCASTS:
             pass
         assert answer["type"] == "container.logs.started", answer
         subscribed.set()
@@ -72,7 +73,7 @@ async def ws_client(url: str, name: str, lines: int, batch: bool, subscribed: as
                 seen += 1
             elif text.startswith('{"type":"container.logs.batch",'):
                 seen += len(json.loads(text)["data"]["lines"])
-            elif not text.startswith('{"type":"health_change"'):
+            elif not text.startswith(('{"type":"health_change"', '{"type":"container.state_changed"')):
                 raise RuntimeError(f"unexpected message: {text[:200]}")
             if first is None:
                 first = time.perf_counter()

@@ -22,6 +22,7 @@ import aiodocker
 import aiohttp
 
 from bench.common import Daemon, Lab, Row, rss_mb, scratch, standalone
+from tests.harness.app import BROADCASTS
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -59,7 +60,9 @@ async def ws_client(session: aiohttp.ClientSession, url: str, cid: str, lines: i
         await ws.receive_json()
         await ws.send_json({"type": "container.logs.subscribe",
                             "data": {"containerId": cid, "tail": 0, "batch": batch}})
-        assert (await ws.receive_json())["type"] == "container.logs.started"
+        while (answer := await ws.receive_json())["type"] in BROADCASTS:
+            pass
+        assert answer["type"] == "container.logs.started", answer
         counter[0] += 1
         if counter[0] == counter[1]:
             subscribed.set()
@@ -71,6 +74,8 @@ async def ws_client(session: aiohttp.ClientSession, url: str, cid: str, lines: i
                 seen += 1
             elif text.startswith('{"type":"container.logs.batch",'):
                 seen += len(json.loads(text)["data"]["lines"])
+            elif text.startswith('{"type":"container.state_changed",'):
+                continue  # every client is told of state changes (the container started); not a line
             else:
                 raise RuntimeError(f"unexpected message: {text[:200]}")
             if first is None:

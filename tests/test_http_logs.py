@@ -24,7 +24,7 @@ from nekzusd.keys import LOG_STREAMS, TOKEN_FILES, TOKENS
 from nekzusd.errors import ApiError
 from nekzusd.logs import Options, parse_options
 from nekzusd.runtimes.logparse import MAX_LINE, LogParser, stamp_key
-from tests.harness.app import base_config, remote_connector, run_container, unique, wait_for, ws_connect
+from tests.harness.app import base_config, next_reply, remote_connector, run_container, unique, wait_for, ws_connect
 from tests.test_cli import daemon_factory  # noqa: F401 -- a fixture
 from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_client, running_pods  # noqa: F401 -- fixtures
 from tests.test_logs import WAIT_GO, _logged, collect, go, subscribe, texts
@@ -524,7 +524,7 @@ async def test_websocket_subscriptions_take_the_same_window(engine, client):
     assert texts(messages) == ["w2"] and ended["data"]["reason"] == "container_stopped"
     for bad in ({"since": "yesterday"}, {"until": True}, {"since": -1}, {"since": 5, "until": 4}):
         await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, **bad}})
-        reply = await ws.receive_json(timeout=10)
+        reply = await next_reply(ws, timeout=10)
         assert reply["type"] == "container.logs.error" and reply["data"]["error"] == "INVALID_MESSAGE", (bad, reply)
     await ws.close()
 

@@ -19,7 +19,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from nekzusd import hub
 from nekzusd.keys import LOG_STREAMS
-from tests.harness.app import next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import BROADCASTS, next_message, next_reply, run_container, unique, wait_for, ws_connect
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -44,7 +44,7 @@ async def collect(ws: ClientWebSocketResponse, cid: str, timeout: float = 60.0) 
         while True:
             message = await ws.receive_json()
             data = message.get("data") or {}
-            if data.get("containerId") != cid:
+            if data.get("containerId") != cid or message["type"] in BROADCASTS:
                 continue
             if message["type"] == "container.logs.ended":
                 return messages, message
@@ -340,7 +340,7 @@ async def test_errors_are_log_errors_and_start_nothing(engine, client):
                        ({"containerId": cid, "runtime": "lxc"}, "INVALID_RUNTIME"),
                        ({"containerId": "pod-1", "namespace": "default"}, "NO_RUNTIME")]:
         await ws.send_json({"type": "container.logs.subscribe", "data": data})
-        reply = await ws.receive_json(timeout=10)
+        reply = await next_reply(ws, timeout=10)
         assert reply["type"] == "container.logs.error" and reply["data"]["error"] == code, (data, reply)
     assert client.server.app[LOG_STREAMS].active == 0
 

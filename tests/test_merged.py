@@ -196,9 +196,10 @@ async def test_a_hung_runtime_costs_its_own_deadline_only(make_client, engine, t
     for r in answers:
         r.release()
     assert silent.most >= 50  # every request did reach the hung engine
-    # What is left is the daemon's own health tracker, whose listing waits for the engine calls' deadline
-    # (one call per namespace and kind: 6); the requests' calls were all cancelled and their sockets closed.
-    await wait_for(lambda: _at_most(silent.open, 8), timeout=10)
+    # What is left is the daemon's own: the state-change watcher's listing, which waits for the engine calls'
+    # deadline (one call per namespace and kind: 6), its pod watch (one per namespace: 2) and the health
+    # tracker's listing (6); the requests' calls were all cancelled and their sockets closed.
+    await wait_for(lambda: _at_most(silent.open, 16), timeout=10)
     leftovers = [t for t in asyncio.all_tasks() if "merged" in getattr(t.get_coro(), "__qualname__", "")
                  or "each.<locals>" in getattr(t.get_coro(), "__qualname__", "")]
     assert leftovers == []

@@ -102,6 +102,19 @@ async def ws_connect(client: "TestClient", **kwargs: Any) -> "ClientWebSocketRes
     return ws
 
 
+#: Messages every authenticated client gets whatever it asked for (a container of the test changing state,
+#: an app's health following it).
+BROADCASTS = frozenset({"container.state_changed", "health_change"})
+
+
+async def next_reply(ws: "ClientWebSocketResponse", timeout: float = 15.0) -> dict[str, Any]:
+    """The next message that is not a broadcast: the answer to what the test just sent."""
+    async with asyncio.timeout(timeout):
+        while (message := await ws.receive_json())["type"] in BROADCASTS:
+            pass
+    return message
+
+
 async def next_message(ws: "ClientWebSocketResponse", type_: str, timeout: float = 15.0,
                        where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """The next message of a type (and matching ``where``), skipping others."""

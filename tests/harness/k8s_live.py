@@ -376,7 +376,7 @@ class LiveCluster:
             except OSError:
                 pass
         if self.engine is not None:
-            from tests.engines import _cleanup_base_dir  # the node's processes are dead; mounts: none expected
+            from tests.harness.engines import _cleanup_base_dir  # the node's processes are dead; mounts: none expected
             _cleanup_base_dir(self.base)
         left = self.leftovers() if self._before else []
         shutil.rmtree(self.base, ignore_errors=True)

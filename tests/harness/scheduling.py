@@ -35,10 +35,11 @@ import pytest
 from tests.harness.machine import LOCK_DIR
 
 #: Fixtures that start something heavy once per process: every test using one runs on the same worker.
-#: A new such fixture adds its row (e.g. a real kubelet cluster: ``"k8s_live": "kubelet"``; it must also
-#: take ``machine_lock("kubelet")`` itself, as other checkouts' suites run on the same kernel).
+#: A new such fixture adds its row. (The real-kubelet cluster needs no machine-wide lock: each one has its
+#: own cgroup root and namespaces, so other checkouts' suites on the same kernel do not meet it.)
 FIXTURE_GROUPS = {
     "k8s_cluster": "k8s",
+    "kubelet_cluster": "kubelet",
 }
 #: Fixtures that start a real engine or cluster (a test using one is marked ``engine``).
 ENGINE_FIXTURES = {"docker_engine", "podman_engine", "k8s_cluster", *FIXTURE_GROUPS}
