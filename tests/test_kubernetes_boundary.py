@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nekzusd.errors import ApiError, EngineError
+from nekzusd.config import KubernetesConfig
+from nekzusd.errors import ApiError, EngineError, RuntimeUnavailable
 from nekzusd.keys import RUNTIMES
 from nekzusd.runtimes import Ref
+from nekzusd.runtimes.kubernetes import KubernetesRuntime
 from tests.conftest import next_message, ws_connect
 
 DATA = Path(__file__).parent / "data" / "k8s"
@@ -37,6 +39,7 @@ class FakeApi:
         self.metrics: tuple[int, str, str] = (200, (DATA / "podmetrics.json").read_text(), "application/json")
         self.log: tuple[int, list[bytes], str] = (200, _chunks(LOG), "text/plain")
         self.asked: list[tuple[str, dict[str, str]]] = []
+        self.hosts: list[str] = []  # the Host header of each request (a proxied request names the API server)
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/default/pods/{name}", self.get_pod)
         app.router.add_get("/api/v1/nodes/fake-node", self.get_node)
@@ -47,6 +50,7 @@ class FakeApi:
     def _note(self, request: web.Request) -> None:
         assert request.headers["Authorization"] == "Bearer fake-token"
         self.asked.append((request.path, dict(request.query)))
+        self.hosts.append(request.host)
 
     async def get_pod(self, request: web.Request) -> web.Response:
         self._note(request)
@@ -197,3 +201,46 @@ async def test_log_errors_are_clear(daemon):
         async for _ in runtime.logs(Ref("gone", "default"), tail=1, follow=False, timestamps=False):
             pass
     assert missing.value.code == "CONTAINER_NOT_FOUND"
+
+
+def _kubeconfig(path: Path, server: str, **cluster: str) -> str:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server, **cluster}}],
+        "users": [{"name": "u", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}]}))
+    return str(path)
+
+
+async def test_the_api_servers_proxy_comes_from_the_kubeconfig_else_from_the_environment(
+        fake_api, tmp_path, monkeypatch, unused_tcp_port):
+    """nekzusd reads the proxy variables once, not on each request as kubernetes-asyncio's session would;
+    the proxy it uses must stay the same: the kubeconfig's ``proxy-url``, else HTTP(S)_PROXY / NO_PROXY.
+    The API server is a name that does not resolve, so an answer can only come through the proxy, here
+    the fake API server itself (a proxied plain-HTTP request carries the API server's name as Host)."""
+    fake, server = fake_api
+    fake_url = f"http://127.0.0.1:{server.port}"
+    api_server = "http://kube-api.nekzus-test.invalid:6443"
+    for var in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    async def pod_through(kubeconfig: str) -> str:
+        runtime = KubernetesRuntime(KubernetesConfig(enabled=True, kubeconfig=kubeconfig))
+        try:
+            return (await runtime.get(Ref(NAME, "default"))).name
+        finally:
+            await runtime.close()
+
+    monkeypatch.setenv("HTTP_PROXY", fake_url)
+    assert await pod_through(_kubeconfig(tmp_path / "env", api_server)) == NAME
+    assert fake.hosts[-1] == "kube-api.nekzus-test.invalid"
+
+    fake.hosts.clear()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_tcp_port}")  # nothing listens there
+    assert await pod_through(_kubeconfig(tmp_path / "own", api_server, **{"proxy-url": fake_url})) == NAME
+    assert fake.hosts and set(fake.hosts) == {"kube-api.nekzus-test.invalid"}
+
+    monkeypatch.setenv("HTTP_PROXY", fake_url)
+    monkeypatch.setenv("NO_PROXY", ".nekzus-test.invalid")  # bypassed: the name is then looked up, and fails
+    with pytest.raises(RuntimeUnavailable):
+        await pod_through(_kubeconfig(tmp_path / "bypass", api_server))
