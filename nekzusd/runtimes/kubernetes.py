@@ -2,8 +2,9 @@
 that is stopped, started and restarted (docs/kubernetes.md).
 
 kubernetes-asyncio supplies the configuration (kubeconfig or in-cluster service account, token refresh)
-and the HTTP client; answers are read as plain JSON, which is much cheaper than its generated models and
-keeps the field names of the Kubernetes documentation. Imported only when the runtime is enabled.
+and the HTTP session (TLS context, connection pool); requests are sent on that session directly (see
+``_Transport``) and answers read as plain JSON with orjson, which is much cheaper than its generated models
+and keeps the field names of the Kubernetes documentation. Imported only when the runtime is enabled.
 """
 
 from __future__ import annotations
