@@ -120,6 +120,7 @@ class FakeApi:
         self.summary: Answer = FORBIDDEN
         self.summary_size = 0  # > 0: a summary of that many bytes, streamed
         self.asked: list[str] = []
+        self.hosts: list[str] = []  # the Host header of each request (a proxied request names the API server)
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/default/pods", self.list_pods)
         app.router.add_get("/apis/apps/v1/namespaces/default/{kind}", self.empty_list)
@@ -136,6 +137,7 @@ class FakeApi:
     async def answer(self, request: web.Request, answer: Answer) -> web.Response:
         assert request.headers["Authorization"] == "Bearer fake-token"
         self.asked.append(request.path)
+        self.hosts.append(request.host)
         status, body, content_type = answer
         return web.Response(status=status, text=body, content_type=content_type)
 

@@ -2,8 +2,9 @@
 that is stopped, started and restarted (docs/kubernetes.md).
 
 kubernetes-asyncio supplies the configuration (kubeconfig or in-cluster service account, token refresh)
-and the HTTP client; answers are read as plain JSON, which is much cheaper than its generated models and
-keeps the field names of the Kubernetes documentation. Imported only when the runtime is enabled.
+and the HTTP session (TLS context, connection pool); requests are sent on that session directly (see
+``_Transport``) and answers read as plain JSON with orjson, which is much cheaper than its generated models
+and keeps the field names of the Kubernetes documentation. Imported only when the runtime is enabled.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 import yaml
+import yarl
+from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import incluster_config
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
@@ -77,6 +82,7 @@ class KubernetesRuntime(Runtime):
         self.config = config
         self.namespaces = tuple(config.namespaces) or ("default",)
         self._api: ApiClient | None = None
+        self._transport: _Transport | None = None
         self._connect_lock = asyncio.Lock()
         self.pod_stats = PodStats(config.stats, self._response)
         self.samplers = self.pod_stats.samplers  # the same name as Docker's, for whoever counts live samplers
@@ -93,6 +99,7 @@ class KubernetesRuntime(Runtime):
         if self._api is not None:
             await self._api.close()
             self._api = None
+            self._transport = None
 
     async def _client(self) -> ApiClient:
         if self._api is not None:
@@ -111,7 +118,9 @@ class KubernetesRuntime(Runtime):
                 except Exception as exc:  # a missing file, bad YAML, no service account: all "not available"
                     source = self.config.kubeconfig or "in-cluster service account"
                     raise RuntimeUnavailable(self.name, f"cannot load {source}: {exc}") from None
-                self._api = ApiClient(configuration)
+                api = ApiClient(configuration)
+                self._transport = await _Transport.of(api)
+                self._api = api
         return self._api
 
     @asynccontextmanager
@@ -119,14 +128,29 @@ class KubernetesRuntime(Runtime):
                         body: Any = None, content_type: str = "application/json",
                         timeout: float | None = CALL_TIMEOUT) -> AsyncIterator[aiohttp.ClientResponse]:
         """One API call; non-2xx answers become KubeError, unreachable servers RuntimeUnavailable.
-        ``timeout`` bounds the call up to the response headers (streams then read without a deadline)."""
+        ``timeout`` bounds the call up to the response headers (streams then read without a deadline).
+
+        The request is sent on kubernetes-asyncio's own session and connector (its TLS context from the
+        kubeconfig or service account) with the headers its ``call_api`` would send, the token asked of
+        the configuration each time (its refresh hook renews an in-cluster token); what ``call_api``
+        adds per request (serialising parameters through its model machinery, two thread-pool hops in
+        aiohttp for the environment's proxy and ~/.netrc) is done once, in ``_Transport.of``."""
         api = await self._client()
+        transport = self._transport
+        assert transport is not None
+        headers = {**api.default_headers, "Accept": "application/json", "Content-Type": content_type}
+        auth = (await api.configuration.auth_settings()).get("BearerToken")
+        if auth:
+            headers[auth["key"]] = auth["value"]
+        url = transport.host + path
+        if query:
+            url += "?" + urlencode(query)
+        data = orjson.dumps(body) if body is not None and method not in ("GET", "HEAD") else None
         try:
             async with asyncio.timeout(timeout):
-                response = await api.call_api(
-                    path, method, query_params=query or [], body=body,
-                    header_params={"Accept": "application/json", "Content-Type": content_type},
-                    auth_settings=["BearerToken"], _preload_content=False)
+                response = await transport.session.request(
+                    method, url, headers=headers, data=data, timeout=_NO_TIMEOUT,
+                    auth=None if auth else transport.netrc_auth, **transport.options)
         except TimeoutError:
             raise RuntimeUnavailable(self.name, f"{method} {path}: no answer within {timeout:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -145,7 +169,7 @@ class KubernetesRuntime(Runtime):
                     raw = await response.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise RuntimeUnavailable(self.name, f"{method} {path}: answer broke off: {exc!r}") from None
-        return json.loads(raw) if raw else None
+        return orjson.loads(raw) if raw else None
 
     async def _optional(self, path: str) -> Any:
         """A GET whose 404 is an answer (None), not an error."""
@@ -515,6 +539,63 @@ class KubernetesRuntime(Runtime):
     def events(self) -> AsyncGenerator[Event, None]:
         """Pod changes in every configured namespace (runtimes/k8s_watch.py)."""
         return pod_events(self._response, self.namespaces, self.name)
+
+
+_NO_TIMEOUT = aiohttp.ClientTimeout()  # what kubernetes-asyncio passes: deadlines are ours (asyncio.timeout)
+
+
+@dataclass(frozen=True)
+class _Transport:
+    """kubernetes-asyncio's HTTP session, with what it looked up on every request looked up once.
+
+    Its session has ``trust_env=True``, so aiohttp, on each request, reads the proxy variables
+    (HTTPS_PROXY, NO_PROXY, ...) in one thread-pool hop and ~/.netrc in another; a listing's three
+    calls cost six hops. The environment of a running daemon does not change: the proxy (when the
+    kubeconfig names none: its ``proxy-url`` wins, as in kubernetes-asyncio) and the netrc login for the
+    API server's host are resolved here once, and the session is replaced by one on the same connector
+    that does not look again."""
+
+    session: aiohttp.ClientSession
+    host: str                           # the API server's URL, without a trailing path
+    options: dict[str, Any]             # proxy, proxy_auth, proxy_headers, server_hostname
+    netrc_auth: aiohttp.BasicAuth | None  # sent only when there is no bearer token (aiohttp refuses both)
+
+    @classmethod
+    async def of(cls, api: ApiClient) -> _Transport:
+        rest = api.rest_client
+        host = api.configuration.host or ""
+        options, netrc_auth = await asyncio.to_thread(_environment, yarl.URL(host), rest.proxy)
+        if rest.proxy_headers:
+            options["proxy_headers"] = rest.proxy_headers
+        if rest.server_hostname:
+            options["server_hostname"] = rest.server_hostname
+        old = rest.pool_manager
+        # Same connector (TLS context, pool limit), same read buffer for large watch events; no trust_env.
+        session = aiohttp.ClientSession(connector=old.connector, read_bufsize=2**21)
+        old.detach()
+        rest.pool_manager = session  # so that ApiClient.close() still closes it
+        return cls(session, host, options, netrc_auth)
+
+
+def _environment(host: yarl.URL, proxy: str | None) -> tuple[dict[str, Any], aiohttp.BasicAuth | None]:
+    """The proxy options and netrc login aiohttp's ``trust_env`` would find for the API server (blocking:
+    reads ~/.netrc). A kubeconfig ``proxy-url`` is used as is, without looking at the environment."""
+    options: dict[str, Any] = {}
+    if proxy:
+        options["proxy"] = proxy
+    else:
+        try:
+            options["proxy"], options["proxy_auth"] = get_env_proxy_for_url(host)
+        except LookupError:
+            pass
+    netrc_auth = None
+    netrc = netrc_from_env()
+    if netrc is not None and host.host is not None:
+        try:
+            netrc_auth = basicauth_from_netrc(netrc, host.host)
+        except LookupError:
+            pass
+    return options, netrc_auth
 
 
 def _read_yaml(path: str) -> Any:
