@@ -22,6 +22,7 @@ from ..errors import ApiError, ContainerNotFound, ContainerNotRunning, EngineErr
 from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
 from ..stats import Sample, Samplers
+from .answers import read_bounded
 from .base import CONNECTED, Container, Event, LogLine, Ref, Runtime
 from .docker_objects import container_from_inspect, container_from_list, podman_sample, sample_from_stats, short_id
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
@@ -144,7 +145,7 @@ class DockerRuntime(Runtime):
         EngineError (502), never a traceback nor a body held whole in memory."""
         async with self._call(what, timeout):
             async with self.client._query(path, method, params=params) as response:
-                body = await _read_bounded(response, limit, what)
+                body = await read_bounded(response, limit, what)
         try:
             # orjson: the container list is the hot path of every dashboard, and decoding is most of its cost
             return orjson.loads(body) if body else None
@@ -396,7 +397,7 @@ class DockerRuntime(Runtime):
                 try:
                     async with self._call("stats"):
                         async with self.client._query(path, params={"stream": "0"}) as response:
-                            body = await _read_bounded(response, MAX_ANSWER, "stats")
+                            body = await read_bounded(response, MAX_ANSWER, "stats")
                 except EngineError as exc:
                     if exc.status == 404:
                         raise ContainerNotFound(container.id) from None
@@ -450,23 +451,6 @@ class DockerRuntime(Runtime):
 
     def is_self(self, container: Container) -> bool:
         return self._self_id is not None and container.id == short_id(self._self_id)
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """The whole body of an engine answer, or EngineError (502) once it passes ``limit`` bytes; the
-    connection is then dropped, not drained."""
-    if response.content_length is not None and response.content_length > limit:
-        response.close()
-        raise EngineError(f"{what}: the engine's answer is too large ({response.content_length} bytes, "
-                          f"at most {limit})", 502)
-    chunks, size = [], 0
-    while chunk := await response.content.read(READ_SIZE):
-        size += len(chunk)
-        if size > limit:
-            response.close()
-            raise EngineError(f"{what}: the engine's answer is too large (over {limit} bytes)", 502)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _own_container_id() -> str | None:

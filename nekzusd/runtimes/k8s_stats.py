@@ -33,8 +33,8 @@ import aiohttp
 from ..errors import ContainerNotRunning, EngineError, MetricsUnavailable, RuntimeUnavailable
 from ..stats import Sample, Samplers
 from . import k8s_objects as k8s
+from .answers import read_bounded
 from .base import Ref
-from .logparse import READ_SIZE
 
 MODES = ("auto", "metrics", "kubelet")
 CALL_TIMEOUT = 5.0     # seconds for one statistics call (three fit in the sampler's first-sample wait)
@@ -169,7 +169,7 @@ class PodStats:
         async with self._request("GET", path, timeout=CALL_TIMEOUT) as response:
             try:
                 async with asyncio.timeout(CALL_TIMEOUT):
-                    body = await _read_bounded(response, path)
+                    body = await read_bounded(response, MAX_ANSWER, f"GET {path}")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise RuntimeUnavailable(k8s.RUNTIME, f"GET {path}: answer broke off: {exc!r}") from None
         return json.loads(body)
@@ -285,17 +285,6 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
     """Mark a summary fetch's failure as seen: its callers may all have left."""
     if not task.cancelled():
         task.exception()
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, what: str) -> bytes:
-    chunks, size = [], 0
-    while chunk := await response.content.read(READ_SIZE):
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            response.close()
-            raise EngineError(f"GET {what}: the answer is too large (over {MAX_ANSWER} bytes)", 502)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # ------------------------------------------------------------------------------- pure mapping
