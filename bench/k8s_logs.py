@@ -4,11 +4,12 @@ The live cluster of tests/harness/k8s_live.py (control plane, private dockerd, r
 `nekzusd serve` process with only the Kubernetes runtime. A pod waits for a go signal, then writes N
 numbered lines as fast as it can (`seq`). Subscribed before the signal: a raw follow of the pod log API
 (``GET /api/v1/namespaces/default/pods/P/log?follow=true``, aiohttp with the admin token, in a child process
-so that it has a core of its own as a real client would) and one WebSocket client of nekzusd, per-line and
-batch mode. Rate = lines / (last line time - first line time) per consumer.
+so that it has a core of its own as a real client would) and one client of nekzusd: a WebSocket
+subscription (per-line and batch mode) or the HTTP logs route. Rate = lines / (last line time - first
+line time) per consumer.
 
 Both readers get the same bytes from the same kubelet; what the ratio shows is nekzusd's own cost (parse,
-encode, WebSocket) on top of the API server's relay.
+encode, send) on top of the API server's relay.
 
     python -m bench.k8s_logs [--lines 200000] [--rounds 3]
 """
@@ -30,6 +31,9 @@ from tests.harness.k8s_live import LiveCluster, container, pod, wait_pod
 from tests.harness.app import BROADCASTS
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
+# How the nekzusd client reads: a WebSocket subscription one message per line or in batches, or the HTTP
+# logs route (text, chunked).
+MODES = {"per-line": "WebSocket per line", "batch": "WebSocket batch mode", "http": "HTTP follow, text"}
 
 
 def raw_follow(api_url: str, token: str, ca_file: str, name: str, lines: int, ready, result) -> None:
@@ -82,7 +86,28 @@ async def ws_client(url: str, name: str, lines: int, batch: bool, subscribed: as
         return lines / (time.perf_counter() - first)
 
 
-async def one_round(live: LiveCluster, url: str, lines: int, batch: bool, index: int) -> tuple[float, float]:
+async def http_client(url: str, name: str, lines: int, subscribed: asyncio.Event) -> float:
+    """One HTTP follower (``GET …/{namespace}/{pod}/logs?follow=true``, text): lines per second."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/api/v1/containers/default/{name}/logs",
+                               params={"follow": "true", "tail": "0"},
+                               timeout=aiohttp.ClientTimeout(total=None)) as response:
+            assert response.status == 200, await response.text()
+            subscribed.set()
+            seen, first, last = 0, None, b""
+            while seen < lines:
+                chunk = await response.content.read(32768)
+                if not chunk:
+                    raise RuntimeError(f"HTTP stream ended after {seen} lines")
+                if first is None:
+                    first = time.perf_counter()
+                seen += chunk.count(b"\n")
+                last = (last + chunk)[-64:]
+            assert last.rstrip(b"\n").rsplit(b"\n", 1)[-1] == str(lines).encode(), last
+            return lines / (time.perf_counter() - first)
+
+
+async def one_round(live: LiveCluster, url: str, lines: int, mode: str, index: int) -> tuple[float, float]:
     """(raw lines/s, nekzusd lines/s) for one flood of one pod."""
     from kubernetes_asyncio import client
 
@@ -105,7 +130,8 @@ async def one_round(live: LiveCluster, url: str, lines: int, batch: bool, index:
             child.start()
             try:
                 subscribed = asyncio.Event()
-                task = asyncio.create_task(ws_client(url, name, lines, batch, subscribed))
+                task = asyncio.create_task(http_client(url, name, lines, subscribed) if mode == "http"
+                                           else ws_client(url, name, lines, mode == "batch", subscribed))
                 await asyncio.wait_for(subscribed.wait(), 30)
                 await asyncio.to_thread(ready.wait, 30)
                 await asyncio.sleep(0.5)  # both requests reached the kubelet
@@ -137,18 +163,16 @@ def run(lines: int = 200_000, rounds: int = 3) -> tuple[list[Row], LiveCluster]:
         rows = []
         with Daemon(live.engine, "web", runtimes=runtimes) as daemon:
             index = 0
-            for batch in (False, True):
+            for mode, what in MODES.items():
                 raws, ours = [], []
                 for _ in range(rounds):
                     index += 1
-                    raw, ws = asyncio.run(one_round(live, daemon.url, lines, batch, index))
+                    raw, ws = asyncio.run(one_round(live, daemon.url, lines, mode, index))
                     raws.append(raw)
                     ours.append(ws)
-                    print(f"{'batch' if batch else 'per-line'}: raw {raw:.0f}, nekzusd {ws:.0f} lines/s "
-                          f"({ws / raw:.2f})", flush=True)
+                    print(f"{mode}: raw {raw:.0f}, nekzusd {ws:.0f} lines/s ({ws / raw:.2f})", flush=True)
                 raw, ws = statistics.median(raws), statistics.median(ours)
-                mode = "batch" if batch else "per-line"
-                rows.append(Row(f"pod log lines/s, 1 client, {mode} (median of {rounds}; engine: raw API follow)",
+                rows.append(Row(f"pod log lines/s, 1 client, {what} (median of {rounds}; engine: raw API follow)",
                                 ws, "lines/s", raw, "ratio >= 0.8", ws / raw >= 0.8))
     finally:
         live.stop()
