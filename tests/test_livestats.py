@@ -23,7 +23,7 @@ from nekzusd import config as config_mod
 from nekzusd import revocation
 from nekzusd.app import create_app
 from nekzusd.keys import HUB, LIVE_STATS, RUNTIMES, TOKENS
-from tests.harness.app import base_config, remote_session, next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import BROADCASTS, base_config, remote_session, next_message, run_container, unique, wait_for, ws_connect
 from tests.harness.engines import Engine
 from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
 
@@ -45,7 +45,9 @@ async def subscribe(ws: ClientWebSocketResponse, ids: list[str] | None = None, *
 async def error_of(ws: ClientWebSocketResponse, data: dict[str, Any],
                    type_: str = "container.stats.subscribe") -> dict[str, Any]:
     await ws.send_json({"type": type_, "data": data})
-    reply = await ws.receive_json(timeout=20)
+    async with asyncio.timeout(20):  # skipping broadcasts and samples of what the connection watches already
+        while (reply := await ws.receive_json())["type"] in BROADCASTS | {"container.stats"}:
+            pass
     assert reply["type"] == "container.stats.error", (data, reply)
     return reply["data"]
 
