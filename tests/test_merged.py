@@ -175,24 +175,25 @@ async def test_both_down_is_503_naming_each(make_client, engine, tmp_path):
 
 
 async def test_a_hung_runtime_costs_its_own_deadline_only(make_client, engine, tmp_path, silent_server):
-    """Kubernetes accepts and never answers: the list comes after read_timeout (1 s here), not the engine
-    calls' 15 s, and fifty requests at once leave no task of theirs and no engine connection behind."""
+    """Kubernetes accepts and never answers: the list comes after read_timeout (3 s here: Docker's part of
+    fifty lists at once must fit in it on a loaded machine too), not the engine calls' 15 s, and fifty
+    requests at once leave no task of theirs and no engine connection behind."""
     port, silent = silent_server
     name = unique("web")
     cid = await run_container(engine, name, labels={"nekzus.app.id": APP_ID})
     client = await make_client(two_runtimes(engine, tmp_path, dead_kubeconfig(tmp_path / "kc", port),
-                                            read_timeout=1))
+                                            read_timeout=3))
     started = time.monotonic()
     resp = await client.get(C)
     took = time.monotonic() - started
     assert resp.status == 200 and resp.headers[HEADER] == "kubernetes"
     assert [r["id"] for r in await resp.json()] == [cid]
-    assert 0.9 <= took < 5, took
+    assert 2.9 <= took < 12, took
 
     started = time.monotonic()
     answers = await asyncio.gather(*(client.get(C) for _ in range(50)))
-    assert all(r.status == 200 and r.headers[HEADER] == "kubernetes" for r in answers)
-    assert time.monotonic() - started < 10
+    assert [(r.status, r.headers.get(HEADER)) for r in answers] == [(200, "kubernetes")] * 50
+    assert time.monotonic() - started < 14
     for r in answers:
         r.release()
     assert silent.most >= 50  # every request did reach the hung engine
