@@ -416,3 +416,37 @@ async def test_a_failed_pause_is_announced(client, engine):
     assert failed["data"]["containerId"] == cid and failed["data"]["error"] == "CONTAINER_PAUSE_FAILED"
     assert failed["data"]["message"].startswith("Failed to pause container: ")
     await ws.close()
+
+
+async def ambiguous_prefix_is_a_400(client, engine) -> None:
+    """Seventeen containers: two of them share a first hex digit, so that digit names no one container.
+    dockerd 20.10 answers such a prefix with a 500 and Podman with a 404; the daemon says what it is."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(_: int) -> str:
+        return engine.run(unique("amb"), labels=GRAFANA, start=False)
+    with ThreadPoolExecutor(8) as pool:
+        ids = await asyncio.to_thread(lambda: list(pool.map(create, range(17))))
+    firsts = [i[0] for i in ids]
+    prefix = next(c for c in firsts if firsts.count(c) > 1)
+    for method, path in (("GET", ""), ("POST", "/stop"), ("POST", "/start"), ("GET", "/stats"),
+                         ("GET", "/logs"), ("POST", "/export/preview")):
+        response = await client.request(method, f"/api/v1/containers/{prefix}{path}")
+        body = await response.json()
+        assert response.status == 400, (path, body)
+        assert body["error"] == "INVALID_CONTAINER_ID" and body["details"]["containerId"] == prefix, (path, body)
+        assert "more than one container" in body["message"], (path, body)
+    response = await client.get(f"/api/v1/containers/{ids[0][:12]}")  # a longer prefix names it
+    assert response.status == 200
+
+
+async def test_an_ambiguous_id_prefix_is_a_400(client, engine):
+    await ambiguous_prefix_is_a_400(client, engine)
+
+
+async def test_an_ambiguous_id_prefix_is_a_400_on_podman(podman_engine, make_client, tmp_path):
+    client = await make_client(base_config(podman_engine, tmp_path / "state"))
+    try:
+        await ambiguous_prefix_is_a_400(client, podman_engine)
+    finally:
+        await asyncio.to_thread(podman_engine.remove_all)

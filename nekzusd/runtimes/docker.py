@@ -29,6 +29,10 @@ from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
 # Docker's own syntax for container names and ids; anything else never reaches the engine.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+# How the engines say that an id prefix names several containers: dockerd 20.10 as a 500, Podman as a 404.
+# Either way the caller asked something that names no one container: a 400, not a server error.
+_AMBIGUOUS_ID = re.compile(r"(?:Multiple IDs found with provided prefix|more than one result for container"
+                           r"(?: ID)?):? *\"?([^\":]*)")
 # Events after which a container's state may differ (state_changes lists then). Not "kill": a signal changes
 # nothing by itself, and "die" follows when the process ends.
 _STATE_EVENTS = {"start", "die", "stop", "pause", "unpause", "restart", "destroy", "remove",
@@ -135,6 +139,11 @@ class DockerRuntime(Runtime):
         except aiodocker.DockerError as exc:
             if exc.status == 900:  # aiodocker's word for "could not connect"
                 raise RuntimeUnavailable(self.name, "cannot connect to the engine") from None
+            if ambiguous := _AMBIGUOUS_ID.match(exc.message):
+                prefix = ambiguous.group(1)
+                raise ApiError(400, "INVALID_CONTAINER_ID",
+                               f"Container ID {prefix} names more than one container: give more of it",
+                               {"containerId": prefix}) from None
             raise EngineError(exc.message, exc.status) from None
         except aiohttp.ClientError as exc:  # e.g. a redirect: the engine never answers so to what is asked
             raise EngineError(f"{what}: unexpected engine answer: {exc}", 502) from None
