@@ -46,7 +46,7 @@ AFTER_OUTAGE = 5.0  # seconds after the engine is back during which 503s are sti
 RESUBSCRIBE_AFTER = 1.0
 API_CONNECTIONS = 64
 SETTLE = 3.0  # seconds for the clients' streams to start before the idle figures are taken
-DRAIN = 40.0  # seconds after the load: longer than stats samplers' idle expiry and connection keep-alive
+DRAIN = 40.0  # at most this long after the load: longer than stats samplers' idle expiry and connection keep-alive
 # Request kinds and their weights: mostly reads, as a dashboard makes them, with every write kind.
 KINDS = {"list": 28, "list_all": 10, "inspect": 14, "stats": 10, "batch_stats": 4, "apps": 5, "discovery": 4,
          "export_preview": 3, "app_write": 4, "lifecycle": 6, "batch": 1, "bulk": 1}
@@ -296,8 +296,32 @@ async def figures_now(session, url: str, pid: int, run: Run) -> dict[str, float]
         scraped = {}
     tasks = scraped.get("asyncio_tasks", -1)
     requests = max(in_flight, scraped.get("http_requests_in_flight", 0.0) - 1)  # less the scrape itself
-    idle_tasks = tasks - scraped.get("operations_in_flight", 0) - requests if tasks >= 0 else -1
-    return {"rss_mb": rss_mb(pid), "fds": open_fds(pid), "tasks": tasks, "idle_tasks": idle_tasks}
+    operations = scraped.get("operations_in_flight", -1)
+    idle_tasks = tasks - max(operations, 0) - requests if tasks >= 0 else -1
+    return {"rss_mb": rss_mb(pid), "fds": open_fds(pid), "tasks": tasks, "idle_tasks": idle_tasks,
+            "operations_in_flight": operations}
+
+
+async def drained(session, url: str, pid: int, run: Run) -> dict[str, float]:
+    """The daemon's figures once no operation is in flight and descriptors and tasks are back within
+    tolerance of their idle level, or after DRAIN seconds, whichever comes first (trend_failures then
+    judges them)."""
+    deadline = time.monotonic() + DRAIN
+    while True:
+        figures = await figures_now(session, url, pid, run)
+        settled = figures["operations_in_flight"] == 0 and all(
+            figures[key] <= run.before[key] + TOLERANCE[key] for key in ("fds", "idle_tasks"))
+        if settled or time.monotonic() >= deadline:
+            return figures
+        await asyncio.sleep(SAMPLE_EVERY)
+
+
+async def told(clients: list[WsClient], operations: float, within: float = 10.0) -> None:
+    """Wait (at most ``within`` s) until every client has read the lifecycle results the daemon counted:
+    the last ones may still be on their way when the drain ends early. A shortfall is judged by report."""
+    deadline = time.monotonic() + within
+    while any(c.results < operations for c in clients) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
 
 
 async def sampler(session, url: str, pid: int, run: Run, deadline: float, started: float) -> None:
@@ -360,10 +384,10 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
                 faults(engine, run, started, duration),
             )
             # The last operations finish and are announced; idle stats samplers and kept-alive connections
-            # expire: what the daemon holds now should be what it held before the load.
-            await asyncio.sleep(DRAIN)
-            run.after = await figures_now(session, url, daemon.pid, run)
+            # expire: what the daemon holds should come back to what it held before the load.
+            run.after = await drained(session, url, daemon.pid, run)
             operations = (await scrape(session, url))["operations"]
+            await told(clients, operations)
             listed = {a["id"] for a in await (await session.get(f"{url}/api/v1/apps")).json()}
             for client in clients:
                 await client.stop()
