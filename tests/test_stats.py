@@ -90,11 +90,11 @@ async def check_busy_stats(client, engine: Engine, full_id: str, path_id: str) -
     assert stats["containerId"] == full_id[:12]
     cpu = stats["cpu"]
     assert cpu["totalCores"] == float(os.cpu_count())
-    # The quota caps the container's CPU time, but the formula divides by the host's counted CPU time, which on
-    # this loaded VM jumps by up to ±40 % between 1 s windows (the engine's window is not this test's).
-    # The bands catch wrong fields and scales; the exact arithmetic is checked on captured documents in
-    # test_stats_formulas.py.
-    assert 0.5 * CPU_QUOTA <= cpu["coresUsed"] <= 2 * CPU_QUOTA, (cpu, reference)
+    # The quota caps the container's CPU time (it gets less when the other tests keep both cores busy: 0.12
+    # was measured), and the formula divides by the host's counted CPU time, which on this loaded VM jumps
+    # by up to ±40 % between 1 s windows (the engine's window is not this test's). The bands catch wrong
+    # fields and scales; the exact arithmetic is checked on captured documents in test_stats_formulas.py.
+    assert 0 < cpu["coresUsed"] <= 2 * CPU_QUOTA, (cpu, reference)
     assert 0.55 * reference <= cpu["coresUsed"] <= 1.8 * reference, (cpu, reference)
     assert cpu["usage"] == pytest.approx(cpu["coresUsed"] * 100, abs=0.01)
     memory = stats["memory"]
@@ -233,23 +233,32 @@ def start_many(engine: Engine, count: int) -> list[str]:
         return list(pool.map(one, range(count)))
 
 
+def engine_batch_latency(engine: Engine, full_ids: list[str]) -> float:
+    """The raw engine asked for one sample of every container at once: what a batch costs the engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(full_ids)) as pool:
+        list(pool.map(lambda full_id: engine_stats_latency(engine, full_id), full_ids))
+    return time.monotonic() - started
+
+
 @pytest.mark.slow
-@pytest.mark.exclusive  # 110 containers and a latency ratio: not beside the other workers' tests
 async def test_batch_stats_of_more_containers_than_a_connection_pool_holds(engine: Engine, client) -> None:
     """Each live sampler holds one engine stream open; more than 100 of them must not starve the batch."""
     ids = await asyncio.to_thread(start_many, engine, MANY)
     runtime = client.app[RUNTIMES].pick(None)
+    raw = await asyncio.to_thread(engine_batch_latency, engine, ids)
     started = time.monotonic()
     async with asyncio.timeout(45):
         response = await client.get("/api/v1/containers/stats")
     elapsed = time.monotonic() - started
     assert response.status == 200, await response.text()
-    # All first samples are awaited together: a few engine rounds at most (one round measured with dockerd
-    # collecting for all of them, as during the batch). A starved stream would never be answered (the 45 s
-    # timeout above); two rounds plus a second was too tight beside other tests (8.7 s for rounds of 2.6 s
-    # under a load average of 20), hence four rounds plus five seconds.
-    single = await asyncio.to_thread(engine_stats_latency, engine, ids[-1])
-    assert elapsed < 4 * single + 5, (elapsed, single)
+    # All first samples are awaited together, so the batch costs about what the raw engine takes to answer
+    # the same containers at once, measured just before, beside the same other tests (the allowance is for
+    # the load they may add between the two). A starved stream would never be answered (the 45 s timeout
+    # above); samples taken a few at a time would cost many such batches.
+    assert elapsed < 2 * raw + 5, (elapsed, raw)
     body = await response.json()
     assert sorted(c["containerId"] for c in body["containers"]) == sorted(i[:12] for i in ids)
     assert runtime.samplers.active == MANY
