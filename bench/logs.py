@@ -86,28 +86,47 @@ async def ws_client(session: aiohttp.ClientSession, url: str, cid: str, lines: i
         return first, time.perf_counter()
 
 
+class RawFlood:
+    """A container that writes ``lines`` lines once told to go, followed meanwhile by the raw engine in a
+    child process: the figure the daemon's streams are compared with, from the same flood."""
+
+    def __init__(self, engine, lines: int) -> None:
+        self.engine, self.lines = engine, lines
+
+    async def __aenter__(self) -> RawFlood:
+        self.cid = await asyncio.to_thread(self.engine.run, None, WAIT_GO + f"seq 1 {self.lines}; sleep 100000")
+        ctx = multiprocessing.get_context("spawn")
+        self.ready, (self.receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
+        self.child = ctx.Process(target=raw_follow, args=(self.engine.url, self.cid, self.lines, self.ready, send))
+        self.child.start()
+        return self
+
+    async def go(self) -> None:
+        """Start the flood, once the clients under test are subscribed."""
+        await asyncio.to_thread(self.ready.wait, 30)
+        await asyncio.sleep(0.5)  # the raw stream's request is on its way: let it settle
+        await asyncio.to_thread(go, self.engine, self.cid)
+
+    async def raw_rate(self) -> float:
+        return await asyncio.to_thread(self.receive.recv)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.child.join(30)
+        await asyncio.to_thread(self.engine.api, "DELETE", f"/containers/{self.cid}?force=1")
+
+
 async def throughput(engine, url: str, lines: int, clients: int, batch: bool) -> tuple[float, float]:
     """(raw lines/s, WebSocket lines/s summed over the clients) for one flood."""
-    cid = await asyncio.to_thread(engine.run, None, WAIT_GO + f"seq 1 {lines}; sleep 100000")
-    ctx = multiprocessing.get_context("spawn")
-    ready, (receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
-    child = ctx.Process(target=raw_follow, args=(engine.url, cid, lines, ready, send))
-    child.start()
-    try:
+    async with RawFlood(engine, lines) as flood:
         subscribed = asyncio.Event()
         counter = [0, clients]
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(ws_client(session, url, cid, lines, batch, subscribed, counter))
+            tasks = [asyncio.create_task(ws_client(session, url, flood.cid, lines, batch, subscribed, counter))
                      for _ in range(clients)]
             await asyncio.wait_for(subscribed.wait(), 30)
-            await asyncio.to_thread(ready.wait, 30)
-            await asyncio.sleep(0.5)  # the raw stream's request is on its way: let it settle
-            await asyncio.to_thread(go, engine, cid)
+            await flood.go()
             spans = await asyncio.wait_for(asyncio.gather(*tasks), 600)
-        raw_rate = await asyncio.to_thread(receive.recv)
-    finally:
-        child.join(30)
-        await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
+        raw_rate = await flood.raw_rate()
     ws_rate = sum(lines / (last - first) for first, last in spans)
     return raw_rate, ws_rate
 
@@ -136,24 +155,14 @@ async def http_client(session: aiohttp.ClientSession, url: str, cid: str, lines:
 
 async def http_throughput(engine, url: str, lines: int, ndjson: bool) -> tuple[float, float]:
     """(raw lines/s, HTTP lines/s) for one flood followed by both at once."""
-    cid = await asyncio.to_thread(engine.run, None, WAIT_GO + f"seq 1 {lines}; sleep 100000")
-    ctx = multiprocessing.get_context("spawn")
-    ready, (receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
-    child = ctx.Process(target=raw_follow, args=(engine.url, cid, lines, ready, send))
-    child.start()
-    try:
+    async with RawFlood(engine, lines) as flood:
         opened = asyncio.Event()
         async with aiohttp.ClientSession() as session:
-            task = asyncio.create_task(http_client(session, url, cid, lines, ndjson, opened))
+            task = asyncio.create_task(http_client(session, url, flood.cid, lines, ndjson, opened))
             await asyncio.wait_for(opened.wait(), 30)
-            await asyncio.to_thread(ready.wait, 30)
-            await asyncio.sleep(0.5)  # the raw stream's request is on its way: let it settle
-            await asyncio.to_thread(go, engine, cid)
+            await flood.go()
             first, last = await asyncio.wait_for(task, 600)
-        raw_rate = await asyncio.to_thread(receive.recv)
-    finally:
-        child.join(30)
-        await asyncio.to_thread(engine.api, "DELETE", f"/containers/{cid}?force=1")
+        raw_rate = await flood.raw_rate()
     return raw_rate, lines / (last - first)
 
 
