@@ -14,7 +14,7 @@ from tests.harness.app import base_config, next_message, run_container, unique, 
 from tests.harness.fixtures import client, config_data, docker_engine, engine, make_client  # noqa: F401
 from tests.harness.fixtures import k8s_cluster, podman_engine, remote_client, short_tmp  # noqa: F401
 from tests.harness.k8s_fixtures import k8s_api, k8s_client  # noqa: F401
-from tests.harness.scheduling import end_run, make_scheduler, mark_items, start_run, turn
+from tests.harness.scheduling import end_run, make_scheduler, mark_items, start_run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,8 +34,3 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Groups of ``--dist loadgroup`` as tests/harness/scheduling.py sets them (None: xdist's own)."""
     return make_scheduler(config, log) if config.getvalue("dist") == "loadgroup" else None
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
-    with turn(item):
-        return (yield)

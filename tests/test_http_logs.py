@@ -391,6 +391,7 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
 
 
+@pytest.mark.slow
 async def test_a_real_daemon_lets_go_of_readers_that_leave_or_stall(daemon_factory, engine):
     """``nekzusd serve`` as deployed (aiohttp does not cancel a handler whose client left there): a reader
     that leaves a quiet stream, one that leaves a busy one, and one that stops reading a flood. The

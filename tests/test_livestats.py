@@ -352,6 +352,7 @@ def _frame(text: str) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_gets_the_latest_sample_per_container(engine, client):
     """It reads nothing: once its socket is full, each container's stats replace the one still queued
     (the queue holds one per container), until the client is closed as stuck; then nothing is left."""

@@ -155,6 +155,7 @@ async def test_a_2_mib_line_arrives_whole_and_later_lines_too(engine, client):
     assert ended["data"]["reason"] == "container_stopped"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [False, True])
 async def test_100000_lines_through_one_subscription(engine, client, batch):
     count = 100_000

@@ -117,6 +117,7 @@ def test_a_full_bucket_waits_behind_a_refilling_one_for_at_most_one_refill_perio
     assert len(p) == 1
 
 
+@pytest.mark.slow
 def test_a_million_addresses_stay_bounded():
     """One request from each of a million distinct addresses within one refill period: the pool never
     holds more than max_buckets, all of them idle are dropped after one refill period, and a full pool

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +146,7 @@ async def test_an_api_operation_is_pushed_besides_its_completion(engine, client)
     await ws.close()
 
 
+@pytest.mark.slow
 async def test_restart_of_many_is_coalesced(engine, make_client, tmp_path):
     """50 containers restarted by hand in one burst: each one announced at most twice (exited, then
     running: one message per container per window), never one per engine event (kill, die, stop, start,

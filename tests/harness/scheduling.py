@@ -1,18 +1,16 @@
 """How tests share the machine under ``pytest -n N --dist loadgroup`` (pytest-xdist), set from conftest.
 
-Three kinds of tests, all in one run:
+Two kinds of tests, all in one run:
 
 * **Anything** runs on any worker, concurrently with the others. Each worker has its own engines (see
-  tests/harness/machine.py), so tests only need to be independent of each other's *timing*.
+  tests/harness/machine.py), so tests only need to be independent of each other's *timing*: a test that
+  measures compares with the raw engine measured in the same conditions, never with a fixed time.
 * **Grouped**: every test that uses a fixture named in :data:`FIXTURE_GROUPS` gets that
   ``xdist_group``: all of them run on one worker, so the fixture (session-scoped) starts once per run
   instead of once per worker. A test may also say ``@pytest.mark.xdist_group("name")`` itself.
-* **Exclusive** (``@pytest.mark.exclusive``): tests whose figures depend on having the run's CPUs to
-  themselves (a soak's trends, a booted systemd's timers). Such a test waits until the tests running on
-  the other workers have finished, runs alone, and only then do the others go on: a readers-writer lock
-  shared by the run's workers (every other test holds it shared). They all go to one worker, group
-  ``exclusive``. Other programs on the machine are not stopped, so an exclusive test must still tolerate
-  a loaded machine; it only stops competing with its own run.
+
+Work is handed out longest first: groups, then ``slow`` tests, then the rest, so that the end of a run is
+short tests filling the gaps rather than one long test holding the others' workers idle.
 
 Every test that uses an engine (dockerd, Podman or the control plane, directly or through ``engine``,
 ``client``, ``config_data``...) is marked ``engine``: ``pytest -m "not engine"`` selects the tests of pure
@@ -21,14 +19,12 @@ modules, and ``NEKZUSD_TEST_ENGINES=0`` proves they need none (the harness then 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -46,16 +42,12 @@ ENGINE_FIXTURES = {"docker_engine", "podman_engine", "k8s_cluster", *FIXTURE_GRO
 
 
 def mark_items(items: list[pytest.Item]) -> None:
-    """Mark and group the items, then order them: ``slow`` ones first (the longest tests, started early,
-    do not stretch the end of a run in which the other workers have nothing left), ``exclusive`` ones last
-    (started early, one would hold the others back while a long test finishes)."""
+    """Mark and group the items, then order them longest first: grouped ones (a group is one unit of work
+    on one worker, often minutes long: a cluster, a booted systemd), then ``slow`` ones, then the rest."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if used & ENGINE_FIXTURES:
             item.add_marker(pytest.mark.engine)
-        if item.get_closest_marker("exclusive") is not None:
-            item.add_marker(pytest.mark.xdist_group("exclusive"))
-            continue
         if item.get_closest_marker("xdist_group") is None:
             for fixture in sorted(used & FIXTURE_GROUPS.keys()):
                 item.add_marker(pytest.mark.xdist_group(FIXTURE_GROUPS[fixture]))
@@ -64,9 +56,9 @@ def mark_items(items: list[pytest.Item]) -> None:
     _publish_groups(items)
 
     def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("exclusive") is not None:
-            return 2
-        return 0 if item.get_closest_marker("slow") is not None else 1
+        if item.get_closest_marker("xdist_group") is not None:
+            return 0
+        return 1 if item.get_closest_marker("slow") is not None else 2
     items.sort(key=rank)  # stable: the same order in every worker, as xdist requires
 
 
@@ -114,6 +106,8 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
     scope is its group (from the file the workers wrote) or, without one, the test alone."""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # xdist would put the biggest groups first: keep mark_items' order
+
     class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
         groups: dict[str, str] | None = None
         original: dict[str, str] = {}
@@ -139,36 +133,3 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
             return nodeid if group is None else f"@group {group}"
 
     return GroupScheduling(config, log)
-
-
-def _flock(path: Path, mode: int) -> IO[str]:
-    handle = open(path, "a")
-    fcntl.flock(handle, mode)
-    return handle
-
-
-@contextlib.contextmanager
-def turn(item: pytest.Item) -> Iterator[None]:
-    """Hold the run's lock for the whole test (setup, call, teardown): shared for ordinary tests,
-    exclusive for ``exclusive`` ones. The turnstile (``gate``) taken first keeps a waiting exclusive test
-    from being starved by shared holders coming and going (flock does not queue writers first)."""
-    run_dir = os.environ.get(RUN_DIR_VAR) if getattr(item.config, "workerinput", None) is not None else None
-    if run_dir is None:  # one process: nothing runs beside the test
-        yield
-        return
-    gate_path, tests_path = Path(run_dir) / "gate", Path(run_dir) / "tests"
-    exclusive = item.get_closest_marker("exclusive") is not None
-    gate = _flock(gate_path, fcntl.LOCK_EX)
-    try:
-        held = _flock(tests_path, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    except BaseException:
-        gate.close()
-        raise
-    if not exclusive:
-        gate.close()  # others may come in; an exclusive test keeps the gate shut until it is done
-    try:
-        yield
-    finally:
-        held.close()
-        if exclusive:
-            gate.close()
