@@ -26,7 +26,7 @@ from aiohttp import web
 
 from .auth import PRINCIPAL, bearer_token
 from .errors import ApiError, EngineError, NotSupported, as_api_error, engine_errors
-from .hub import SEND_TIMEOUT
+from .hub import SEND_TIMEOUT, drop
 from .keys import LOG_STREAMS
 from .logs import LOGS_FAILED, LogStreams, line_json, line_source, parse_options, stream_key
 from .subscriptions import Holder, holder_of
@@ -142,7 +142,7 @@ class HttpLogStream:
             self._pump_task.cancel()
         transport = self._request.transport if self._request is not None else None
         if transport is not None:
-            transport.abort()
+            drop(transport)
 
     async def stop(self) -> None:
         """At shutdown: cut, then wait (bounded) until the handler let go of the stream."""

@@ -283,7 +283,7 @@ class Client:
         self._queued_chars = 0
         self._room.set()  # producers waiting for room see the client closed
         if self._transport is not None:
-            self._transport.abort()
+            drop(self._transport)
         elif self._closer is None and not self.ws.closed:
             self._closer = asyncio.create_task(self.close(1008, b"stuck"))
 
@@ -294,7 +294,7 @@ class Client:
                 await self.ws.close(code=code, message=message)
         except TimeoutError:
             if self._transport is not None:
-                self._transport.abort()
+                drop(self._transport)
         except (ConnectionError, RuntimeError):
             pass
         self._closed = True
@@ -323,6 +323,16 @@ class Client:
         except (TimeoutError, asyncio.CancelledError):
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+
+
+def drop(transport: asyncio.Transport) -> None:
+    """Abort a connection at once, unless it is already gone. CPython's socket transport, closed while data
+    was still buffered, finishes closing once the buffer drains without marking itself lost, and a later
+    ``abort()`` then raises AttributeError (its loop is gone); aborting a closing transport with data
+    still buffered (a peer that does not read) is what frees it."""
+    if transport.is_closing() and transport.get_write_buffer_size() == 0:
+        return
+    transport.abort()
 
 
 class Hub:
