@@ -454,14 +454,18 @@ class LiveStats:
             return Reading(error=ApiError(500, *STATS_FAILED))
 
     async def listing(self, runtime: Runtime, namespace: str, max_age: float) -> tuple[float, list[Container]]:
-        """The runtime's containers (of ``namespace``, or all it sees), one listing shared by callers."""
+        """The runtime's containers (of ``namespace``, or all it sees), one listing shared by callers. Keyed
+        by what the runtime lists (``Runtime.list_scope``), not by the client's text: Docker ignores the
+        namespace, and a made-up name per subscribe was a listing per message, each kept ``LIST_REFRESH``."""
+        namespace = runtime.list_scope(namespace)
+
         async def call() -> list[Container] | ApiError:
             try:
                 return await runtime.list_containers(namespace or None)
             except (ApiError, EngineError, NotSupported) as exc:
                 return as_api_error(exc, "CONTAINER_LIST_FAILED", "Failed to list containers")
 
-        self.listings.prune(LIST_REFRESH)  # keys are namespaces clients name: keep only recent ones
+        self.listings.prune(LIST_REFRESH)  # keys are namespaces clients named: keep only recent ones
         at, value = await self.listings.get((runtime.name, namespace), call, max_age)
         if isinstance(value, ApiError):
             raise value

@@ -113,6 +113,12 @@ class Runtime(abc.ABC):
     def validate_ref(self, ref: Ref) -> Ref:
         """Check the id (and namespace) against the engine's own syntax before any engine call."""
 
+    def list_scope(self, namespace: str) -> str:
+        """What ``list_containers`` narrows to for a client's ``namespace``: "" (everything it sees) for a
+        runtime without namespaces, which ignores the name. A cache of listings keys on this, not on the
+        client's text, so that made-up names cannot each cost a listing."""
+        return ""
+
     @abc.abstractmethod
     async def list_containers(self, namespace: str | None = None) -> list[Container]:
         """Every container (all states) of the runtime, or of one namespace."""
