@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import ClientWebSocketResponse, web
 
-from nekzusd.keys import LIVE_STATS
-from tests.harness.app import (base_config, bearer, next_message, remote_config, remote_session, run_container,
-                               unique)
+from nekzusd import config as config_mod
+from nekzusd.app import create_app
+from nekzusd.descriptors import Budget
+from nekzusd.hub import CONTROL_RESERVE, LOG_QUEUE_SIZE
+from nekzusd.keys import HUB, LIVE_STATS, LOG_STREAMS, STATE_CHANGES
+from tests.harness.app import (base_config, bearer, next_message, remote_config, remote_connector, remote_session,
+                               run_container, unique, wait_for, ws_connect)
+from tests.test_livestats import _raw_ws
 from tests.harness.engine_proxy import EngineProxy
 
 
@@ -65,3 +76,168 @@ async def test_stats_subscribes_naming_made_up_namespaces_share_one_listing(engi
         await client.close()
     finally:
         await proxy.stop()
+
+
+APP = {"nekzus.app.id": "grafana"}  # linked to the app every base_config approves
+
+
+async def test_stats_subscribe_abuse_from_a_read_token(engine, remote_client, config_data):
+    """Before auth; "all" must not name containers no app links; one frame of 4,000 repeats of an id;
+    subscribe/unsubscribe churn: every answer clean, one watch per container, nothing left behind."""
+    client = await remote_client(remote_config(config_data))
+    linked = await run_container(engine, unique("linked"), labels=APP)
+    hidden = await run_container(engine, unique("hidden"))
+    live = client.app[LIVE_STATS]
+    async with remote_session("127.0.0.2") as http:
+        stranger = await http.ws_connect(client.make_url("/api/v1/ws"))
+        await stranger.send_json({"type": "container.stats.subscribe", "data": {"containerIds": [linked]}})
+        assert (await stranger.receive_json(timeout=10))["data"]["error"] == "UNAUTHORIZED"
+        assert live.active == 0
+        await stranger.close()
+
+        ws = await remote_ws(client, config_data, http)
+        await ws.send_json({"type": "container.stats.subscribe", "data": {"interval": 1}})
+        answer = (await next_message(ws, "container.stats.subscribed"))["data"]
+        assert [c["containerId"] for c in answer["containers"]] == [linked] and answer["all"]
+        seen: set[str] = set()
+        for _ in range(3):  # three rounds of samples: only the linked container, never the other one
+            message = await next_message(ws, "container.stats", where=lambda m: True)
+            seen.add(message["data"]["containerId"])
+        assert seen == {linked}
+        await ws.send_json({"type": "container.stats.unsubscribe", "data": {}})
+        await next_message(ws, "container.stats.unsubscribed")
+
+        await ws.send_json({"type": "container.stats.subscribe", "data": {"containerIds": [linked] * 4000}})
+        answer = (await next_message(ws, "container.stats.subscribed"))["data"]
+        assert len(answer["containers"]) == 1 and live.active == 1
+        for _ in range(20):
+            await ws.send_json({"type": "container.stats.subscribe",
+                                "data": {"containerIds": [linked, hidden, linked[:6]], "interval": 1}})
+            await ws.send_json({"type": "container.stats.unsubscribe", "data": {}})
+            answer = (await next_message(ws, "container.stats.unsubscribed"))["data"]
+            assert {c["containerId"] for c in answer["containers"]} <= {linked, hidden}
+        assert live.active == 0
+        await ws.close()
+    await wait_for(lambda: _true(live.active == 0 and live.tasks == 0 and not live.watchers))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.fixture
+async def capped64(aiohttp_client, engine, tmp_path):
+    """A daemon following at most 64 log streams: 8 kept for local clients, 32 per remote address or subject."""
+    data = remote_config(base_config(engine, tmp_path / "state",  # the caps, not the rate limit, are under test
+                                     rate_limit={"containers": {"per_minute": 600, "burst": 100}}))
+    app = create_app(config_mod.parse(data, env={}), budget=replace(Budget.current(), log_streams=64))
+    return await aiohttp_client(app), data
+
+
+async def test_http_log_streams_from_eight_addresses_leave_the_owner_its_reserve(capped64, engine):
+    """Followed GET …/logs from 127.0.0.2-9, from one token and from several: a share per address and per
+    subject, 7/8 of the cap for all remote clients, and the owner still gets the last eighth."""
+    client, data = capped64
+    streams = client.app[LOG_STREAMS]
+    assert (streams.max_subscriptions, streams.local_reserve, streams.remote_share) == (64, 8, 32)
+    cid = await run_container(engine, unique("quiet"), "echo hello; sleep 100000")
+    url = client.make_url(f"/api/v1/containers/{cid}/logs")
+    opened: list[aiohttp.ClientResponse] = []
+    sessions = {n: aiohttp.ClientSession(connector=remote_connector(f"127.0.0.{n}", limit=0)) for n in range(2, 10)}
+
+    async def burst(http: aiohttp.ClientSession, headers: dict[str, str] | None, count: int) -> list[str]:
+        """``count`` concurrent follows: the refusals' messages (the streams that opened are kept)."""
+        async def one() -> str:
+            resp = await http.get(url, params={"follow": "true", "tail": "1"}, headers=headers)
+            if resp.status == 200:
+                opened.append(resp)
+                return ""
+            body = await resp.json()
+            resp.close()
+            assert body["error"] == "TOO_MANY_SUBSCRIPTIONS", body
+            return f"{resp.status} {body['message']}"
+        return [r for r in await asyncio.gather(*(one() for _ in range(count))) if r]
+
+    try:
+        a = bearer(data, ["read:containers"], "alice")
+        refused = await burst(sessions[2], a, 33)
+        assert len(refused) == 1 and "per client address" in refused[0] and refused[0].startswith("429")
+        refused = await burst(sessions[3], a, 1)  # the same token elsewhere: its subject's share is used up
+        assert len(refused) == 1 and "per client subject" in refused[0]
+        refused = await burst(sessions[3], bearer(data, ["read:containers"], "bob"), 25)
+        assert len(refused) == 1 and "kept for local clients" in refused[0]
+        for n in range(4, 10):  # every other address, each with its own token: nothing left for remote clients
+            refused = await burst(sessions[n], bearer(data, ["read:containers"], f"user{n}"), 2)
+            assert len(refused) == 2 and all("kept for local clients" in r for r in refused)
+        assert streams.held(("remote", None)) == 56 and streams.active == 56
+        refused = await burst(client.session, None, 9)  # the owner (127.0.0.1, local trust)
+        assert len(refused) == 1 and refused[0].startswith("503"), refused
+        assert streams.active == 64
+        first = opened[0]
+        assert await first.content.readline() == b"hello\n"
+    finally:
+        for resp in opened:
+            resp.close()
+        for http in sessions.values():
+            await http.close()
+    await wait_for(lambda: _true(streams.active == 0 and streams.held(("remote", None)) == 0), timeout=20)
+
+
+async def test_a_state_change_storm_chains_for_readers_and_tells_strangers_nothing(engine, make_client, config_data):
+    """30 containers killed and started twice through the raw engine API, all at once (120 state changes
+    in a burst). A reader that keeps up can follow every container's chain to its real final state; a
+    client that reads nothing holds a bounded queue, then is closed as stuck; a remote socket that never
+    authenticated is told nothing; the daemon's own tables stay the size of the container set."""
+    client = await make_client(remote_config(config_data))
+    ids = list(await asyncio.gather(*(run_container(engine, unique("storm")) for _ in range(30))))
+    hub = client.app[HUB]
+    watch = client.app[STATE_CHANGES].watches[0]
+    await wait_for(lambda: _true(watch.known is not None and _all_running(watch, ids)), timeout=30)
+    reader = await ws_connect(client)
+    sock = await asyncio.to_thread(_raw_ws, client.port)  # local, so authenticated at once; reads nothing
+    port = sock.getsockname()[1]
+    await wait_for(lambda: _true(any(c._transport.get_extra_info("peername")[1] == port for c in hub.clients)))
+    [stuck] = [c for c in hub.clients if c._transport.get_extra_info("peername")[1] == port]
+    stuck._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stuck._transport.set_write_buffer_limits(high=4096)
+    stuck.ws._writer._limit = 4096
+    async with remote_session("127.0.0.2") as http:
+        stranger = await http.ws_connect(client.make_url("/api/v1/ws"))
+
+        def storm() -> None:
+            with ThreadPoolExecutor(16) as pool:
+                for _ in range(2):
+                    list(pool.map(lambda c: engine.api_json("POST", f"/containers/{c}/kill", expect=(204,)), ids))
+                    list(pool.map(lambda c: engine.api_json("POST", f"/containers/{c}/start", expect=(204,)), ids))
+
+        told = {cid: "running" for cid in ids}
+        depth = 0
+        t0 = time.monotonic()
+        stormer = asyncio.create_task(asyncio.to_thread(storm))
+        async with asyncio.timeout(90):
+            while not stormer.done() or any(s != "running" for s in told.values()) or not _all_running(watch, ids):
+                depth = max(depth, len(stuck._queue))
+                try:
+                    message = await reader.receive_json(timeout=1)
+                except TimeoutError:
+                    continue
+                if message["type"] != "container.state_changed" or message["data"]["containerId"] not in told:
+                    continue
+                data = message["data"]
+                assert data["previousState"] == told[data["containerId"]], data  # every chain holds
+                told[data["containerId"]] = data["state"]
+        await stormer
+        print(f"storm {time.monotonic() - t0:.1f}s, {watch.sent} messages, queue depth {depth}")
+        assert watch.sent >= 30  # at least one change per container was announced
+        assert len(watch.known) <= len(ids) + 50 and len(watch._sent_at) <= len(ids)
+        assert depth <= LOG_QUEUE_SIZE + CONTROL_RESERVE
+        got = [m.json()["type"] async for m in stranger if m.type == aiohttp.WSMsgType.TEXT]
+        assert got == ["auth_failed"]  # at the auth deadline (10 s), and nothing before it
+
+    await wait_for(lambda: _true(stuck.closed), timeout=30)  # closed as stuck: nothing accepted for 10 s
+    await reader.close()
+    sock.close()
+
+
+def _all_running(watch: Any, ids: list[str]) -> bool:
+    return all(watch.known.get(("", c)) is not None and watch.known[("", c)].state == "running" for c in ids)
