@@ -297,3 +297,54 @@ async def test_odd_log_queries_methods_and_headers_are_clean_answers(engine, cli
 async def _answers(client: Any, path: str, text: str) -> bool:
     async with client.get(path) as resp:
         return await resp.text() == text
+
+
+class InspectCountingProxy(EngineProxy):
+    """Counts the single-container lookups (inspects) the daemon asks the real engine for."""
+
+    def __init__(self, engine_socket: str, listen: Path) -> None:
+        super().__init__(engine_socket, listen)
+        self.inspects = 0
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if re.search(r"/containers/[^/]+/json$", request.path):
+            self.inspects += 1
+        return await super().forward(request)
+
+
+async def test_stats_lookups_of_one_client_are_bounded_across_its_connections(engine, make_client, tmp_path):
+    """Ten connections of one read token from one address each subscribe to 256 unknown names at once.
+    Each subscribe may cost 16 engine lookups, so before, ten connections cost 160 at once (and 10 messages
+    a second each, 64 connections, 10,000 a second: the owner's inspects went from 3 to 26 ms, up to
+    132 ms). The client's lookups are now bounded in all its connections together; the owner keeps its own."""
+    proxy = InspectCountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
+    await proxy.start()
+    try:
+        data = remote_config(base_config(engine, tmp_path / "state"))
+        data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
+        client = await make_client(data)
+        async with remote_session("127.0.0.2") as http:
+            sockets = [await remote_ws(client, data, http) for _ in range(10)]
+            before, started = proxy.inspects, time.monotonic()
+            for i, ws in enumerate(sockets):
+                await ws.send_json({"type": "container.stats.subscribe",
+                                    "data": {"containerIds": [f"nobody-{i}-{j}" for j in range(256)]}})
+            codes: dict[str, int] = {}
+            for ws in sockets:
+                for _ in range(256):
+                    message = await next_message(ws, "container.stats.error")
+                    codes[message["data"]["error"]] = codes.get(message["data"]["error"], 0) + 1
+            elapsed = time.monotonic() - started
+            lookups = proxy.inspects - before
+            assert codes["CONTAINER_NOT_FOUND"] == lookups and codes["TOO_MANY_LOOKUPS"] == 2560 - lookups
+            assert lookups <= 16 * (1 + elapsed) + 4, (lookups, elapsed)
+            owner = await ws_connect(client)  # local: not the stranger's budget
+            await owner.send_json({"type": "container.stats.subscribe",
+                                   "data": {"containerIds": [f"owners-{j}" for j in range(20)]}})
+            owner_codes = [(await next_message(owner, "container.stats.error"))["data"]["error"] for _ in range(20)]
+            assert owner_codes.count("CONTAINER_NOT_FOUND") == 16, owner_codes
+            for ws in [*sockets, owner]:
+                await ws.close()
+        await client.close()
+    finally:
+        await proxy.stop()
