@@ -1,0 +1,93 @@
+"""A container of the host is not a local client: the attack of a compromised container through its bridge's
+gateway, against the real daemon and a real dockerd.
+
+Docker's bridge subnets come from private ranges inside the default ``auth.local_networks`` (172.17.0.0/16
+first, 172.18-31 after, 192.168.x). The test engine has no default bridge, so the test makes a bridge network
+with such a subnet (172.29.251.0/24), serves the daemon on its gateway (the host's own address on that
+bridge: the traffic stays on this machine's virtual bridge) and has a busybox container on it call the API
+with ``wget``, as a compromised web app would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from nekzusd import config as config_mod
+from nekzusd.app import create_app
+from nekzusd.keys import CONTAINER_NETWORKS
+from tests.harness.app import base_config, unique, wait_for
+from tests.harness.engines import Engine
+from tests.harness.machine import machine_lock
+
+SUBNET, GATEWAY = "172.29.251.0/24", "172.29.251.1"
+
+
+@pytest.fixture
+def bridge(engine: Engine) -> Any:
+    """A bridge network of the test engine with a subnet inside the default local networks."""
+    with machine_lock("address-pools"):
+        status, body = engine.api("POST", "/networks/create", {
+            "Name": unique("lan-like"), "Driver": "bridge",
+            "IPAM": {"Config": [{"Subnet": SUBNET, "Gateway": GATEWAY}]}})
+    assert status == 201, body
+    network = json.loads(body)["Id"]
+    yield network
+    engine.remove_all()
+    engine.api("DELETE", f"/networks/{network}")
+
+
+async def serve_on_gateway(engine: Engine, state: Path, **auth: Any) -> tuple[web.AppRunner, int, web.Application]:
+    data = base_config(engine, state)  # the default local_networks: 172.16.0.0/12 is "local"
+    if auth:
+        data["auth"] = auth
+    app = create_app(config_mod.parse(data, env={}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, GATEWAY, 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1], app
+
+
+async def from_inside(engine: Engine, network: str, port: int) -> str:
+    """What a container on ``network`` gets for the container list (``wget`` prints the body or the error)."""
+    cid = await asyncio.to_thread(
+        engine.run, unique("inside"),
+        f"wget -qO- 'http://{GATEWAY}:{port}/api/v1/containers?all=true' 2>&1; echo END; sleep 100000",
+        NetworkMode=network)
+
+    async def done() -> bool:
+        return b"END" in await asyncio.to_thread(lambda: engine.api("GET", f"/containers/{cid}/logs?stdout=1")[1])
+    await wait_for(done, timeout=30)
+    logs = await asyncio.to_thread(lambda: engine.api("GET", f"/containers/{cid}/logs?stdout=1")[1])
+    return logs.decode(errors="replace")
+
+
+async def test_a_container_on_a_bridge_is_not_a_local_client(engine, bridge, tmp_path):
+    """Before: the container listed every container (200) and could stop them or export their secrets
+    without a token. Now it needs one (401); the host, calling from the gateway address, is still local."""
+    runner, port, app = await serve_on_gateway(engine, tmp_path / "state")
+    try:
+        assert any(str(net) == SUBNET for net, _ in app[CONTAINER_NETWORKS].subnets)
+        answer = await from_inside(engine, bridge, port)
+        assert "401 Unauthorized" in answer and '"runtime"' not in answer, answer
+        connector = aiohttp.TCPConnector(local_addr=(GATEWAY, 0))
+        async with aiohttp.ClientSession(connector=connector) as host:
+            async with host.get(f"http://{GATEWAY}:{port}/api/v1/containers?all=true") as resp:
+                assert resp.status == 200  # the gateway is the host itself
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_owner_may_trust_containers_again(engine, bridge, tmp_path):
+    runner, port, _ = await serve_on_gateway(engine, tmp_path / "state", trust_container_networks=True)
+    try:
+        answer = await from_inside(engine, bridge, port)
+        assert '"runtime":"docker"' in answer, answer
+    finally:
+        await runner.cleanup()
