@@ -10,6 +10,7 @@ with ``wget``, as a compromised web app would."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from aiohttp import web
 
 from nekzusd import config as config_mod
 from nekzusd.app import create_app
+from nekzusd.containernets import ContainerNetworks
 from nekzusd.keys import CONTAINER_NETWORKS
+from nekzusd.runtimes.docker import bridge_subnets
 from tests.harness.app import base_config, unique, wait_for
 from tests.harness.engines import Engine
 from tests.harness.machine import machine_lock
@@ -91,3 +94,29 @@ async def test_the_owner_may_trust_containers_again(engine, bridge, tmp_path):
         assert '"runtime":"docker"' in answer, answer
     finally:
         await runner.cleanup()
+
+
+def test_only_bridge_subnets_count_and_odd_answers_are_skipped():
+    networks = [
+        {"Name": "bridge", "Driver": "bridge", "IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"},
+                                                                  {"Subnet": "fd00:dead::/64"}]}},
+        {"Name": "lan", "Driver": "macvlan", "IPAM": {"Config": [{"Subnet": "192.168.1.0/24"}]}},  # the LAN itself
+        {"Name": "host", "Driver": "host", "IPAM": {"Config": []}},
+        {"Name": "odd", "Driver": "bridge", "IPAM": {"Config": [{"Subnet": "not a net"}, {"Gateway": "x"}, "junk"]}},
+        {"Name": "none", "Driver": "null", "IPAM": None}, "junk"]
+    assert [(str(n), str(g) if g else None) for n, g in bridge_subnets(networks)] == [
+        ("172.17.0.0/16", "172.17.0.1"), ("fd00:dead::/64", None)]
+    assert bridge_subnets({"message": "not a list"}) == []
+    nets = ContainerNetworks([])
+    nets.subnets = tuple(bridge_subnets(networks))
+    assert nets.contains(ipaddress.ip_address("172.17.0.2")) and nets.contains(ipaddress.ip_address("fd00:dead::5"))
+    assert not nets.contains(ipaddress.ip_address("172.17.0.1"))  # the gateway: the host
+    assert not nets.contains(ipaddress.ip_address("192.168.1.20")) and not nets.contains(None)
+
+
+async def test_podman_bridge_networks_are_learnt(podman_engine, make_client, tmp_path):
+    client = await make_client(base_config(podman_engine, tmp_path / "state"))
+    listed = podman_engine.api_json("GET", "/networks")
+    expected = {str(n) for n, _ in bridge_subnets(listed)}
+    assert expected, listed  # Podman's own default network at least
+    assert {str(n) for n, _ in client.app[CONTAINER_NETWORKS].subnets} == expected
