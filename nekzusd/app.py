@@ -55,6 +55,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         networks = app[CONTAINER_NETWORKS] = ContainerNetworks(
             runtimes.all(), enabled=not config.auth.trust_container_networks)
         await networks.start()  # before the first request: a container is never taken for a local client
+        app[RATE_LIMITER].not_local = networks.contains  # nor exempt from the rate limits
         stack.push_async_callback(networks.stop)
         app[PROBE] = RuntimeProbe(runtimes)
         hub = app[HUB] = Hub()
