@@ -68,7 +68,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
         app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
         stack.push_async_callback(health.stop)
-        state = app[STATE_CHANGES] = StateChanges(runtimes.all(), hub, on_flush=health.poke)
+        def changed() -> None:  # a listing that changed something: app health, and maybe a new network
+            health.poke()
+            networks.poke()
+
+        state = app[STATE_CHANGES] = StateChanges(runtimes.all(), hub, on_flush=changed)
         state.start()
         stack.push_async_callback(state.stop)
         token_files = app[TOKEN_FILES] = revocation.TokenFiles(

@@ -8,8 +8,10 @@ to stop every container, read every log and export every secret. So an address i
 an enabled runtime is remote (it needs a token), whatever ``local_networks`` says; the gateway itself is
 the host and stays local. ``auth.trust_container_networks: true`` restores the old trust.
 
-The subnets are learnt from each runtime (``Runtime.bridge_networks``) before the daemon serves and every
-``REFRESH`` seconds; a runtime that does not answer keeps what was learnt of it.
+The subnets are learnt from each runtime (``Runtime.bridge_networks``) before the daemon serves, every
+``REFRESH`` seconds, and soon after containers change state (``poke``, from ``state_changes``: a container
+on a network created since is learnt within about a second of its start, at most one look a second); a
+runtime that does not answer keeps what was learnt of it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .runtimes.base import Subnet
 log = logging.getLogger(__name__)
 
 REFRESH = 10.0  # seconds between looks for networks created since
+SPACING = 1.0  # seconds at least between two looks, however often containers change
 TIMEOUT = 5.0  # one runtime's answer, at most
 
 
@@ -39,6 +42,7 @@ class ContainerNetworks:
         self.subnets: tuple[Subnet, ...] = ()
         self._by_runtime: dict[str, list[Subnet]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
 
     def contains(self, addr: IPAddress | None) -> bool:
         """Whether ``addr`` is a container of this host (inside a bridge network, not its gateway)."""
@@ -60,9 +64,17 @@ class ContainerNetworks:
         await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="container-networks")
 
+    def poke(self) -> None:
+        """Containers changed state (one may be on a network created since): look again soon."""
+        self._poked.set()
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH)
+            await asyncio.sleep(SPACING)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH - SPACING):
+                    await self._poked.wait()
+            self._poked.clear()
             try:
                 await self.refresh()
             except Exception:  # a bug must not end the refresh for good

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from nekzusd import config as config_mod
+from nekzusd import containernets
 from nekzusd.app import create_app
 from nekzusd.containernets import ContainerNetworks
 from nekzusd.keys import CONTAINER_NETWORKS
@@ -27,6 +28,7 @@ from nekzusd.runtimes.docker import bridge_subnets
 from tests.harness.app import base_config, unique, wait_for
 from tests.harness.engines import Engine
 from tests.harness.machine import machine_lock
+from tests.test_logs import WAIT_GO, go
 
 SUBNET, GATEWAY = "172.29.251.0/24", "172.29.251.1"
 
@@ -122,3 +124,45 @@ async def test_podman_bridge_networks_are_learnt(podman_engine, make_client, tmp
     expected = {str(n) for n, _ in bridge_subnets(listed)}
     assert expected, listed  # Podman's own default network at least
     assert {str(n) for n, _ in client.app[CONTAINER_NETWORKS].subnets} == expected
+
+
+async def test_a_network_made_after_start_is_learnt_when_its_container_starts(engine, tmp_path, monkeypatch):
+    """The periodic look is made to wait an hour: the container's start alone (a state change) makes the
+    daemon learn the new network, before the container's first request."""
+    monkeypatch.setattr(containernets, "REFRESH", 3600.0)
+    data = base_config(engine, tmp_path / "state")
+    app = create_app(config_mod.parse(data, env={}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    network = None
+    try:
+        networks = app[CONTAINER_NETWORKS]
+        assert not any(str(net) == SUBNET for net, _ in networks.subnets)
+        with machine_lock("address-pools"):
+            status, body = engine.api("POST", "/networks/create", {
+                "Name": unique("late"), "Driver": "bridge",
+                "IPAM": {"Config": [{"Subnet": SUBNET, "Gateway": GATEWAY}]}})
+        assert status == 201, body
+        network = json.loads(body)["Id"]
+        site = web.TCPSite(runner, GATEWAY, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        cid = await asyncio.to_thread(
+            engine.run, unique("late"), WAIT_GO + f"wget -qO- 'http://{GATEWAY}:{port}/api/v1/containers' 2>&1; "
+            "echo END; sleep 100000", NetworkMode=network)
+
+        async def learnt() -> bool:
+            return any(str(net) == SUBNET for net, _ in networks.subnets)
+        await wait_for(learnt, timeout=10)
+        await go(engine, cid[:12])
+
+        async def done() -> bool:
+            return b"END" in await asyncio.to_thread(lambda: engine.api("GET", f"/containers/{cid}/logs?stdout=1")[1])
+        await wait_for(done, timeout=30)
+        logs = (await asyncio.to_thread(lambda: engine.api("GET", f"/containers/{cid}/logs?stdout=1")[1])).decode()
+        assert "401 Unauthorized" in logs, logs
+    finally:
+        await runner.cleanup()
+        if network is not None:
+            engine.remove_all()
+            engine.api("DELETE", f"/networks/{network}")
