@@ -50,12 +50,15 @@ class ContainerNetworks:
                                         for net, gateway in self.subnets)
 
     async def refresh(self) -> None:
-        for runtime in self.runtimes:
+        """Ask every runtime at once (a hung one costs ``TIMEOUT``, once)."""
+        async def one(runtime: Runtime) -> None:
             try:
                 async with asyncio.timeout(TIMEOUT):
                     self._by_runtime[runtime.name] = await runtime.bridge_networks()
             except (ApiError, EngineError, NotSupported, TimeoutError) as exc:
                 log.debug("networks of %s not learnt: %s", runtime.name, exc)
+
+        await asyncio.gather(*(one(r) for r in self.runtimes))
         self.subnets = tuple(s for subnets in self._by_runtime.values() for s in subnets)
 
     async def start(self) -> None:
