@@ -14,11 +14,12 @@ from . import accesslog, auth, httplogs, livestats, logs, ratelimit, realip, rev
 from .apps import Apps, HealthTracker
 from .bulk import Bulk
 from .config import Config
+from .containernets import ContainerNetworks
 from .descriptors import Budget
 from .errors import error_middleware
 from .hub import Hub
-from .keys import (APPS, BUDGET, BULK, CONFIG, HEALTH, HUB, LIVE_STATS, LOG_STREAMS, METRICS, OPERATIONS, PROBE,
-                   RATE_LIMITER, RUNTIMES, STARTED_AT, STATE_CHANGES, STORE, TOKEN_FILES, TOKENS)
+from .keys import (APPS, BUDGET, BULK, CONFIG, CONTAINER_NETWORKS, HEALTH, HUB, LIVE_STATS, LOG_STREAMS, METRICS,
+                   OPERATIONS, PROBE, RATE_LIMITER, RUNTIMES, STARTED_AT, STATE_CHANGES, STORE, TOKEN_FILES, TOKENS)
 from .logs import LogStreams
 from .metrics import Metrics
 from .operations import Operations
@@ -51,6 +52,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         runtimes = app[RUNTIMES] = Runtimes(config.runtimes, engine_pool=budget.engine_pool)
         await runtimes.open()
         stack.push_async_callback(runtimes.close)
+        networks = app[CONTAINER_NETWORKS] = ContainerNetworks(
+            runtimes.all(), enabled=not config.auth.trust_container_networks)
+        await networks.start()  # before the first request: a container is never taken for a local client
+        app[RATE_LIMITER].not_local = networks.contains  # nor exempt from the rate limits
+        stack.push_async_callback(networks.stop)
         app[PROBE] = RuntimeProbe(runtimes)
         hub = app[HUB] = Hub()
         log_streams = app[LOG_STREAMS] = LogStreams(max_subscriptions=budget.log_streams)
@@ -62,7 +68,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[OPERATIONS].listeners += [app[METRICS].observe_operation, lambda _operation: health.poke()]
         app[BULK] = Bulk(app[OPERATIONS], config.bulk.concurrency)
         stack.push_async_callback(health.stop)
-        state = app[STATE_CHANGES] = StateChanges(runtimes.all(), hub, on_flush=health.poke)
+        def changed() -> None:  # a listing that changed something: app health, and maybe a new network
+            health.poke()
+            networks.poke()
+
+        state = app[STATE_CHANGES] = StateChanges(runtimes.all(), hub, on_flush=changed)
         state.start()
         stack.push_async_callback(state.stop)
         token_files = app[TOKEN_FILES] = revocation.TokenFiles(

@@ -252,20 +252,23 @@ def names_this_server(request: web.Request, names: ServerNames) -> bool:
     return request.raw_path.startswith("/") or names.match(request.url.raw_authority)
 
 
-def local_trust(request: web.Request, local_networks: tuple, names: ServerNames) -> bool:
-    """Whether the caller is trusted without a token: a local address, a Host that names this server (else a
-    web page could reach the daemon by DNS rebinding), and no browser acting for a page of another site."""
-    return (in_networks(request.get(CLIENT), local_networks) and names_this_server(request, names)
-            and not cross_site(request))
+def local_trust(request: web.Request, local_networks: tuple, names: ServerNames,
+                containers: Callable[[Any], bool] | None = None) -> bool:
+    """Whether the caller is trusted without a token: a local address that is not one of the host's own
+    containers (``containers``: ``containernets``), a Host that names this server (else a web page could
+    reach the daemon by DNS rebinding), and no browser acting for a page of another site."""
+    client = request.get(CLIENT)
+    return (in_networks(client, local_networks) and not (containers is not None and containers(client))
+            and names_this_server(request, names) and not cross_site(request))
 
 
 def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple,
-                 names: ServerNames) -> Principal | None:
+                 names: ServerNames, containers: Callable[[Any], bool] | None = None) -> Principal | None:
     """The caller: local (all scopes), a token's principal, or None. 401 for a bad token from a remote client;
     a local client's bad token is ignored (only its subject would have been used). A local address alone is
     not trust (see ``local_trust``): such a caller needs a token like a remote one."""
     token = bearer_token(request)
-    if local_trust(request, local_networks, names):
+    if local_trust(request, local_networks, names, containers):
         subject = "local"
         if token:
             try:
@@ -283,7 +286,7 @@ def authenticate(request: web.Request, tokens: Tokens, local_networks: tuple,
 def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ...] = ()) -> None:
     """Install the auth middleware (after the client address and rate limit ones). The server's names are
     learnt once at start (the FQDN may need the resolver, off the loop); until then no Host is ours."""
-    from .keys import TOKENS
+    from .keys import CONTAINER_NETWORKS, TOKENS
 
     names = ServerNames(())
 
@@ -297,7 +300,9 @@ def setup(app: web.Application, config: AuthConfig, allowed_hosts: tuple[str, ..
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         api = request.path.startswith("/api/")
         try:
-            principal = authenticate(request, request.app[TOKENS], config.local_networks, names)
+            networks = request.app.get(CONTAINER_NETWORKS)
+            principal = authenticate(request, request.app[TOKENS], config.local_networks, names,
+                                     networks.contains if networks is not None else None)
         except ApiError:
             if api:
                 raise

@@ -130,6 +130,7 @@ class AuthConfig:
     local_networks: tuple[IPNetwork, ...] = _checked(_networks, default_factory=lambda: _networks((
         "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")))
     trusted_proxies: tuple[IPNetwork, ...] = _checked(_networks, default_factory=tuple)
+    trust_container_networks: bool = False  # true: the host's containers may be local clients too
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from .apps import Apps, HealthTracker
 from .auth import Tokens
 from .bulk import Bulk
 from .config import Config
+from .containernets import ContainerNetworks
 from .descriptors import Budget
 from .hub import Hub
 from .operations import Operations
@@ -44,3 +45,4 @@ LOG_STREAMS: web.AppKey[LogStreams] = web.AppKey("log_streams")  # .lines_sent, 
 STATE_CHANGES = web.AppKey("state_changes", StateChanges)  # owns the engines' event streams
 BUDGET = web.AppKey("budget", Budget)  # descriptors: each consumer's share of the open files limit
 LIVE_STATS: web.AppKey[LiveStats] = web.AppKey("live_stats")  # WebSocket stats watches: .active, .tasks, .sent
+CONTAINER_NETWORKS = web.AppKey("container_networks", ContainerNetworks)  # addresses that are the host's containers

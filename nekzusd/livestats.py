@@ -39,13 +39,14 @@ from aiohttp import web
 from . import ws
 from .apps import Apps
 from .concurrency import gather_all
-from .config import LiveStatsConfig
+from .config import LiveStatsConfig, RatePool
 from .errors import ApiError, ContainerNotRunning, EngineError, NotSupported, as_api_error
 from .hub import Client
 from .keys import LIVE_STATS, RUNTIMES
 from .runtimes import Container, Ref, Runtime, Runtimes
 from .stats import SAMPLE_TIMEOUT
-from .subscriptions import Caps, Holder, holder_of
+from .ratelimit import Pool
+from .subscriptions import LOCAL, Caps, Holder, holder_of
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ LOOKUPS_AT_ONCE = 4  # engine lookups of one subscribe for ids the listing does 
 # ... and at most this many per subscribe: without it, one message of 256 unknown names was 256 engine
 # calls (logs: one per message). The others are TOO_MANY_LOOKUPS; a client sends them again.
 LOOKUPS_PER_SUBSCRIBE = 16
+# ... and a remote client, per address and per token subject, this many a second in all its connections
+# together (burst LOOKUPS_PER_SUBSCRIBE): without it, each of 64 connections of one address could cost 16
+# per message, ten messages a second; ten connections already made the owner's inspects 8 times slower.
+# Local clients are bounded per subscribe only.
+LOOKUPS_PER_SECOND = 16
 STATS_FAILED = ("CONTAINER_STATS_FAILED", "Failed to get container stats")
 ENDS = {"CONTAINER_NOT_RUNNING": "container_stopped", "CONTAINER_NOT_FOUND": "container_removed"}
 
@@ -398,6 +404,8 @@ class LiveStats:
         self.caps = Caps(config.max_total, "containers' stats", "containers' stats")
         self.readings: Shared[WatchKey, Reading] = Shared()
         self.listings: Shared[tuple[str, str], list[Container] | ApiError] = Shared()
+        # engine lookups of remote clients, one bucket per holder part (("address", key), ("subject", name))
+        self.lookups = Pool("stats-lookups", RatePool(per_minute=LOOKUPS_PER_SECOND * 60, burst=LOOKUPS_PER_SUBSCRIBE))
         self.watchers: Counter[WatchKey] = Counter()  # connections watching each container
         self.sent = 0  # container.stats messages queued
         self.replaced = 0  # ... of which replaced by a newer one before the client took them
@@ -454,14 +462,18 @@ class LiveStats:
             return Reading(error=ApiError(500, *STATS_FAILED))
 
     async def listing(self, runtime: Runtime, namespace: str, max_age: float) -> tuple[float, list[Container]]:
-        """The runtime's containers (of ``namespace``, or all it sees), one listing shared by callers."""
+        """The runtime's containers (of ``namespace``, or all it sees), one listing shared by callers. Keyed
+        by what the runtime lists (``Runtime.list_scope``), not by the client's text: Docker ignores the
+        namespace, and a made-up name per subscribe was a listing per message, each kept ``LIST_REFRESH``."""
+        namespace = runtime.list_scope(namespace)
+
         async def call() -> list[Container] | ApiError:
             try:
                 return await runtime.list_containers(namespace or None)
             except (ApiError, EngineError, NotSupported) as exc:
                 return as_api_error(exc, "CONTAINER_LIST_FAILED", "Failed to list containers")
 
-        self.listings.prune(LIST_REFRESH)  # keys are namespaces clients name: keep only recent ones
+        self.listings.prune(LIST_REFRESH)  # keys are namespaces clients named: keep only recent ones
         at, value = await self.listings.get((runtime.name, namespace), call, max_age)
         if isinstance(value, ApiError):
             raise value
@@ -491,11 +503,16 @@ class LiveStats:
         found.sort(key=lambda rc: (rc[1].namespace, rc[1].name, rc[0].name))
         return at, found
 
-    async def resolve(self, runtime: Runtime, namespace: str, ids: list[str],
+    def may_look_up(self, holder: Holder) -> bool:
+        """Spend one engine lookup of a remote client's address and subject (local clients: always)."""
+        return all(self.lookups.take(part).allowed for part in holder)
+
+    async def resolve(self, runtime: Runtime, namespace: str, ids: list[str], holder: Holder = LOCAL,
                       ) -> tuple[list[tuple[Runtime, Container, str]], list[tuple[str, ApiError]]]:
         """The running containers ``ids`` name, and an error for each id that names none. Ids that are a
         listed container's id or name cost nothing more; others (a full id, a prefix) are looked up
-        through the runtime, a few at a time."""
+        through the runtime, a few at a time, at most ``LOOKUPS_PER_SUBSCRIBE`` of them, and for a remote
+        ``holder`` within its ``LOOKUPS_PER_SECOND``."""
         _, listed = await self.listing(runtime, namespace, RESOLVE_AGE)
         by_name = {c.name: c for c in listed} | {c.id: c for c in listed}
 
@@ -513,6 +530,11 @@ class LiveStats:
                                         f"At most {LOOKUPS_PER_SUBSCRIBE} ids of one subscribe may be other than a "
                                         "container's short id or name; send this one again in another subscribe",
                                         {"limit": LOOKUPS_PER_SUBSCRIBE})
+                    if not self.may_look_up(holder):
+                        return ApiError(429, "TOO_MANY_LOOKUPS",
+                                        f"At most {LOOKUPS_PER_SECOND} ids a second, in all of a client's "
+                                        "connections, may be other than a container's short id or name; send "
+                                        "this one again in a second", {"limit": LOOKUPS_PER_SECOND, "retryAfter": 1})
                     async with asyncio.timeout(READ_TIMEOUT):
                         container = await runtime.get(ref)
                 if container.state not in ("running", "paused"):
@@ -545,6 +567,7 @@ class LiveStats:
 # --------------------------------------------------------------------------------------------- messages
 async def handle_subscribe(request: web.Request, client: Client, data: dict[str, Any]) -> None:
     live = request.app[LIVE_STATS]
+    holder = holder_of(request, client.subject)
     try:
         interval = parse_interval(data)
         ids = parse_ids(data, live.per_connection)
@@ -556,12 +579,12 @@ async def handle_subscribe(request: web.Request, client: Client, data: dict[str,
             namespace = _string_field(data, "namespace")
             runtime = request.app[RUNTIMES].pick(_string_field(data, "runtime")
                                                  or ("kubernetes" if namespace else None))
-            targets, errors = await live.resolve(runtime, namespace, ids)
+            targets, errors = await live.resolve(runtime, namespace, ids, holder)
         for container_id, error in errors:
             send_error(client, error, container_id=container_id)
         if not targets and ids is not None:
             return
-        conn = live.connection(client, holder_of(request, client.subject))
+        conn = live.connection(client, holder)
         watches = conn.add(targets, interval)
         if ids is None:
             conn.follow_all(interval)

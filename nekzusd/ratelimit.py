@@ -132,11 +132,13 @@ class RateLimiter:
                       for name in POOLS}
         self.exempt_local = config.exempt_local
         self.local_networks = local_networks
+        # addresses inside local_networks that are not local clients (the host's containers: containernets)
+        self.not_local: Callable[[IPAddress | None], bool] = lambda _addr: False
         self.rejected = 0
 
     def check(self, path: str, addr: IPAddress | None) -> Decision | None:
         """The decision for one request, or None when it is not limited (an exempt local client)."""
-        if self.exempt_local and in_networks(addr, self.local_networks):
+        if self.exempt_local and in_networks(addr, self.local_networks) and not self.not_local(addr):
             return None
         decision = self.pools[pool_name(path)].take(client_key(addr))
         if not decision.allowed:

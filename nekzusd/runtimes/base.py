@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import ipaddress
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -89,6 +90,10 @@ class Event:
     action: str
 
 
+# A bridge network of the host: its subnet and its gateway (the host's own address on it), if it has one.
+Subnet = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ipaddress.IPv4Address | ipaddress.IPv6Address | None]
+
+
 class Runtime(abc.ABC):
     """A container engine. Methods raise domain errors, never choose an HTTP answer themselves:
     errors.RuntimeUnavailable when the engine cannot be reached, errors.ContainerNotFound for unknown
@@ -112,6 +117,17 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def validate_ref(self, ref: Ref) -> Ref:
         """Check the id (and namespace) against the engine's own syntax before any engine call."""
+
+    async def bridge_networks(self) -> list[Subnet]:
+        """The subnets (and gateways) of the host's own bridge networks, whose addresses are containers
+        (``containernets``); none for a runtime without them."""
+        return []
+
+    def list_scope(self, namespace: str) -> str:
+        """What ``list_containers`` narrows to for a client's ``namespace``: "" (everything it sees) for a
+        runtime without namespaces, which ignores the name. A cache of listings keys on this, not on the
+        client's text, so that made-up names cannot each cost a listing."""
+        return ""
 
     @abc.abstractmethod
     async def list_containers(self, namespace: str | None = None) -> list[Container]:

@@ -4,6 +4,7 @@ its documents to the API's shapes is runtimes/docker_objects.py."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import math
 import re
@@ -23,7 +24,7 @@ from ..concurrency import gather_all
 from ..secrets import mask_inspect, mask_labels, secret_values_of
 from ..stats import Sample, Samplers
 from .answers import read_bounded
-from .base import CONNECTED, Container, Event, LogLine, Ref, Runtime
+from .base import CONNECTED, Container, Event, LogLine, Ref, Runtime, Subnet
 from .docker_objects import container_from_inspect, container_from_list, podman_sample, sample_from_stats, short_id
 from .logparse import READ_SIZE, LogCursor, LogParser, stamped_lines
 
@@ -63,6 +64,23 @@ def _log_window(since: float | None, until: float | None) -> dict[str, str]:
             nanos = max(0, rounding(value * 1e6) + slack) * 1000
             window[name] = f"{nanos // 10**9}.{nanos % 10**9:09d}"
     return window
+
+
+def bridge_subnets(networks: Any) -> list[Subnet]:
+    """The IPAM subnets (and gateways) of an engine's bridge networks (``GET /networks``); others
+    (host, none, macvlan and ipvlan, whose containers sit on the LAN itself) are not the host's own."""
+    found: list[Subnet] = []
+    for network in networks if isinstance(networks, list) else []:
+        if not isinstance(network, dict) or network.get("Driver") != "bridge":
+            continue
+        for item in (network.get("IPAM") or {}).get("Config") or []:
+            try:
+                subnet = ipaddress.ip_network(item.get("Subnet") or "", strict=False)
+                gateway = ipaddress.ip_address(item["Gateway"]) if item.get("Gateway") else None
+            except (ValueError, TypeError, AttributeError):
+                continue
+            found.append((subnet, gateway))
+    return found
 
 
 def engine_path(*segments: str) -> str:
@@ -182,6 +200,9 @@ class DockerRuntime(Runtime):
                            "Container ID must be a Docker container id or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, "
                            "at most 128 characters)", {"containerId": ref.id[:200]})
         return Ref(ref.id)
+
+    async def bridge_networks(self) -> list[Subnet]:
+        return bridge_subnets(await self._json("GET", "networks", what="list networks"))
 
     async def list_containers(self, namespace: str | None = None) -> list[Container]:
         rows = await self._json("GET", "containers/json", params={"all": "1"}, what="list containers",

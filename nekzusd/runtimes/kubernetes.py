@@ -195,6 +195,9 @@ class KubernetesRuntime(Runtime):
                            {"namespace": namespace[:253], "allowed": list(self.namespaces)})
         return namespace
 
+    def list_scope(self, namespace: str) -> str:
+        return self._namespace(namespace) if namespace else ""  # NAMESPACE_NOT_ALLOWED before any call
+
     def validate_ref(self, ref: Ref) -> Ref:
         if len(ref.id) > 253 or not k8s.DNS_SUBDOMAIN_RE.fullmatch(ref.id):
             raise ApiError(400, "INVALID_CONTAINER_ID",
