@@ -120,4 +120,10 @@ CHECKS = [
 @settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_document(case, daemon):
+    if case.path.endswith("/logs") and isinstance(case.query, dict) \
+            and str(case.query.get("follow", "")).lower() in ("1", "true", "yes"):
+        # A followed log of a running container never ends (a generated id that is a prefix of one of
+        # them timed out here): ask for the log to its end instead, so the answer is checked whole.
+        # Following is tested in test_http_logs.
+        case.query["follow"] = "false"
     case.call_and_validate(base_url=daemon, checks=CHECKS, timeout=30)

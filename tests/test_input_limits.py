@@ -50,7 +50,7 @@ async def proxied(engine, make_client, config_data, tmp_path):
 
 _ENGINE_PATH = re.compile(r"^/version$|^/v[0-9.]+/(containers/json(\?.*)?|containers/[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}/"
                           r"(json|start|stop|restart|stats|logs)(\?.*)?|events(\?.*)?|version|_ping|images/.+/json"
-                          r"|volumes/[^/]+|networks/[^/]+)$")
+                          r"|volumes/[^/]+|networks(/[^/]+)?)$")  # the list: containernets learns the bridges
 
 
 HOSTILE_IDS = [  # (raw path segment, expected status, expected code)
