@@ -32,6 +32,7 @@ import pytest
 
 from tests.harness import nspawn
 from tests.harness.engines import EngineUnavailable, start_dockerd
+from tests.harness.machine import copy_checkout
 from tests.harness.nspawn import Machine, wait_for
 
 # One worker runs the module: its tests share the booted machine (module fixture) and follow each other.
@@ -226,7 +227,7 @@ def test_make_install_offline_without_libnss_systemd(lab) -> None:
     machine: Machine = lab["machine"]
     machine.nss_systemd(False)
     src = machine.path("/root/nekzusd")
-    nspawn.copy_checkout(REPO, src)
+    copy_checkout(REPO, src)
     shutil.copytree(lab["wheels"], src / "wheels")
     # What pip needs to build nekzusd from the checkout in isolation, with no index.
     assert {"setuptools", "wheel"} <= {w.name.split("-")[0] for w in (src / "wheels").glob("*.whl")}

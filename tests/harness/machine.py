@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -63,3 +64,10 @@ def checkout_build_lock(repo: Path) -> contextlib.AbstractContextManager[None]:
     nekzusd in the source tree (``build/``, ``*.egg-info``), so two builds of one checkout at once (two
     workers) would mix their files. Builds of other checkouts do not wait."""
     return machine_lock("build-" + hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:12])
+
+
+def copy_checkout(repo: Path, dest: Path) -> None:
+    """The working tree as a user would have it (no VCS data, venvs, caches or build output)."""
+    skip = {".git", ".venv", "build", "wheels", ".state", "__pycache__", ".pytest_cache", ".mypy_cache"}
+    shutil.copytree(repo, dest, symlinks=True,
+                    ignore=lambda _d, names: [n for n in names if n in skip or n.endswith(".egg-info")])

@@ -119,13 +119,6 @@ def make(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedPr
     return result
 
 
-def copy_checkout(repo: Path, dest: Path) -> None:
-    """The working tree as a user would have it (no VCS data, venvs, caches or build output)."""
-    skip = {".git", ".venv", "build", "wheels", ".state", "__pycache__", ".pytest_cache", ".mypy_cache"}
-    shutil.copytree(repo, dest, symlinks=True,
-                    ignore=lambda _d, names: [n for n in names if n in skip or n.endswith(".egg-info")])
-
-
 class Machine:
     """A booted copy of the cached root. ``binds`` maps host paths to paths inside."""
 
