@@ -12,6 +12,9 @@ told, for three reasons:
   most, and each container gets at most one message per ``WINDOW``: a change that comes sooner waits for
   the end of the window and goes out as the latest state then ("last state wins"), with, as
   ``previousState``, the state clients were last told;
+- it confirms: an engine can list a change later than it announces it (dockerd's ``die`` comes before its
+  list shows the exit, by seconds on a loaded host, and a crash sends nothing after it), so a container
+  whose event no listing has shown a change for yet is looked at again, later and later (``CONFIRM``);
 - it resyncs: after the stream broke (engine restarted, watch expired) the runtime's ``CONNECTED`` event
   triggers the same comparison, so a change made while the stream was away is reported, not lost.
 
@@ -47,6 +50,7 @@ GAP = 0.05  # seconds between two listings of a runtime (at most 20 a second, du
 LIST_TIMEOUT = 30.0  # a listing that takes longer is abandoned (the next event asks again)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # seconds between attempts to reopen a broken stream
 STABLE = 30.0  # a stream that lived this long resets the backoff
+CONFIRM = (0.25, 0.5, 1.0, 2.0, 4.0)  # seconds before each further look while an event's change is not listed
 REMOVED = "removed"
 
 
@@ -108,6 +112,9 @@ class RuntimeWatch:
         self.sent = 0
         self._sent_at: dict[Key, float] = {}  # loop time of each container's last message, within WINDOW
         self._retry: asyncio.TimerHandle | None = None  # a listing when a held change may go out
+        self._unconfirmed: set[str] = set()  # ids of containers with an event no listing has shown yet
+        self._confirm: asyncio.TimerHandle | None = None  # the next further look for them
+        self._confirms = 0  # further looks so far (the next waits CONFIRM[_confirms])
         self._dirty = asyncio.Event()
         self._dirty.set()  # the baseline
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,8 +125,9 @@ class RuntimeWatch:
                        asyncio.create_task(self._flush_loop(), name=f"state-{name}")]
 
     async def stop(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        for timer in (self._retry, self._confirm):
+            if timer is not None:
+                timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -130,7 +138,9 @@ class RuntimeWatch:
         while True:
             opened = loop.time()
             try:
-                async for _event in self.runtime.events():
+                async for event in self.runtime.events():
+                    if event.container_id:
+                        self._unconfirmed.add(event.container_id)
                     self._dirty.set()  # CONNECTED included: the resync after a reopened stream
             except NotSupported:
                 return
@@ -156,6 +166,26 @@ class RuntimeWatch:
             if not self._dirty.is_set():
                 await self._flush_logged()
                 await asyncio.sleep(GAP)
+            self._look_again()
+
+    def _look_again(self) -> None:
+        """Schedule the next further look while some event's change is still not listed; after the last
+        of ``CONFIRM``, such events are taken as changing nothing that a list shows (a ``kill`` before its
+        ``die``, a ``restart`` after its ``start``)."""
+        if not self._unconfirmed:
+            self._confirms = 0
+        elif self._confirm is None:
+            if self._confirms == len(CONFIRM):
+                self._unconfirmed.clear()
+                self._confirms = 0
+                return
+            loop = asyncio.get_running_loop()
+            self._confirm = loop.call_later(CONFIRM[self._confirms], self._confirm_now)
+            self._confirms += 1
+
+    def _confirm_now(self) -> None:
+        self._confirm = None
+        self._dirty.set()
 
     async def _flush_logged(self) -> None:
         try:
@@ -178,6 +208,7 @@ class RuntimeWatch:
         now = loop.time()
         self._sent_at = {k: t for k, t in self._sent_at.items() if now - t < WINDOW}
         self.known, out, waiting = changes(self.known, rows, self.runtime.name, self._sent_at.keys())
+        self._unconfirmed -= {key[1] for key, _ in out}
         for key, data in out:
             self.hub.broadcast(MESSAGE, data)
             self._sent_at[key] = now

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientWebSocketResponse
+from aiohttp import ClientWebSocketResponse, web
 
 from nekzusd.keys import STATE_CHANGES
 from nekzusd.runtimes.base import Container
 from nekzusd.state_changes import Told, changes
 from tests.harness.app import base_config, next_message, run_container, unique, wait_for, ws_connect
 from nekzusd.auth import load_or_create_secret
+from tests.harness.engine_proxy import EngineProxy, end_to_end
 from tests.harness.engines import Engine
 from tests.test_auth_matrix import raw_token
 
@@ -115,6 +116,61 @@ async def test_a_crash_from_inside_reports_the_exit_code(engine, client):
     data = await state_message(ws, cid, "exited")
     assert data["previousState"] == "running" and data["status"].startswith("Exited (3)")
     await ws.close()
+
+
+class ListLagsItsEvents(EngineProxy):
+    """The real dockerd, but for ``LAG`` seconds after each ``die`` it lists the containers as they were
+    before: what a loaded host does (dockerd sends ``die`` before its list shows the exit; seconds were
+    seen beside a busy suite), made long enough here that one look right after the event cannot see it."""
+
+    LAG = 1.5
+
+    def __init__(self, engine_socket: str, listen: Path) -> None:
+        super().__init__(engine_socket, listen)
+        self.stale_until = 0.0
+        self.last_list: bytes | None = None
+        self.stale_answers = 0
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        now = asyncio.get_running_loop().time()
+        if request.path.endswith("/containers/json"):
+            if now < self.stale_until and self.last_list is not None:
+                self.stale_answers += 1
+                return web.Response(body=self.last_list, content_type="application/json")
+            async with await self.upstream(request) as upstream:
+                body = await upstream.read()
+                self.last_list = body
+                return web.Response(body=body, status=upstream.status, headers=end_to_end(upstream.headers))
+        if not request.path.endswith("/events"):
+            return await super().forward(request)
+        async with await self.upstream(request) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers=end_to_end(upstream.headers))
+            await response.prepare(request)
+            async for line in upstream.content:
+                if b'"Action":"die"' in line:
+                    self.stale_until = asyncio.get_running_loop().time() + self.LAG
+                await response.write(line)
+            return response
+
+
+async def test_an_exit_the_engine_lists_late_is_still_reported(engine, make_client, tmp_path):
+    """The exit shows in the engine's list 1.5 s after its ``die`` and nothing follows it: looked at
+    again and again after the event, the daemon still reports it (one look after the event missed it)."""
+    proxy = ListLagsItsEvents(engine.url.removeprefix("unix://"), tmp_path / "lag.sock")
+    await proxy.start()
+    try:
+        config = base_config(engine, tmp_path / "state")
+        config["runtimes"] = {"docker": {"host": proxy.url}}
+        client = await make_client(config)
+        ws = await connect(client)
+        cid = await fresh_running(engine, ws, "late", cmd="sleep 100000")
+        await raw(engine, "POST", f"/containers/{cid}/kill")
+        data = await state_message(ws, cid, "exited", timeout=15)
+        assert data["previousState"] == "running"
+        assert proxy.stale_answers >= 1  # the daemon did look while the list still said running
+        await ws.close()
+    finally:
+        await proxy.stop()
 
 
 async def test_health_check_results_are_pushed(engine, client):
