@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import ClientWebSocketResponse
 
 from nekzusd.keys import HEALTH, LOG_STREAMS
-from tests.harness.app import next_message, wait_for, ws_connect
+from tests.harness.app import BROADCASTS, next_message, wait_for, ws_connect
 from tests.harness.k8s_live import (LIVE, LiveCluster, container, deployment, kubelet_cluster, live_api,  # noqa: F401
                             live_client, pod, wait_pod)
 
@@ -69,8 +69,9 @@ async def collect(ws: ClientWebSocketResponse, pod_name: str, timeout: float = 6
         while True:
             message = await ws.receive_json()
             data = message.get("data") or {}
-            if data.get("containerId") != pod_name or (container_name and data.get("container") != container_name):
-                continue
+            if message["type"] in BROADCASTS or data.get("containerId") != pod_name \
+                    or (container_name and data.get("container") != container_name):
+                continue  # every client is told of state changes: not part of the stream
             if message["type"] == "container.logs.ended":
                 return messages, message
             if message["type"] == "container.logs.batch":
