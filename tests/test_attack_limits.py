@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from nekzusd.apps import App, Apps
 from nekzusd.auth import Tokens
@@ -23,7 +21,7 @@ from nekzusd.keys import RATE_LIMITER
 from nekzusd.runtimes import Container
 from nekzusd.views.apps import MAX_CONTAINER_NAME, MAX_CONTAINERS, MAX_NAME
 from tests.harness.app import remote_config, run_container, unique
-from tests.harness.engine_proxy import EngineProxy
+from tests.harness.engine_proxy import CountingProxy
 from tests.test_openapi import app_routes
 
 
@@ -82,19 +80,6 @@ async def test_every_route_spends_a_token_of_some_pool(remote_client, config_dat
     ws = await client.ws_connect("/api/v1/ws")  # the upgrade itself
     assert "RateLimit-Limit" in ws._response.headers
     await ws.close()
-
-
-class CountingProxy(EngineProxy):
-    """Counts the container listings the daemon asks the real engine for."""
-
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
-        self.listings = 0
-
-    async def forward(self, request: web.Request) -> web.StreamResponse:
-        if re.search(r"/containers/json\b", request.raw_path):
-            self.listings += 1
-        return await super().forward(request)
 
 
 async def test_a_local_flood_of_the_status_page_shares_one_listing(engine, make_client, config_data, tmp_path):

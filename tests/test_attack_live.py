@@ -6,17 +6,15 @@ The catalogue rows are in docs/security.md (K21 onwards)."""
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import ClientWebSocketResponse, web
+from aiohttp import ClientWebSocketResponse
 
 from nekzusd import config as config_mod
 from nekzusd.app import create_app
@@ -26,20 +24,7 @@ from nekzusd.keys import HUB, LIVE_STATS, LOG_STREAMS, STATE_CHANGES
 from tests.harness.app import (base_config, bearer, next_message, remote_config, remote_connector, remote_session,
                                run_container, unique, wait_for, ws_connect)
 from tests.test_livestats import _raw_ws
-from tests.harness.engine_proxy import EngineProxy
-
-
-class CountingProxy(EngineProxy):
-    """Counts the container listings the daemon asks the real engine for."""
-
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
-        self.listings = 0
-
-    async def forward(self, request: web.Request) -> web.StreamResponse:
-        if re.search(r"/containers/json\b", request.raw_path):
-            self.listings += 1
-        return await super().forward(request)
+from tests.harness.engine_proxy import CountingProxy
 
 
 async def remote_ws(client: Any, data: dict[str, Any], http: Any, subject: str = "viewer") -> ClientWebSocketResponse:
@@ -299,25 +284,12 @@ async def _answers(client: Any, path: str, text: str) -> bool:
         return await resp.text() == text
 
 
-class InspectCountingProxy(EngineProxy):
-    """Counts the single-container lookups (inspects) the daemon asks the real engine for."""
-
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
-        self.inspects = 0
-
-    async def forward(self, request: web.Request) -> web.StreamResponse:
-        if re.search(r"/containers/[^/]+/json$", request.path):
-            self.inspects += 1
-        return await super().forward(request)
-
-
 async def test_stats_lookups_of_one_client_are_bounded_across_its_connections(engine, make_client, tmp_path):
     """Ten connections of one read token from one address each subscribe to 256 unknown names at once.
     Each subscribe may cost 16 engine lookups, so before, ten connections cost 160 at once (and 10 messages
     a second each, 64 connections, 10,000 a second: the owner's inspects went from 3 to 26 ms, up to
     132 ms). The client's lookups are now bounded in all its connections together; the owner keeps its own."""
-    proxy = InspectCountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
+    proxy = CountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
     await proxy.start()
     try:
         data = remote_config(base_config(engine, tmp_path / "state"))

@@ -6,6 +6,7 @@ Subclasses decide what to do with each request in ``forward``; ``upstream(reques
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import aiohttp
@@ -64,3 +65,19 @@ class EngineProxy:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+class CountingProxy(EngineProxy):
+    """Counts what the daemon asks the real engine for: container listings and single-container lookups."""
+
+    def __init__(self, engine_socket: str, listen: Path) -> None:
+        super().__init__(engine_socket, listen)
+        self.listings = 0
+        self.inspects = 0
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if re.search(r"/containers/json\b", request.raw_path):
+            self.listings += 1
+        elif re.search(r"/containers/[^/]+/json$", request.path):
+            self.inspects += 1
+        return await super().forward(request)
