@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Hashable, Mapping
+from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,11 +139,13 @@ def _time_value(value: Any, now: float, text_only: bool) -> float | None:
     return seconds
 
 
-def line_source(runtime: Runtime, ref: Ref, options: Options) -> AsyncGenerator[LogLine, None]:
+def line_source(runtime: Runtime, ref: Ref, options: Options,
+                opened: Callable[[], None] | None = None) -> AsyncGenerator[LogLine, None]:
     """The one way a reader (a WebSocket subscription, an HTTP stream) gets a container's log lines: the
-    runtime's own stream, parsed and joined by ``runtimes.logparse``, with the reader's options."""
+    runtime's own stream, parsed and joined by ``runtimes.logparse``, with the reader's options. ``opened``
+    is called once the engine's stream is open (before any line)."""
     return runtime.logs(ref, tail=options.tail, follow=options.follow, timestamps=options.timestamps,
-                        since=options.since, until=options.until, container=options.container)
+                        since=options.since, until=options.until, container=options.container, opened=opened)
 
 
 def _string_field(data: dict[str, Any], name: str) -> str:
@@ -219,10 +221,18 @@ class Subscription:
         self._batch: list[LogLine] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self._announced = False
 
     def start(self) -> None:
-        self.client.send(_event("container.logs.started", self.container_id, **self._which))
         self.task = asyncio.create_task(self._run(), name=f"logs-{self.container_id}")
+
+    def _announce(self) -> None:
+        """``container.logs.started``, once: when the engine's stream is open, so that a client that writes
+        after it (``tail: 0``) loses nothing; sooner only if the stream ends or fails before opening (the
+        messages then come in the same order: started, then error or ended)."""
+        if not self._announced:
+            self._announced = True
+            self.client.send(_event("container.logs.started", self.container_id, **self._which))
 
     async def stop(self) -> None:
         """End at the client's wish (unsubscribe, replace, disconnect, shutdown)."""
@@ -234,7 +244,7 @@ class Subscription:
     async def _run(self) -> None:
         options = self.options
         try:
-            lines = line_source(self.runtime, self.ref, options)
+            lines = line_source(self.runtime, self.ref, options, self._announce)
             async with aclosing(lines):
                 deliver = self._collect if options.batch else self._deliver
                 client = self.client
@@ -293,6 +303,7 @@ class Subscription:
             streams.lines_dropped += len(lines)
 
     def _fail(self, code: str, message: str) -> None:
+        self._announce()
         self._flush_batch()
         send_error(self.client, self.container_id, code, message, **self._which)
         self._end("error")
@@ -301,6 +312,7 @@ class Subscription:
         """Send the one ``ended`` (after the lines already read and any drop count) and forget the stream."""
         if self.ended:
             return
+        self._announce()
         self.ended = True
         self._flush_batch()
         self.client.report_drops(self.container_id)

@@ -15,11 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from nekzusd import hub
 from nekzusd.keys import LOG_STREAMS
-from tests.harness.app import BROADCASTS, next_message, next_reply, run_container, unique, wait_for, ws_connect
+from tests.harness.app import (BROADCASTS, base_config, next_message, next_reply, run_container, unique, wait_for,
+                               ws_connect)
+from tests.harness.engine_proxy import EngineProxy
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -82,6 +84,37 @@ async def test_interleaved_stdout_and_stderr_every_line_once_in_order(engine, cl
     assert set(first) == {"containerId", "stream", "message", "timestamp"} and isinstance(first["timestamp"], int)
     assert ended["data"]["reason"] == "container_stopped"
     assert set(ended["data"]) == {"containerId", "reason", "timestamp"}
+
+
+class SlowInspect(EngineProxy):
+    """The real dockerd, with every container inspect answered a second late: a loaded engine, as when
+    2,751 of 5,000 lines written right after ``started`` were lost (the stream was not open yet)."""
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if re.search(r"/containers/[^/]+/json$", request.path):
+            await asyncio.sleep(1.0)
+        return await super().forward(request)
+
+
+async def test_lines_written_right_after_started_are_all_there(engine, make_client, tmp_path):
+    """``started`` comes once the engine's follow stream is open: a ``tail: 0`` client that writes as soon
+    as it has it loses nothing, however long the daemon's look at the container took."""
+    proxy = SlowInspect(engine.url.removeprefix("unix://"), tmp_path / "slow.sock")
+    await proxy.start()
+    try:
+        config = base_config(engine, tmp_path / "state")
+        config["runtimes"] = {"docker": {"host": proxy.url}}
+        client = await make_client(config)
+        cid = await run_container(engine, unique(), WAIT_GO + "seq 1 200")
+        ws = await ws_connect(client)
+        await subscribe(ws, cid, tail=0)
+        await go(engine, cid)
+        messages, ended = await collect(ws, cid)
+        assert texts(messages) == [str(i) for i in range(1, 201)]
+        assert ended["data"]["reason"] == "container_stopped"
+        await ws.close()
+    finally:
+        await proxy.stop()
 
 
 async def test_tty_container_gives_raw_lines(engine, client):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import ipaddress
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -162,11 +162,13 @@ class Runtime(abc.ABC):
         raise NotSupported(self.name, "Resource statistics")
 
     def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-             until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
+             until: float | None = None, container: str = "",
+             opened: Callable[[], None] | None = None) -> AsyncGenerator[LogLine, None]:
         """Log lines, oldest first; ends when the container stops (follow) or the tail is done. ``since`` and
         ``until`` (Unix seconds, inclusive) keep the lines logged in that window; a follow stream ends at
         ``until`` at the latest (the engine would wait for a later line). ``container`` names one container
-        of a Kubernetes pod (a runtime whose containers hold none refuses it)."""
+        of a Kubernetes pod (a runtime whose containers hold none refuses it). ``opened`` is called once the
+        engine's stream is open, before any line: a follow misses nothing written from then on."""
         raise NotSupported(self.name, "Reading logs")
 
     def events(self) -> AsyncGenerator[Event, None]:

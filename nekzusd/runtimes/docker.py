@@ -271,7 +271,8 @@ class DockerRuntime(Runtime):
         raise RuntimeUnavailable(self.name, "event stream ended")
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
+                   until: float | None = None, container: str = "",
+                   opened: Callable[[], None] | None = None) -> AsyncGenerator[LogLine, None]:
         """The container's log lines; a follow stream ends when the container stops (or is removed), or at
         ``until`` (Unix seconds: dockerd itself would wait for a later line), and raises RuntimeUnavailable
         when the engine goes away instead. ``since``/``until`` are the engine's own filters (inclusive).
@@ -289,7 +290,8 @@ class DockerRuntime(Runtime):
         container_id, multiplexed = doc["Id"], not (doc.get("Config") or {}).get("Tty")
         window = _log_window(since, until)
         if not follow:
-            async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail), **window})) as reads:
+            async with aclosing(self._log_reads(container_id, multiplexed, {"tail": str(tail), **window},
+                                                opened=opened)) as reads:
                 async for lines in reads:
                     for line in stamped_lines(lines, timestamps):
                         yield line
@@ -301,7 +303,7 @@ class DockerRuntime(Runtime):
             cursor = LogCursor(from_start=not last)
             cursor.passed(last)
         params = {"tail": str(tail), "follow": "1", **window}
-        async with aclosing(self._log_reads(container_id, multiplexed, params, until)) as reads:
+        async with aclosing(self._log_reads(container_id, multiplexed, params, until, opened)) as reads:
             async for lines in reads:
                 for line in stamped_lines(lines, timestamps):
                     yield line
@@ -322,10 +324,12 @@ class DockerRuntime(Runtime):
                 raise
 
     async def _log_reads(self, container_id: str, multiplexed: bool, params: dict[str, str],
-                         until: float | None = None) -> AsyncGenerator[list[tuple[str, str]], None]:
+                         until: float | None = None, opened: Callable[[], None] | None = None,
+                         ) -> AsyncGenerator[list[tuple[str, str]], None]:
         """The stamped lines of one logs request, per read. A follow stream may idle (until ``until``, Unix
         seconds, when given), and a line it ends in is left to the catch-up read, which has it whole; other
-        reads may not idle and end with the unfinished lines."""
+        reads may not idle and end with the unfinished lines. ``opened`` is called once the engine answered
+        (dockerd sends a follow's headers at once, whether or not a line is there)."""
 
         parser = LogParser(multiplexed, stamped=True)
         query = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "0", **params}
@@ -338,6 +342,8 @@ class DockerRuntime(Runtime):
                     self._stream_client()._query(engine_path("containers", container_id, "logs"), params=query,
                                                  timeout=None))
             stack.callback(response.close)  # an unfinished stream must not go back to the pool
+            if opened is not None:
+                opened()
             read = response.content.read
             while True:
                 try:

@@ -460,7 +460,8 @@ class KubernetesRuntime(Runtime):
         return await self.pod_stats.get(pod)
 
     async def logs(self, ref: Ref, *, tail: int, follow: bool, timestamps: bool, since: float | None = None,
-                   until: float | None = None, container: str = "") -> AsyncGenerator[LogLine, None]:
+                   until: float | None = None, container: str = "",
+                   opened: Callable[[], None] | None = None) -> AsyncGenerator[LogLine, None]:
         """The log of one container of the pod (``container``; may be left out when the pod has one), as
         the API server relays it from the node's kubelet. A follow stream ends when that container stops
         (exits, is restarted, or its pod is deleted), or at ``until``.
@@ -494,6 +495,8 @@ class KubernetesRuntime(Runtime):
                 response = await stack.enter_async_context(self._response("GET", path, query=query))
             except KubeError as exc:
                 raise _log_error(exc, ref, name) from None
+            if opened is not None:
+                opened()
             last_words = ""
             while True:
                 try:
