@@ -214,6 +214,7 @@ class _Run:
     stamp: str
     same: int
     whole_run: bool
+    last: str = ""
 
 
 class LogCursor:
@@ -233,6 +234,11 @@ class LogCursor:
     stream with another stamp came before it, or the follow began at the log's start (``from_start``).
     Otherwise the catch-up gives only that stream's lines with a later stamp: never a line twice. A stream
     that handed out nothing takes the lines stamped from the latest stamp handed out on.
+
+    The count is checked against the last line handed out: Podman 4's follow (k8s-file) can lose a line
+    now and then (containers/podman#21914), and a run short of one line would place the stream a line early
+    and repeat the last one. When the line at the counted place is not that line, the place is where that
+    line comes next.
     """
 
     def __init__(self, from_start: bool = False) -> None:
@@ -257,7 +263,7 @@ class LogCursor:
                     run += before.same
                 elif before is not None:
                     whole_run = True
-            self.runs[stream] = _Run(last, run, whole_run)
+            self.runs[stream] = _Run(last, run, whole_run, lines[-1])
 
     def _keys(self) -> list[tuple[int, int]]:
         return [key for run in self.runs.values() if (key := stamp_key(run.stamp)) is not None]
@@ -293,6 +299,8 @@ class LogCursor:
                 if line_key is None or line_key < key:
                     return False
                 if line_key == key and (skip is None or skip):
+                    if skip == 1 and pair[1] != self.runs[stream].last:
+                        return False  # the follow lost a line of this run: the last one handed out is later
                     places[stream] = (key, None if skip is None else skip - 1)
                     return False
             found.add(stream)
