@@ -922,11 +922,13 @@ class Engine:
         still ``runc init``, a Go program, every signal shows as caught); returns early if the
         container is no longer running."""
         deadline = time.monotonic() + timeout
+        # One inspect: PID 1 keeps its host pid when `runc init` execs sh. Then only /proc is read (an
+        # inspect per poll cost the engine CPU the whole suite waits for).
+        state = (self.api_json("GET", f"/containers/{cid}/json") or {}).get("State") or {}
+        pid = state.get("Pid") or 0
+        if not state.get("Running") or not pid:
+            return
         while time.monotonic() < deadline:
-            state = (self.api_json("GET", f"/containers/{cid}/json") or {}).get("State") or {}
-            pid = state.get("Pid") or 0
-            if not state.get("Running") or not pid:
-                return
             try:
                 with open(f"/proc/{pid}/status") as fh:
                     status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
@@ -934,7 +936,7 @@ class Engine:
                 if status.get("Name") == "sh" and int(status["SigCgt"], 16) & (1 << (signal.SIGTERM - 1)):
                     return
             except (OSError, KeyError, ValueError):
-                return
+                return  # gone: the container has exited
             time.sleep(0.005)
         raise EngineError(f"{self.kind}: container {cid[:12]} did not install its SIGTERM trap in {timeout} s")
 
