@@ -204,10 +204,10 @@ async def test_an_api_operation_is_pushed_besides_its_completion(engine, client)
 
 @pytest.mark.slow
 async def test_restart_of_many_is_coalesced(engine, make_client, tmp_path):
-    """50 containers restarted by hand in one burst: each one announced at most twice (exited, then
-    running: one message per container per window), never one per engine event (kill, die, stop, start,
-    restart: five)."""
-    count = 50
+    """20 containers restarted by hand in one burst (100 engine events): each one announced at most twice
+    (exited, then running: one message per container per window), never one per engine event (kill, die,
+    stop, start, restart: five)."""
+    count = 20
     ids = await asyncio.gather(*(run_container(engine, unique("many")) for _ in range(count)))
     client = await make_client(base_config(engine, tmp_path / "state"))
     watch = client.app[STATE_CHANGES].watches[0]
