@@ -46,12 +46,10 @@ run: debs-run venv
 
 # pytest-xdist workers: most of the suite waits on engines, timeouts and subprocesses, not on the CPU, so
 # several workers overlap those waits (each has its own engines; see tests/README.md). TEST_WORKERS=0 runs
-# everything in one process. The 25 slowest tests are listed at the end of every run. Tests marked
-# `alone` (the soak: its load needs the machine's CPUs) run afterwards, by themselves.
+# everything in one process. The 25 slowest tests are listed at the end of every run.
 TEST_WORKERS ?= 4
 test: debs-test venv lint
-	$(PY) -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup -m "not alone" $(PYTEST_ARGS)
-	$(PY) -m pytest -q -ra -m alone $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Seconds, before the tests: the linter (ruff.toml) and the type checker (setup.cfg [mypy]) over nekzusd/.
 lint: venv

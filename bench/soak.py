@@ -28,6 +28,7 @@ import random
 import statistics
 import sys
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -159,10 +160,11 @@ class WsClient:
         await asyncio.gather(*([self.task] if self.task else []), *self._resubscribes, return_exceptions=True)
 
 
-async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """The daemon's unlabelled gauges, and operations counted over all labels, from its /metrics."""
-    async with session.get(f"{url}/metrics") as response:
-        text = await response.text()
+def scrape(url: str) -> dict[str, float]:
+    """The daemon's unlabelled gauges, and operations counted over all labels, from its /metrics. Blocking:
+    called in a thread of its own (see ``sampler``)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+        text = response.read().decode()
     figures: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         if line.startswith(("nekzusd_asyncio_tasks ", "nekzusd_operations_in_flight ",
@@ -284,15 +286,15 @@ async def app_write(session, url: str, run: Run) -> None:
             run.apps[app_id] = True
 
 
-async def figures_now(session, url: str, pid: int, run: Run) -> dict[str, float]:
+def figures_now(url: str, pid: int, run: Run) -> dict[str, float]:
     """RSS, descriptors and tasks of the daemon; ``idle_tasks`` leaves out the tasks of work in flight
     (operations running, requests being handled: counted by the daemon, since a request this load gave up
     waiting for still runs there), which a busy engine makes pile up and drain again: a trend in what
-    remains is a leak, not a queue."""
+    remains is a leak, not a queue. Blocking: called in a thread, never behind the load's event loop."""
     in_flight = run.in_flight
     try:
-        scraped = await scrape(session, url)
-    except aiohttp.ClientError:
+        scraped = scrape(url)
+    except OSError:
         scraped = {}
     tasks = scraped.get("asyncio_tasks", -1)
     requests = max(in_flight, scraped.get("http_requests_in_flight", 0.0) - 1)  # less the scrape itself
@@ -302,13 +304,13 @@ async def figures_now(session, url: str, pid: int, run: Run) -> dict[str, float]
             "operations_in_flight": operations}
 
 
-async def drained(session, url: str, pid: int, run: Run) -> dict[str, float]:
+async def drained(url: str, pid: int, run: Run) -> dict[str, float]:
     """The daemon's figures once no operation is in flight and descriptors and tasks are back within
     tolerance of their idle level, or after DRAIN seconds, whichever comes first (trend_failures then
     judges them)."""
     deadline = time.monotonic() + DRAIN
     while True:
-        figures = await figures_now(session, url, pid, run)
+        figures = await asyncio.to_thread(figures_now, url, pid, run)
         settled = figures["operations_in_flight"] == 0 and all(
             figures[key] <= run.before[key] + TOLERANCE[key] for key in ("fds", "idle_tasks"))
         if settled or time.monotonic() >= deadline:
@@ -324,10 +326,12 @@ async def told(clients: list[WsClient], operations: float, within: float = 10.0)
         await asyncio.sleep(0.1)
 
 
-async def sampler(session, url: str, pid: int, run: Run, deadline: float, started: float) -> None:
+def sampler(url: str, pid: int, run: Run, deadline: float, started: float) -> None:
+    """Samples every SAMPLE_EVERY seconds, in a thread: on a machine busy with other work the load's event
+    loop falls behind, and a sampler waiting its turn there took too few samples to judge a trend."""
     while time.monotonic() < deadline:
-        run.samples.append({"t": time.monotonic() - started, **await figures_now(session, url, pid, run)})
-        await asyncio.sleep(SAMPLE_EVERY)
+        run.samples.append({"t": time.monotonic() - started, **figures_now(url, pid, run)})
+        time.sleep(SAMPLE_EVERY)
 
 
 async def faults(engine: Engine, run: Run, started: float, duration: float) -> None:
@@ -375,18 +379,18 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
             for client in clients:
                 await client.start()
             await asyncio.sleep(SETTLE)
-            run.before = await figures_now(session, url, daemon.pid, run)
+            run.before = await asyncio.to_thread(figures_now, url, daemon.pid, run)
             started = time.monotonic()
             deadline = started + duration
             await asyncio.gather(
                 api_load(api, url, run, rate, deadline, victims),
-                sampler(session, url, daemon.pid, run, deadline, started),
+                asyncio.to_thread(sampler, url, daemon.pid, run, deadline, started),
                 faults(engine, run, started, duration),
             )
             # The last operations finish and are announced; idle stats samplers and kept-alive connections
             # expire: what the daemon holds should come back to what it held before the load.
-            run.after = await drained(session, url, daemon.pid, run)
-            operations = (await scrape(session, url))["operations"]
+            run.after = await drained(url, daemon.pid, run)
+            operations = (await asyncio.to_thread(scrape, url))["operations"]
             await told(clients, operations)
             listed = {a["id"] for a in await (await session.get(f"{url}/api/v1/apps")).json()}
             for client in clients:
