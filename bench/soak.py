@@ -160,10 +160,10 @@ class WsClient:
         await asyncio.gather(*([self.task] if self.task else []), *self._resubscribes, return_exceptions=True)
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str, timeout: float = 60.0) -> dict[str, float]:
     """The daemon's unlabelled gauges, and operations counted over all labels, from its /metrics. Blocking:
     called in a thread of its own (see ``sampler``)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as response:
         text = response.read().decode()
     figures: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
@@ -286,15 +286,16 @@ async def app_write(session, url: str, run: Run) -> None:
             run.apps[app_id] = True
 
 
-def figures_now(url: str, pid: int, run: Run) -> dict[str, float]:
+def figures_now(url: str, pid: int, run: Run, timeout: float = 60.0) -> dict[str, float]:
     """RSS, descriptors and tasks of the daemon; ``idle_tasks`` leaves out the tasks of work in flight
     (operations running, requests being handled: counted by the daemon, since a request this load gave up
     waiting for still runs there), which a busy engine makes pile up and drain again: a trend in what
-    remains is a leak, not a queue. Blocking: called in a thread, never behind the load's event loop."""
+    remains is a leak, not a queue. Blocking: called in a thread, never behind the load's event loop. RSS
+    and descriptors come from /proc; a scrape that takes longer than ``timeout`` leaves the tasks out (-1)."""
     in_flight = run.in_flight
     try:
-        scraped = scrape(url)
-    except OSError:
+        scraped = scrape(url, timeout)
+    except OSError:  # URLError, a timeout
         scraped = {}
     tasks = scraped.get("asyncio_tasks", -1)
     requests = max(in_flight, scraped.get("http_requests_in_flight", 0.0) - 1)  # less the scrape itself
@@ -328,9 +329,10 @@ async def told(clients: list[WsClient], operations: float, within: float = 10.0)
 
 def sampler(url: str, pid: int, run: Run, deadline: float, started: float) -> None:
     """Samples every SAMPLE_EVERY seconds, in a thread: on a machine busy with other work the load's event
-    loop falls behind, and a sampler waiting its turn there took too few samples to judge a trend."""
+    loop falls behind, and a sampler waiting its turn there took too few samples to judge a trend. Nor does
+    it wait long for a daemon slow to answer: RSS and descriptors are sampled all the same."""
     while time.monotonic() < deadline:
-        run.samples.append({"t": time.monotonic() - started, **figures_now(url, pid, run)})
+        run.samples.append({"t": time.monotonic() - started, **figures_now(url, pid, run, 2 * SAMPLE_EVERY)})
         time.sleep(SAMPLE_EVERY)
 
 
