@@ -28,7 +28,7 @@ import aiohttp
 
 from bench.common import ROOT, Daemon, Row, table
 from tests.harness.k8s_live import LiveCluster, container, pod, wait_pod
-from tests.harness.app import BROADCASTS
+from tests.harness.app import BROADCASTS, authenticate
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 # How the nekzusd client reads: a WebSocket subscription one message per line or in batches, or the HTTP
@@ -62,8 +62,7 @@ def raw_follow(api_url: str, token: str, ca_file: str, name: str, lines: int, re
 async def ws_client(url: str, name: str, lines: int, batch: bool, subscribed: asyncio.Event) -> float:
     """One WebSocket subscriber: lines per second; fails on any drop or loss."""
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/api/v1/ws", max_msg_size=16 << 20) as ws:
-        await ws.send_json({"type": "auth", "data": {"token": ""}})
-        await ws.receive_json()
+        await authenticate(ws)
         await ws.send_json({"type": "container.logs.subscribe",
                             "data": {"containerId": name, "namespace": "default", "tail": 0, "batch": batch}})
         while (answer := await ws.receive_json())["type"] in BROADCASTS:

@@ -22,7 +22,7 @@ import aiodocker
 import aiohttp
 
 from bench.common import Daemon, Lab, Row, rss_mb, scratch, standalone
-from tests.harness.app import BROADCASTS
+from tests.harness.app import BROADCASTS, authenticate
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
 
@@ -56,8 +56,7 @@ async def ws_client(session: aiohttp.ClientSession, url: str, cid: str, lines: i
                     subscribed: asyncio.Event, counter: list[int]) -> tuple[float, float]:
     """One WebSocket subscriber: (first line time, last line time); fails on any drop or loss."""
     async with session.ws_connect(f"{url}/api/v1/ws", max_msg_size=16 << 20) as ws:
-        await ws.send_json({"type": "auth", "data": {"token": ""}})
-        await ws.receive_json()
+        await authenticate(ws)
         await ws.send_json({"type": "container.logs.subscribe",
                             "data": {"containerId": cid, "tail": 0, "batch": batch}})
         while (answer := await ws.receive_json())["type"] in BROADCASTS:
@@ -174,8 +173,7 @@ async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float
                                   " sleep 100000")
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{url}/api/v1/ws")
-        await ws.send_json({"type": "auth", "data": {"token": ""}})
-        await ws.receive_json()
+        await authenticate(ws)
         await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": cid, "tail": 0}})
         await ws.receive_json()
         await asyncio.sleep(1)

@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import Daemon, lab, linked, open_fds, rss_mb
+from tests.harness.app import authenticate
 from tests.harness.engines import Engine
 
 APP = "soak"
@@ -102,9 +103,7 @@ class WsClient:
 
     async def start(self) -> None:
         self.ws = await self.session.ws_connect(f"{self.url}/api/v1/ws", heartbeat=30)
-        await self.ws.send_json({"type": "auth", "data": {"token": ""}})
-        reply = await self.ws.receive_json(timeout=10)
-        assert reply["type"] == "auth_success", reply
+        await authenticate(self.ws)
         if self.follow:
             await self.subscribe()
         self.task = asyncio.create_task(self.read())

@@ -22,7 +22,8 @@ from nekzusd import config as config_mod
 from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.keys import LOG_STREAMS, RUNTIMES
-from tests.harness.app import base_config, remote_config, remote_connector, remote_session, run_container, unique
+from tests.harness.app import (authenticate, base_config, remote_config, remote_connector, remote_session,
+                               run_container, unique)
 from tests.harness.netattack import LimitedDaemon, connect, read_until_closed, still_open
 
 HEAD_TIMEOUT = 1.5
@@ -150,8 +151,7 @@ async def test_websocket_and_slow_answers_are_not_cut_by_the_head_timeout(start)
     daemon = await start()
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(daemon.base_url + "/api/v1/ws") as ws:
-            await ws.send_json({"type": "auth", "data": {"token": ""}})
-            assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+            await authenticate(ws)
             with pytest.raises(asyncio.TimeoutError):  # nothing to say for twice the head timeout
                 await ws.receive(timeout=HEAD_TIMEOUT * 2)
             await ws.send_json({"type": "ping", "data": {}})
@@ -287,8 +287,7 @@ async def test_log_stream_cap_follows_the_descriptors_and_fails_cleanly(start, e
             for _ in range(cap + 5):  # one subscription per connection, to the same container
                 ws = await http.ws_connect(daemon.base_url + "/api/v1/ws")
                 sockets.append(ws)
-                await ws.send_json({"type": "auth", "data": {"token": ""}})
-                assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+                await authenticate(ws)
                 await ws.send_json({"type": "container.logs.subscribe",
                                     "data": {"containerId": cid, "tail": 0}})
                 async with asyncio.timeout(15):

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from nekzusd.auth import Tokens
-from tests.harness.app import base_config, remote_config, remote_session, run_container, unique, wait_for
+from tests.harness.app import (authenticate, base_config, remote_config, remote_session, run_container, unique,
+                               wait_for)
 from tests.harness.daemon import ROOT, Daemon
 
 
@@ -73,8 +74,7 @@ async def test_sighup_reloads_apps_and_keeps_connections(daemon_factory, engine,
     daemon = await daemon_factory(config)
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{daemon.base_url}/api/v1/ws")
-        await ws.send_json({"type": "auth", "data": {"token": ""}})
-        assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+        await authenticate(ws)
 
         config["apps"] = [{"id": "grafana", "name": "Grafana"}, {"id": "media", "name": "Media server"}]
         daemon.write_config(config)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from tests.harness.app import base_config, run_container, unique
+from tests.harness.app import authenticate, base_config, run_container, unique
 from tests.harness.daemon import Daemon
 
 CLIENTS = 3
@@ -49,8 +49,7 @@ async def test_sigterm_under_load_with_open_log_streams(engine, tmp_path: Path) 
             sockets = []
             for i in range(CLIENTS):
                 ws = await http.ws_connect(f"{daemon.base_url}/api/v1/ws")
-                await ws.send_json({"type": "auth", "data": {"token": ""}})
-                assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+                await authenticate(ws)
                 await ws.send_json({"type": "container.logs.subscribe",
                                     "data": {"containerId": chatty, "tail": 5, "follow": True}})
                 sockets.append(ws)
@@ -109,8 +108,7 @@ async def test_an_operation_longer_than_the_grace_does_not_hold_shutdown(engine,
     try:
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"{daemon.base_url}/api/v1/ws")
-            await ws.send_json({"type": "auth", "data": {"token": ""}})
-            assert (await ws.receive_json(timeout=5))["type"] == "auth_success"
+            await authenticate(ws)
             resp = await http.post(f"{daemon.base_url}/api/v1/containers/{stubborn}/stop?timeout=60")
             assert resp.status == 202
             received: list[dict[str, Any]] = []

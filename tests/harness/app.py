@@ -94,12 +94,20 @@ async def remote_reader(remote_client: Callable[..., Awaitable["TestClient"]],
 async def ws_connect(client: "TestClient", **kwargs: Any) -> "ClientWebSocketResponse":
     """A WebSocket to /api/v1/ws that has completed the auth handshake as a local client."""
     ws = await client.ws_connect("/api/v1/ws", **kwargs)
-    await ws.send_json({"type": "auth", "data": {"token": ""}})
-    # A local client is authenticated from the moment it connects, so a broadcast (health_change, a
-    # lifecycle result of an earlier test step) may come before the answer to the auth message: skip those.
-    while (reply := await ws.receive_json(timeout=15))["type"] != "auth_success":  # a loaded machine: 5 s was hit
-        assert reply["type"] not in ("auth_failed", "error"), reply
+    await authenticate(ws)
     return ws
+
+
+async def authenticate(ws: "ClientWebSocketResponse", token: str = "", timeout: float = 15.0) -> dict[str, Any]:
+    """Send the auth message and return the ``auth_success`` answer. A local client is authenticated from
+    the moment it connects, so a broadcast (a container of the test changing state, an app's health, a
+    lifecycle result of an earlier step) may come before that answer: those are skipped. A loaded machine
+    once took more than 5 s to answer."""
+    await ws.send_json({"type": "auth", "data": {"token": token}})
+    async with asyncio.timeout(timeout):
+        while (reply := await ws.receive_json())["type"] != "auth_success":
+            assert reply["type"] not in ("auth_failed", "error"), reply
+    return reply
 
 
 #: Messages every authenticated client gets whatever it asked for (a container of the test changing state,
