@@ -14,7 +14,7 @@ from tests.harness.app import base_config, next_message, run_container, unique, 
 from tests.harness.fixtures import client, config_data, docker_engine, engine, make_client  # noqa: F401
 from tests.harness.fixtures import k8s_cluster, podman_engine, remote_client, short_tmp  # noqa: F401
 from tests.harness.k8s_fixtures import k8s_api, k8s_client  # noqa: F401
-from tests.harness.scheduling import end_run, make_scheduler, mark_items, start_run
+from tests.harness.scheduling import end_run, make_scheduler, mark_items, release_finished_group, start_run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +28,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups to schedule by
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_items(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    result = yield
+    release_finished_group(item, nextitem)
+    return result
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

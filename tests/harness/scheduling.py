@@ -62,6 +62,20 @@ def mark_items(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: the same order in every worker, as xdist requires
 
 
+def release_finished_group(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After ``item``'s teardown: a group's fixture (:data:`FIXTURE_GROUPS`) that the next test on this
+    worker does not use is stopped now rather than at the end of the session. A group reaches one worker as
+    one unit, so no later test there needs it, and an idle control plane (with its kubelet) kept for the
+    rest of the run cost CPU the other workers wait for. Were a later test to ask for it after all, pytest
+    would start it again."""
+    used = set(getattr(item, "fixturenames", ())) & FIXTURE_GROUPS.keys()
+    needed = set(getattr(nextitem, "fixturenames", ())) if nextitem is not None else set()
+    for name in sorted(used - needed):
+        definitions = item._fixtureinfo.name2fixturedefs.get(name)  # type: ignore[attr-defined]
+        if definitions:
+            definitions[-1].finish(item._request)  # type: ignore[attr-defined]
+
+
 #: The environment variable naming the lock directory the workers of one run share.
 RUN_DIR_VAR = "NEKZUSD_TEST_RUN_DIR"
 
