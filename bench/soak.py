@@ -10,9 +10,12 @@ per-route latency and checks:
 - no WebSocket notification lost: every client got every lifecycle result the daemon counted, and
   every operationId a 202 promised;
 - every followed log stream cut by an outage ended with reason "error", and lines flowed again after;
-- no growth trend in RSS, open file descriptors or asyncio tasks (less those of work in flight) over the
-  second half (the engine kills come in the first), and descriptors and tasks back to their idle level
-  once the load has drained;
+- no growth trend in RSS over the second half (the engine kills come in the first); open file descriptors
+  and asyncio tasks (less those of work in flight) back to their idle level once the load has drained.
+  Their trend under load is printed, not judged: memory a process once took is not given back, so RSS
+  can only be judged by its trend, but descriptors and tasks are, and what is given back did not leak.
+  On a busy host, queues and the recovery after the second engine kill grow them in the second half
+  (+30 tasks in a run beside the test suite, back to idle 40 s later);
 - every app approval that was acknowledged is still there (and every acknowledged removal gone).
 
     SOAK_SECONDS=60 python -m bench.soak        # exits non-zero when a check fails
@@ -52,7 +55,8 @@ DRAIN = 40.0  # at most this long after the load: longer than stats samplers' id
 # Request kinds and their weights: mostly reads, as a dashboard makes them, with every write kind.
 KINDS = {"list": 28, "list_all": 10, "inspect": 14, "stats": 10, "batch_stats": 4, "apps": 5, "discovery": 4,
          "export_preview": 3, "app_write": 4, "lifecycle": 6, "batch": 1, "bulk": 1}
-# Growth over the last half (outside outages) that counts as a trend, per sampled figure.
+# Per sampled figure: RSS growth over the last half (outside outages) that counts as a trend; descriptors and
+# tasks held after the drain beyond their idle level that count as a leak.
 TOLERANCE = {"rss_mb": 10.0, "fds": 8.0, "idle_tasks": 25.0}
 
 
@@ -405,7 +409,8 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
 
 
 def trend_failures(run: Run, duration: float, started: float) -> list[str]:
-    """Growth over the second half of each sampled figure, leaving out outages and their recovery."""
+    """RSS: growth over the second half, leaving out outages and their recovery. Descriptors and tasks: what
+    is held once the load has drained, against the idle level (their trend is printed alongside)."""
     failures = []
     quiet = [s for s in run.samples if s["t"] >= duration / 2
              and not run.in_outage(started + s["t"], started + s["t"])]
@@ -420,6 +425,7 @@ def trend_failures(run: Run, duration: float, started: float) -> list[str]:
             if run.after[key] > run.before[key] + tolerance:
                 failures.append(f"{key}: {run.after[key]:.0f} held after the load drained, {run.before[key]:.0f} "
                                 f"before it (tolerance {tolerance:g})")
+            continue
         if len(points) < 3:
             failures.append(f"{key}: too few samples in the second half to judge a trend")
         elif growth > tolerance:
