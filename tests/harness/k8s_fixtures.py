@@ -25,11 +25,21 @@ async def k8s_api(k8s_cluster: Cluster) -> AsyncIterator[Any]:
     async with k8s_cluster.api_client() as api:
         yield api
         apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-        for ns in (*NAMESPACES, "forbidden-ns"):
-            await apps.delete_collection_namespaced_deployment(ns)
-            await apps.delete_collection_namespaced_stateful_set(ns)
-            await apps.delete_collection_namespaced_replica_set(ns)
-            await core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+        # Until nothing is left: under load the controllers, working from a stale cache, once made a
+        # ReplicaSet and its pod for a Deployment already deleted, and the next test listed that pod.
+        async with asyncio.timeout(30):
+            while True:
+                for ns in (*NAMESPACES, "forbidden-ns"):
+                    await apps.delete_collection_namespaced_deployment(ns)
+                    await apps.delete_collection_namespaced_stateful_set(ns)
+                    await apps.delete_collection_namespaced_replica_set(ns)
+                    await core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+                await asyncio.sleep(0.2)  # a sync the controllers had queued lands in this time
+                left = [len((await list_(ns)).items) for ns in (*NAMESPACES, "forbidden-ns")
+                        for list_ in (apps.list_namespaced_deployment, apps.list_namespaced_replica_set,
+                                      apps.list_namespaced_stateful_set, core.list_namespaced_pod)]
+                if not any(left):
+                    break
 
 
 def k8s_config(engine, state_dir, kubeconfig, **overrides: Any) -> dict[str, Any]:
