@@ -85,11 +85,8 @@ async def test_every_route_spends_a_token_of_some_pool(remote_client, config_dat
 async def test_a_local_flood_of_the_status_page_shares_one_listing(engine, make_client, config_data, tmp_path):
     """Local clients are exempt from rate limits, so the page's own cache is what protects the engine:
     50 concurrent loads cost a handful of listings, not 50."""
-    proxy = CountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
-    await proxy.start()
-    try:
-        config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
-        client = await make_client(config_data)
+    async with CountingProxy(engine.url, tmp_path / "p.sock") as proxy:
+        client = await make_client(proxy.route(config_data))
         await run_container(engine, unique("shown"))
 
         async def load() -> int:
@@ -103,8 +100,6 @@ async def test_a_local_flood_of_the_status_page_shares_one_listing(engine, make_
         flood = proxy.listings - before
         assert 1 <= flood <= 5, flood  # one per LIST_TTL (plus the health tracker's, if an event came)
         await client.close()
-    finally:
-        await proxy.stop()
 
 
 # --- the probes tell strangers nothing but up or down ----------------------------------------------

@@ -39,11 +39,8 @@ async def test_stats_subscribes_naming_made_up_namespaces_share_one_listing(engi
     """A read token names the Docker runtime with a new ``namespace`` in every subscribe. Docker has no
     namespaces, so the listing the ids are matched against is the same; before, each namespace string was
     a listing of its own (one engine list per message, each kept 5 s: 40 messages, 40 listings)."""
-    proxy = CountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
-    await proxy.start()
-    try:
-        data = remote_config(base_config(engine, tmp_path / "state"))
-        data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
+    async with CountingProxy(engine.url, tmp_path / "p.sock") as proxy:
+        data = proxy.route(remote_config(base_config(engine, tmp_path / "state")))
         client = await make_client(data)
         cid = await run_container(engine, unique("watched"))
         async with remote_session("127.0.0.2") as http:
@@ -59,8 +56,6 @@ async def test_stats_subscribes_naming_made_up_namespaces_share_one_listing(engi
             assert len(client.app[LIVE_STATS].listings._entries) <= 2
             await ws.close()
         await client.close()
-    finally:
-        await proxy.stop()
 
 
 APP = {"nekzus.app.id": "grafana"}  # linked to the app every base_config approves
@@ -289,11 +284,8 @@ async def test_stats_lookups_of_one_client_are_bounded_across_its_connections(en
     Each subscribe may cost 16 engine lookups, so before, ten connections cost 160 at once (and 10 messages
     a second each, 64 connections, 10,000 a second: the owner's inspects went from 3 to 26 ms, up to
     132 ms). The client's lookups are now bounded in all its connections together; the owner keeps its own."""
-    proxy = CountingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
-    await proxy.start()
-    try:
-        data = remote_config(base_config(engine, tmp_path / "state"))
-        data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
+    async with CountingProxy(engine.url, tmp_path / "p.sock") as proxy:
+        data = proxy.route(remote_config(base_config(engine, tmp_path / "state")))
         client = await make_client(data)
         async with remote_session("127.0.0.2") as http:
             sockets = [await remote_ws(client, data, http) for _ in range(10)]
@@ -318,5 +310,3 @@ async def test_stats_lookups_of_one_client_are_bounded_across_its_connections(en
             for ws in [*sockets, owner]:
                 await ws.close()
         await client.close()
-    finally:
-        await proxy.stop()

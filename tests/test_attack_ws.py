@@ -136,13 +136,10 @@ async def test_oversized_frame_is_closed_1009(remote_client, config_data, caplog
 @pytest.fixture
 async def proxied_remote(engine, remote_client, config_data, tmp_path):
     """A daemon whose engine traffic goes through a RecordingProxy, seen from 127.0.0.2 (remote)."""
-    proxy = RecordingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
-    await proxy.start()
-    config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
-    client = await remote_client(config_data)
-    yield client, proxy
-    await client.close()
-    await proxy.stop()
+    async with RecordingProxy(engine.url, tmp_path / "p.sock") as proxy:
+        client = await remote_client(proxy.route(config_data))
+        yield client, proxy
+        await client.close()
 
 
 async def test_subscribe_flood_is_bounded_then_closed(proxied_remote, config_data, caplog):

@@ -21,8 +21,8 @@ from tests.harness.engine_proxy import EngineProxy
 class RecordingProxy(EngineProxy):
     """Keeps the method and raw path of every request the daemon sends to the engine."""
 
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
+    def __init__(self, engine_url: str, listen: Path) -> None:
+        super().__init__(engine_url, listen)
         self.seen: list[tuple[str, str]] = []
 
     def container_calls(self, since: int) -> list[str]:
@@ -39,13 +39,10 @@ class RecordingProxy(EngineProxy):
 @pytest.fixture
 async def proxied(engine, make_client, config_data, tmp_path):
     """A daemon whose engine traffic goes through a RecordingProxy; yields (client, proxy)."""
-    proxy = RecordingProxy(engine.url.removeprefix("unix://"), tmp_path / "p.sock")
-    await proxy.start()
-    config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
-    client = await make_client(config_data)
-    yield client, proxy
-    await client.close()
-    await proxy.stop()
+    async with RecordingProxy(engine.url, tmp_path / "p.sock") as proxy:
+        client = await make_client(proxy.route(config_data))
+        yield client, proxy
+        await client.close()
 
 
 _ENGINE_PATH = re.compile(r"^/version$|^/v[0-9.]+/(containers/json(\?.*)?|containers/[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}/"

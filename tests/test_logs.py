@@ -19,8 +19,8 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from nekzusd import hub
 from nekzusd.keys import LOG_STREAMS
-from tests.harness.app import (BROADCASTS, base_config, next_message, next_reply, run_container, unique, wait_for,
-                               ws_connect)
+from tests.harness.app import (BROADCASTS, authenticate, base_config, next_message, next_reply, run_container,
+                               unique, wait_for, ws_connect)
 from tests.harness.engine_proxy import EngineProxy
 
 WAIT_GO = "while [ ! -e /tmp/go ]; do sleep 0.02; done; "
@@ -99,12 +99,8 @@ class SlowInspect(EngineProxy):
 async def test_lines_written_right_after_started_are_all_there(engine, make_client, tmp_path):
     """``started`` comes once the engine's follow stream is open: a ``tail: 0`` client that writes as soon
     as it has it loses nothing, however long the daemon's look at the container took."""
-    proxy = SlowInspect(engine.url.removeprefix("unix://"), tmp_path / "slow.sock")
-    await proxy.start()
-    try:
-        config = base_config(engine, tmp_path / "state")
-        config["runtimes"] = {"docker": {"host": proxy.url}}
-        client = await make_client(config)
+    async with SlowInspect(engine.url, tmp_path / "slow.sock") as proxy:
+        client = await make_client(proxy.route(base_config(engine, tmp_path / "state")))
         cid = await run_container(engine, unique(), WAIT_GO + "seq 1 200")
         ws = await ws_connect(client)
         await subscribe(ws, cid, tail=0)
@@ -113,8 +109,6 @@ async def test_lines_written_right_after_started_are_all_there(engine, make_clie
         assert texts(messages) == [str(i) for i in range(1, 201)]
         assert ended["data"]["reason"] == "container_stopped"
         await ws.close()
-    finally:
-        await proxy.stop()
 
 
 async def test_tty_container_gives_raw_lines(engine, client):
@@ -504,8 +498,7 @@ async def test_open_log_streams_do_not_starve_other_engine_calls(engine, client)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:  # >100 sockets
         for _ in range(110):
             ws = await session.ws_connect(client.make_url("/api/v1/ws"))
-            await ws.send_json({"type": "auth", "data": {"token": ""}})
-            await next_message(ws, "auth_success")
+            await authenticate(ws)
             await subscribe(ws, cid, tail=0)
             sockets.append(ws)
         assert client.server.app[LOG_STREAMS].active == 110

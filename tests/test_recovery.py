@@ -88,8 +88,8 @@ class CuttingProxy(EngineProxy):
     dies mid-answer (the soak test met it at each engine kill; a real kill cannot be timed to land inside
     one response, so the cut is made here). Other paths pass."""
 
-    def __init__(self, engine_socket: str, listen: Path, cut: str) -> None:
-        super().__init__(engine_socket, listen)
+    def __init__(self, engine_url: str, listen: Path, cut: str) -> None:
+        super().__init__(engine_url, listen)
         self.cut = re.compile(cut)
         self.cuts = 0
 
@@ -114,9 +114,8 @@ class CuttingProxy(EngineProxy):
 async def test_an_answer_cut_off_mid_body_is_a_503(engine, make_client, config_data, tmp_path, cut, path):
     """Regression (soak): a truncated engine answer was a 500 INTERNAL_ERROR / CONTAINER_STATS_FAILED."""
     cid = await run_container(engine, unique("cut"), labels={"nekzus.app.id": "grafana"})
-    async with CuttingProxy(engine.url.removeprefix("unix://"), tmp_path / "cut.sock", cut) as proxy:
-        config_data["runtimes"] = {"docker": {"host": f"unix://{proxy.listen}"}}
-        client = await make_client(config_data)
+    async with CuttingProxy(engine.url, tmp_path / "cut.sock", cut) as proxy:
+        client = await make_client(proxy.route(config_data))
         response = await client.get(path.format(cid=cid))
         body = await response.json()
         assert (response.status, body["error"]) == (503, "RUNTIME_UNAVAILABLE"), body

@@ -125,8 +125,8 @@ class ListLagsItsEvents(EngineProxy):
 
     LAG = 1.5
 
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
+    def __init__(self, engine_url: str, listen: Path) -> None:
+        super().__init__(engine_url, listen)
         self.stale_until = 0.0
         self.last_list: bytes | None = None
         self.stale_answers = 0
@@ -156,12 +156,8 @@ class ListLagsItsEvents(EngineProxy):
 async def test_an_exit_the_engine_lists_late_is_still_reported(engine, make_client, tmp_path):
     """The exit shows in the engine's list 1.5 s after its ``die`` and nothing follows it: looked at
     again and again after the event, the daemon still reports it (one look after the event missed it)."""
-    proxy = ListLagsItsEvents(engine.url.removeprefix("unix://"), tmp_path / "lag.sock")
-    await proxy.start()
-    try:
-        config = base_config(engine, tmp_path / "state")
-        config["runtimes"] = {"docker": {"host": proxy.url}}
-        client = await make_client(config)
+    async with ListLagsItsEvents(engine.url, tmp_path / "lag.sock") as proxy:
+        client = await make_client(proxy.route(base_config(engine, tmp_path / "state")))
         ws = await connect(client)
         cid = await fresh_running(engine, ws, "late", cmd="sleep 100000")
         await raw(engine, "POST", f"/containers/{cid}/kill")
@@ -169,8 +165,6 @@ async def test_an_exit_the_engine_lists_late_is_still_reported(engine, make_clie
         assert data["previousState"] == "running"
         assert proxy.stale_answers >= 1  # the daemon did look while the list still said running
         await ws.close()
-    finally:
-        await proxy.stop()
 
 
 async def test_health_check_results_are_pushed(engine, client):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -21,8 +22,9 @@ def end_to_end(headers) -> dict[str, str]:
 
 
 class EngineProxy:
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        self.engine_socket = engine_socket
+    def __init__(self, engine_url: str, listen: Path) -> None:
+        """``engine_url``: the real engine's ``unix://`` URL (``Engine.url``); the proxy listens on ``listen``."""
+        self.engine_socket = engine_url.removeprefix("unix://")
         self.listen = listen
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -30,6 +32,11 @@ class EngineProxy:
     @property
     def url(self) -> str:
         return f"unix://{self.listen}"
+
+    def route(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` (a daemon's configuration data) with its Docker engine reached through this proxy."""
+        config["runtimes"] = {"docker": {"host": self.url}}
+        return config
 
     async def upstream(self, request: web.Request) -> aiohttp.ClientResponse:
         """The request, as the daemon sent it (raw path kept), sent to the real engine."""
@@ -70,8 +77,8 @@ class EngineProxy:
 class CountingProxy(EngineProxy):
     """Counts what the daemon asks the real engine for: container listings and single-container lookups."""
 
-    def __init__(self, engine_socket: str, listen: Path) -> None:
-        super().__init__(engine_socket, listen)
+    def __init__(self, engine_url: str, listen: Path) -> None:
+        super().__init__(engine_url, listen)
         self.listings = 0
         self.inspects = 0
 
