@@ -44,7 +44,7 @@ from tests.harness.app import authenticate
 from tests.harness.engines import Engine
 
 APP = "soak"
-BUSY = 10      # containers writing logs continuously (not linked: bulk operations leave them alone)
+BUSY = 10      # containers writing 50 log lines/s each (not linked: bulk operations leave them alone)
 VICTIMS = 12   # linked containers that lifecycle and bulk operations act on
 SAMPLE_EVERY = 1.0
 AFTER_OUTAGE = 5.0  # seconds after the engine is back during which 503s are still expected
@@ -354,17 +354,17 @@ async def faults(engine: Engine, run: Run, started: float, duration: float) -> N
         next_at = max(started + 2 * duration / 6, outage.end + duration / 12)
 
 
-def prepare(engine: Engine) -> tuple[list[str], list[str]]:
+def prepare(engine: Engine, n_busy: int) -> tuple[list[str], list[str]]:
     busy = [engine.run(f"busy-{i}", "i=0; while true; do i=$((i+1)); echo line $i; usleep 20000; done",
-                       RestartPolicy={"Name": "always"})[:12] for i in range(BUSY)]
+                       RestartPolicy={"Name": "always"})[:12] for i in range(n_busy)]
     victims = [engine.run(f"victim-{i}", "sleep 100000", labels=linked(APP),
                           RestartPolicy={"Name": "unless-stopped"})[:12] for i in range(VICTIMS)]
     return busy, victims
 
 
-async def soak(engine: Engine, duration: float, rate: float, n_clients: int, followers: int,
+async def soak(engine: Engine, duration: float, rate: float, n_clients: int, followers: int, n_busy: int,
                samples_out: Path | None) -> int:
-    busy, victims = await asyncio.to_thread(prepare, engine)
+    busy, victims = await asyncio.to_thread(prepare, engine, n_busy)
     daemon = await asyncio.to_thread(Daemon, engine, APP)
     run = Run()
     try:
@@ -503,12 +503,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 600)))
     parser.add_argument("--rate", type=float, default=50.0, help="API requests per second")
     parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--followers", type=int, default=20)
+    parser.add_argument("--followers", type=int, default=20, help="WebSocket clients following a busy container")
+    parser.add_argument("--busy", type=int, default=BUSY, help="containers writing logs, followed in turn")
     parser.add_argument("--samples", type=Path, help="write the RSS/fd/task samples here (JSON)")
     args = parser.parse_args()
     with lab() as the_lab:
         code = asyncio.run(soak(the_lab.engine, args.seconds, args.rate, args.clients, args.followers,
-                                args.samples))
+                                args.busy, args.samples))
     sys.exit(code)
 
 

@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.engine  # a dockerd of its own, in a subprocess
 def test_short_soak_passes_every_check() -> None:
-    # Half the load of `make soak` (50 requests/s, 200 clients, 20 following logs): at full load beside the
-    # other workers the daemon got so little CPU that it answered in 7 s (p50), /metrics too.
+    # Half the load of `make soak` (50 requests/s, 200 clients, 20 following the logs of 10 busy containers,
+    # two each): at full load beside the other workers the daemon got so little CPU that it answered in 7 s
+    # (p50), /metrics too.
     done = subprocess.run([sys.executable, "-m", "bench.soak", "--seconds", "60", "--rate", "25", "--clients",
-                           "100", "--followers", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "100", "--followers", "10", "--busy", "5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"soak failed:\n{done.stdout}\n{done.stderr[-5000:]}"
     assert "soak: all checks passed" in done.stdout, done.stdout
