@@ -25,7 +25,7 @@ import ipaddress
 import statistics
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from aiohttp import web
 

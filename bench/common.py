@@ -21,7 +21,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from tests.harness.engines import Engine, start_dockerd
 
@@ -163,7 +164,7 @@ class Daemon:
             self.proc.wait()
         shutil.rmtree(self.state, ignore_errors=True)
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self
 
     def __exit__(self, *exc: Any) -> None:

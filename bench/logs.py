@@ -169,8 +169,8 @@ async def stalled_rss(engine, url: str, pid: int, megabytes: int, seconds: float
     """Peak RSS growth of the daemon (MB) while a client that never reads is subscribed to a flood, over
     ``seconds`` (longer than hub.SEND_TIMEOUT, after which the daemon closes the stuck client)."""
     cid = await asyncio.to_thread(engine.run, None, WAIT_GO + "yes 'a line of a flood, about a hundred bytes "
-                                  f"long, written as fast as the engine takes it ..........' | head -c {megabytes}000000;"
-                                  " sleep 100000")
+                                  "long, written as fast as the engine takes it ..........' | "
+                                  f"head -c {megabytes}000000; sleep 100000")
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{url}/api/v1/ws")
         await authenticate(ws)

@@ -197,7 +197,7 @@ async def request(session: aiohttp.ClientSession, run: Run, route: str, method: 
         async with session.request(method, url, **kwargs) as response:
             body = await response.read()
             status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         run.bad.append(f"{route}: connection failed: {exc!r}")
         return 0, None
     finally:
@@ -219,7 +219,7 @@ async def request(session: aiohttp.ClientSession, run: Run, route: str, method: 
 
 async def api_load(session, url: str, run: Run, rate: float, deadline: float, victims: list[str]) -> None:
     """Paced mixed load: each tick starts one request of a kind picked by weight."""
-    names, weights = zip(*KINDS.items())
+    names, weights = zip(*KINDS.items(), strict=True)
     in_flight: set[asyncio.Task] = set()
     interval = 1.0 / rate
     next_at = time.monotonic()

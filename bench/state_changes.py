@@ -1,6 +1,7 @@
 """``container.state_changed`` delay: from the engine's own event (its ``timeNano``: ``die`` for a stop,
 ``start`` for a start) to the message reaching a WebSocket client of nekzusd, over stop/start rounds made
-through the raw engine API, each one more than the coalescing window after the last. The engine's figure: the same event reaching a raw ``/events`` subscriber.
+through the raw engine API, each one more than the coalescing window after the last. The engine's figure:
+the same event reaching a raw ``/events`` subscriber.
 Also how many messages one stop/start makes (2 expected: exited, then running).
 
     python -m bench.state_changes [--rounds 50]

@@ -11,6 +11,7 @@ little sooner, which would flatter whichever side met it).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 
 from bench.common import Daemon, Lab, Row, linked, median_of, scratch, standalone, timed
@@ -41,8 +42,8 @@ def run(lab: Lab, rounds: int = 5, batch: int = 20) -> list[Row]:
             batch_time = timed(batch_stats)  # all of its samplers fresh
             engine_first, daemon_first = [], []
             for i in range(rounds):
-                engine_first.append(timed(lambda: engine_stats(fresh[2 * i])))
-                daemon_first.append(timed(lambda: stats(fresh[2 * i + 1])))
+                engine_first.append(timed(functools.partial(engine_stats, fresh[2 * i])))
+                daemon_first.append(timed(functools.partial(stats, fresh[2 * i + 1])))
             repeat = median_of(lambda: stats(fresh[1]), 50)
     engine_ms = statistics.median(engine_first) * 1000
     first_ms = statistics.median(daemon_first) * 1000
