@@ -51,9 +51,9 @@ TEST_WORKERS ?= 4
 test: debs-test venv lint
 	$(PY) -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# Seconds, before the tests: the linter (ruff.toml: nekzusd/, bench/) and the type checker (setup.cfg [mypy]).
+# Seconds, before the tests: the linter (ruff.toml: nekzusd/, bench/, tests/) and the type checker (setup.cfg [mypy]).
 lint: venv
-	$(PY) -m ruff check nekzusd bench
+	$(PY) -m ruff check nekzusd bench tests
 	$(PY) -m mypy
 
 # Every benchmark against one private dockerd with 30 containers: one table, and bench/results.json.

@@ -252,7 +252,7 @@ def test_linking_does_not_compare_a_container_with_every_app():
     linked = [registry.app_of(c) for c in containers]
     assert CountedName.compares <= 2 * len(containers), CountedName.compares
     assert sum(a is not None for a in linked) == sum(i % 300 < 256 for i in range(2000))
-    assert all(a is None or c.name in a.containers for a, c in zip(linked, containers))
+    assert all(a is None or c.name in a.containers for a, c in zip(linked, containers, strict=True))
 
 
 def test_the_index_agrees_with_the_definition_of_linking():

@@ -249,7 +249,8 @@ async def test_a_token_works_whatever_the_host(client, engine, target):
 
 async def test_token_through_a_reverse_proxy_with_its_own_domain(remote_client, config_data, engine, target):
     """nginx on 127.0.0.2 serves nekzusd as containers.example.com and passes Host and X-Forwarded-For."""
-    client = await remote_client(config_data, local_networks=["127.0.0.1/32", "192.168.0.0/16"], trusted_proxies=["127.0.0.2/32"])
+    client = await remote_client(config_data, local_networks=["127.0.0.1/32", "192.168.0.0/16"],
+                                 trusted_proxies=["127.0.0.2/32"])
     token = client.app[TOKENS].create("phone", ["write:containers"], 600)
     proxied = {"Host": "containers.example.com", "X-Forwarded-For": "203.0.113.5", "X-Forwarded-Proto": "https"}
     assert (await client.get(C, headers=proxied)).status == 401
@@ -271,7 +272,8 @@ async def test_token_through_a_reverse_proxy_with_its_own_domain(remote_client, 
 
 async def test_proxy_domain_in_allowed_hosts_trusts_lan_clients_behind_it(remote_client, config_data):
     config_data["server"]["allowed_hosts"] = ["containers.example.com"]
-    client = await remote_client(config_data, local_networks=["127.0.0.1/32", "192.168.0.0/16"], trusted_proxies=["127.0.0.2/32"])
+    client = await remote_client(config_data, local_networks=["127.0.0.1/32", "192.168.0.0/16"],
+                                 trusted_proxies=["127.0.0.2/32"])
     lan = {"Host": "containers.example.com", "X-Forwarded-For": "192.168.1.20"}
     assert (await client.get(C, headers=lan)).status == 200
     internet = {**lan, "X-Forwarded-For": "203.0.113.5"}

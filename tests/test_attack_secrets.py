@@ -129,7 +129,8 @@ async def test_no_response_carries_a_secret(engine: Engine, client, caplog) -> N
 
         async def health_logged() -> bool:
             doc = await asyncio.to_thread(engine.api_json, "GET", f"/containers/{running}/json")
-            return any(S["dash_env"] in (e.get("Output") or "") for e in (doc["State"].get("Health") or {}).get("Log") or [])
+            log = (doc["State"].get("Health") or {}).get("Log") or []
+            return any(S["dash_env"] in (e.get("Output") or "") for e in log)
         await wait_for(health_logged)
 
         answers: dict[str, bytes] = {}
@@ -148,7 +149,8 @@ async def test_no_response_carries_a_secret(engine: Engine, client, caplog) -> N
             answers[f"POST {path}"] = await response.read()
             exports[path] = json.loads(answers[f"POST {path}"])
         for path, body in ((f"{C}/{app_name}/export?format=zip", {}),
-                           (f"{C}/batch/export?format=zip", {"container_ids": [app_name, plain_name], "stack_name": "s"})):
+                           (f"{C}/batch/export?format=zip",
+                            {"container_ids": [app_name, plain_name], "stack_name": "s"})):
             response = await client.post(path, json=body)
             assert response.status == 200 and response.content_type == "application/zip"
             data = await response.read()
@@ -167,9 +169,9 @@ async def test_no_response_carries_a_secret(engine: Engine, client, caplog) -> N
         assert not {w: s for w, s in leaked.items() if s}, leaked
 
         # The files are usable: valid Compose, valid .env lines, and every placeholder explained.
-        for path, body in exports.items():
+        for body in exports.values():
             names = check_env_template(body["env_content"])
-            document = check_compose(body["content"], names)
+            check_compose(body["content"], names)
             for name in names:
                 assert f"# {name}: " in body["env_content"], (name, body["env_content"])
         batch = exports[f"{C}/batch/export"]
@@ -248,7 +250,8 @@ async def test_a_failed_operation_does_not_echo_a_secret_from_the_command(engine
     assert response.status == 202
     failed = await next_message(ws, "container.start.failed")
     await ws.close()
-    assert failed["data"]["message"].startswith("Failed to start container") and "--password=***" in failed["data"]["message"]
+    message = failed["data"]["message"]
+    assert message.startswith("Failed to start container") and "--password=***" in message
     page = await (await client.get("/")).text()
     metrics = await (await client.get("/metrics")).text()
     assert "--password=***" in page
@@ -269,7 +272,8 @@ def test_kubernetes_details_mask_a_secret_in_labels_annotations_and_the_last_app
                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(manifest),
                                         "example.com/api-token": "tok-abcdefgh"}},
            "spec": {"containers": [{"name": "app", "image": "busybox",
-                                    "env": [{"name": "DB_PASSWORD", "value": secret}, {"name": "MODE", "value": "prod"}],
+                                    "env": [{"name": "DB_PASSWORD", "value": secret},
+                                            {"name": "MODE", "value": "prod"}],
                                     "command": ["serve"]}]},
            "status": {"phase": "Running"}}
     details = pod_details(pod, None)
@@ -447,7 +451,8 @@ async def test_a_start_error_quoting_an_env_secret_reaches_no_read_token_client(
     assert status >= 400 and secret.encode() in data  # the engine's own message repeats it
 
     client, read = await remote_reader(remote_client, config_data)
-    owner = {"Authorization": f"Bearer {client.app[TOKENS].create('owner', ['read:containers', 'write:containers'], 300)}"}
+    owner_token = client.app[TOKENS].create("owner", ["read:containers", "write:containers"], 300)
+    owner = {"Authorization": f"Bearer {owner_token}"}
     ws = await client.ws_connect("/api/v1/ws")
     try:
         await ws.send_json({"type": "auth", "data": {"token": read["Authorization"].split()[1]}})

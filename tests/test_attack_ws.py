@@ -208,7 +208,8 @@ async def test_session_ends_when_its_token_expires(remote_client, config_data, m
     await still_served(ws)
     seen = await closed_with(ws, 1008, timeout=15)
     assert time.time() >= expires - 0.05  # not before the token's exp
-    assert seen[-1] == {"type": "auth_expired", "data": {"error": "TOKEN_EXPIRED", "message": seen[-1]["data"]["message"]}}
+    assert seen[-1] == {"type": "auth_expired",
+                        "data": {"error": "TOKEN_EXPIRED", "message": seen[-1]["data"]["message"]}}
     assert "expired" in seen[-1]["data"]["message"]
 
 

@@ -612,14 +612,15 @@ def test_log_options_labels_and_driver_options_get_placeholders():
     doc = parse(export)
     svc = doc["services"]["web"]
     assert svc["logging"]["options"] == {"splunk-token": "${SPLUNK_TOKEN}", "splunk-url": "https://splunk"}
-    assert svc["labels"]["traefik.http.middlewares.a.basicauth.users"] == "${TRAEFIK_HTTP_MIDDLEWARES_A_BASICAUTH_USERS}"
+    assert (svc["labels"]["traefik.http.middlewares.a.basicauth.users"]
+            == "${TRAEFIK_HTTP_MIDDLEWARES_A_BASICAUTH_USERS}")
     assert doc["volumes"]["appdata"]["driver_opts"]["o"] == "addr=10.0.0.1,username=bob,password=${APPDATA_PASSWORD}"
     for value in ("tok-not-real", "apr1", "nfs-not-real"):
         assert value not in export.content + export.env_content
     assert '# SPLUNK_TOKEN: log option "splunk-token" of service web\n' in export.env_content
     # Without sanitising, the real values stay (escaped for compose).
     kept = export_services([source], sanitize_secrets=False)
-    assert "tok-not-real" in kept.content and "admin:$$apr1$$not$$real" in kept.content and "nfs-not-real" in kept.content
+    assert all(value in kept.content for value in ("tok-not-real", "admin:$$apr1$$not$$real", "nfs-not-real"))
 
 
 def test_a_secret_inherited_from_the_image_is_hunted_where_the_container_repeats_it():

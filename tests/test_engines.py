@@ -115,7 +115,8 @@ def test_busybox_applets_and_limits(h_engine):
     assert wait_exit(engine, cid) == 0
     out = logs(engine, cid)
     assert "MISSING" not in out
-    assert out.split() == ["y", "y", "sum", "6", "1024", "uid=0", "user=root", "drwxrwxrwt", "nofile=4096", "hi", "there"]
+    assert out.split() == ["y", "y", "sum", "6", "1024", "uid=0", "user=root", "drwxrwxrwt", "nofile=4096", "hi",
+                           "there"]
     info = inspect(engine, cid)
     assert info["Config"]["Labels"]["test"] == "applets"
     assert info["HostConfig"]["NetworkMode"] == "none"

@@ -128,7 +128,8 @@ def mapped_fields(doc: dict, image_cmd: list[str] | None = None) -> dict:
         "labels": user_labels(config["Labels"]), "privileged": host["Privileged"],
         "cap_add": sorted(host.get("CapAdd") or []), "cap_drop": sorted(host.get("CapDrop") or []),
         "extra_hosts": sorted(host.get("ExtraHosts") or []), "dns": host.get("Dns") or [],
-        "shm_size": host["ShmSize"], "ulimits": sorted((u["Name"], u["Soft"], u["Hard"]) for u in host["Ulimits"] or []),
+        "shm_size": host["ShmSize"],
+        "ulimits": sorted((u["Name"], u["Soft"], u["Hard"]) for u in host["Ulimits"] or []),
         "sysctls": host.get("Sysctls") or {}, "security_opt": host.get("SecurityOpt") or [],
         "stop_signal": config.get("StopSignal"), "stop_timeout": config.get("StopTimeout"),
         "init": host.get("Init"), "logging": host["LogConfig"], "memory": host["Memory"],
@@ -139,7 +140,8 @@ def mapped_fields(doc: dict, image_cmd: list[str] | None = None) -> dict:
 
 
 async def build_stack(engine, scratch, tmp_path: Path) -> dict:
-    """Two containers using every field docs/export.md lists as mapped; returns names, secrets and ports for the checks."""
+    """Two containers using every field docs/export.md lists as mapped; returns names, secrets and ports for the
+    checks."""
     tag = unique("rt")
     network, volume = f"{tag}-net", f"{tag}-data"
     await api(engine, "POST", "/networks/create", {"Name": network, "Labels": {"org.example.stack": tag}},
@@ -302,7 +304,8 @@ async def test_secrets_under_names_compose_cannot_interpolate_come_back_from_the
     for value in list(values.values()) + ["hashed-value-1"]:
         assert value not in raw
     # A name with whitespace is refused by Compose: left out, and said so.
-    assert any(w.startswith('Environment variable "ODD\\nNAME" of container') for w in body["warnings"]), body["warnings"]
+    warnings = body["warnings"]
+    assert any(w.startswith('Environment variable "ODD\\nNAME" of container') for w in warnings), warnings
     service = yaml.safe_load(body["content"])["services"][name.lower()]
     # Fill the template: each `${VARIABLE}` of the file gets the value of the setting it stands for.
     originals = {**values, "traefik.http.middlewares.a.basicauth.users": "admin:hashed-value-1"}

@@ -512,7 +512,8 @@ async def test_a_follow_ends_at_until(engine, client):
     until = time.time() + 2
     started = time.monotonic()
     async with client.get(f"/api/v1/containers/{cid}/logs",
-                          params={"follow": "true", "tail": "0", "until": f"{until:.3f}", "timestamps": "true"}) as resp:
+                          params={"follow": "true", "tail": "0", "until": f"{until:.3f}",
+                                  "timestamps": "true"}) as resp:
         body = await asyncio.wait_for(resp.text(), 20)  # a clean end
     assert 1.5 < time.monotonic() - started < 10
     lines = body.splitlines()

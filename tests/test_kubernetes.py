@@ -7,7 +7,6 @@ ReplicaSets, scheduling, scaling, rollouts, RBAC.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 

@@ -23,7 +23,8 @@ from nekzusd import config as config_mod
 from nekzusd import revocation
 from nekzusd.app import create_app
 from nekzusd.keys import HUB, LIVE_STATS, RUNTIMES, TOKENS
-from tests.harness.app import BROADCASTS, base_config, remote_session, next_message, run_container, unique, wait_for, ws_connect
+from tests.harness.app import (BROADCASTS, base_config, next_message, remote_session, run_container, unique, wait_for,
+                               ws_connect)
 from tests.harness.engines import Engine
 from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
 

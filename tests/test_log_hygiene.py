@@ -10,7 +10,6 @@ import re
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from nekzusd.listen import install_loop_exception_handler
@@ -65,7 +64,7 @@ async def test_one_malformed_request_is_one_short_line(daemon: LimitedDaemon) ->
 async def test_garbage_from_many_connections_cannot_flood_the_log(daemon: LimitedDaemon) -> None:
     before = len(daemon.stderr())
     sources = [f"127.0.0.{i}" for i in range(2, 10)]
-    for round_ in range(25):  # 8 addresses x 11 kinds x 25 = 2,200 malformed requests
+    for _ in range(25):  # 8 addresses x 11 kinds x 25 = 2,200 malformed requests
         await asyncio.gather(*(send(daemon.port, src, payload)
                                for src in sources for payload in GARBAGE), return_exceptions=True)
     # and 800 well-formed requests refused for want of a token

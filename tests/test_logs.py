@@ -7,6 +7,7 @@ Containers that must be followed from their first line wait for a go signal (a f
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -257,8 +258,8 @@ async def test_a_long_line_carries_one_timestamp(engine, client, tty, timestamps
     for lines in (texts(followed), texts(stored)):
         stamps = [re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ", line) for line in lines]
         if timestamps:
-            assert [len(found) for found in stamps] == [1, 1] and all(line.startswith(found[0])
-                                                                      for line, found in zip(lines, stamps))
+            assert [len(found) for found in stamps] == [1, 1]
+            assert all(line.startswith(found[0]) for line, found in zip(lines, stamps, strict=True))
             lines = [line.partition(" ")[2] for line in lines]
         else:
             assert stamps == [[], []]
@@ -322,7 +323,7 @@ async def test_a_name_and_an_id_of_one_container_are_one_stream(engine, client):
     streams = client.server.app[LOG_STREAMS]
     forms = [full_id, name, cid]
     await subscribe(ws, full_id, tail=0)
-    for previous, current in zip(forms, forms[1:]):
+    for previous, current in itertools.pairwise(forms):
         await ws.send_json({"type": "container.logs.subscribe", "data": {"containerId": current, "tail": 0}})
         seen = []  # (type, containerId) until the new stream has sent a few lines
         async with asyncio.timeout(15):

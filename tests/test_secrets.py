@@ -210,7 +210,8 @@ def inspect_doc(**config) -> dict:
                            "Mounts": [{"Type": "volume", "Source": "nas", "Target": "/nas",
                                        "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {
                                            "o": "addr=1.2.3.4,password=nas-pw-0001", "type": "nfs"}}}}]},
-            "State": {"Health": {"Status": "healthy", "Log": [{"ExitCode": 0, "Output": "ok postgres16 tok-0123456789\n"}]}},
+            "State": {"Health": {"Status": "healthy",
+                                 "Log": [{"ExitCode": 0, "Output": "ok postgres16 tok-0123456789\n"}]}},
             "NetworkSettings": {"Networks": {"net": {"Aliases": ["postgres16"]}}}}
 
 

@@ -47,13 +47,14 @@ async def test_sigterm_under_load_with_open_log_streams(engine, tmp_path: Path) 
         async with aiohttp.ClientSession() as http:
             received: list[list[dict[str, Any]]] = [[] for _ in range(CLIENTS)]
             sockets = []
-            for i in range(CLIENTS):
+            for _ in range(CLIENTS):
                 ws = await http.ws_connect(f"{daemon.base_url}/api/v1/ws")
                 await authenticate(ws)
                 await ws.send_json({"type": "container.logs.subscribe",
                                     "data": {"containerId": chatty, "tail": 5, "follow": True}})
                 sockets.append(ws)
-            readers = [asyncio.create_task(_collect_until_closed(ws, into)) for ws, into in zip(sockets, received)]
+            readers = [asyncio.create_task(_collect_until_closed(ws, into))
+                       for ws, into in zip(sockets, received, strict=True)]
 
             async def streaming() -> bool:
                 return all(any(m["type"] == "container.logs" for m in into) for into in received)
@@ -84,7 +85,7 @@ async def test_sigterm_under_load_with_open_log_streams(engine, tmp_path: Path) 
             assert rc == 0, daemon.stderr()[-3000:]
             assert took < 10, f"shutdown took {took:.1f} s"
             assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
-            for ws, into in zip(sockets, received):
+            for ws, into in zip(sockets, received, strict=True):
                 assert ws.close_code == 1001, (ws.close_code, into[-3:])
                 done = [m for m in into if m["type"] == "container.stop.completed"]
                 assert [m["data"]["operationId"] for m in done] == [operation_id], "operation not finished"

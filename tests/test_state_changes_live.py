@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from tests.harness.k8s_live import LIVE, container, kubelet_cluster, live_api, live_client, pod  # noqa: F401
 from tests.test_state_changes import chain_to, connect

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -34,7 +35,7 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def base_config(engine: "Engine", state_dir: Path, **overrides: Any) -> dict[str, Any]:
+def base_config(engine: Engine, state_dir: Path, **overrides: Any) -> dict[str, Any]:
     """Config data of a daemon on 127.0.0.1 (any port, no TLS) with ``engine`` as its Docker runtime."""
     data: dict[str, Any] = {
         "state_dir": str(state_dir),
@@ -84,21 +85,21 @@ def bearer(data: dict[str, Any], scopes: list[str], subject: str = "viewer", ttl
     return {"Authorization": f"Bearer {Tokens(secret, 'nekzus', 'nekzus').create(subject, scopes, ttl)}"}
 
 
-async def remote_reader(remote_client: Callable[..., Awaitable["TestClient"]],
-                        data: dict[str, Any]) -> tuple["TestClient", dict[str, str]]:
+async def remote_reader(remote_client: Callable[..., Awaitable[TestClient]],
+                        data: dict[str, Any]) -> tuple[TestClient, dict[str, str]]:
     """A client from a non-local address, and the headers of a read-only token for it."""
     client = await remote_client(data)
     return client, bearer(data, ["read:containers"])
 
 
-async def ws_connect(client: "TestClient", **kwargs: Any) -> "ClientWebSocketResponse":
+async def ws_connect(client: TestClient, **kwargs: Any) -> ClientWebSocketResponse:
     """A WebSocket to /api/v1/ws that has completed the auth handshake as a local client."""
     ws = await client.ws_connect("/api/v1/ws", **kwargs)
     await authenticate(ws)
     return ws
 
 
-async def authenticate(ws: "ClientWebSocketResponse", token: str = "", timeout: float = 15.0) -> dict[str, Any]:
+async def authenticate(ws: ClientWebSocketResponse, token: str = "", timeout: float = 15.0) -> dict[str, Any]:
     """Send the auth message and return the ``auth_success`` answer. A local client is authenticated from
     the moment it connects, so a broadcast (a container of the test changing state, an app's health, a
     lifecycle result of an earlier step) may come before that answer: those are skipped. A loaded machine
@@ -115,7 +116,7 @@ async def authenticate(ws: "ClientWebSocketResponse", token: str = "", timeout: 
 BROADCASTS = frozenset({"container.state_changed", "health_change"})
 
 
-async def next_reply(ws: "ClientWebSocketResponse", timeout: float = 15.0) -> dict[str, Any]:
+async def next_reply(ws: ClientWebSocketResponse, timeout: float = 15.0) -> dict[str, Any]:
     """The next message that is not a broadcast: the answer to what the test just sent."""
     async with asyncio.timeout(timeout):
         while (message := await ws.receive_json())["type"] in BROADCASTS:
@@ -123,7 +124,7 @@ async def next_reply(ws: "ClientWebSocketResponse", timeout: float = 15.0) -> di
     return message
 
 
-async def next_message(ws: "ClientWebSocketResponse", type_: str, timeout: float = 15.0,
+async def next_message(ws: ClientWebSocketResponse, type_: str, timeout: float = 15.0,
                        where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """The next message of a type (and matching ``where``), skipping others."""
     async with asyncio.timeout(timeout):
@@ -140,7 +141,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15
             await asyncio.sleep(interval)
 
 
-async def run_container(engine: "Engine", name: str, cmd: str = "sleep 100000", **kwargs: Any) -> str:
+async def run_container(engine: Engine, name: str, cmd: str = "sleep 100000", **kwargs: Any) -> str:
     """engine.run off the event loop (the daemon under test shares the loop); returns the 12-char id."""
     full_id = await asyncio.to_thread(engine.run, name, cmd, **kwargs)
     return full_id[:12]

@@ -66,7 +66,7 @@ class EngineProxy:
         await self._runner.cleanup()
         await self._session.close()
 
-    async def __aenter__(self) -> "EngineProxy":
+    async def __aenter__(self) -> EngineProxy:
         await self.start()
         return self
 

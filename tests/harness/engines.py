@@ -355,7 +355,8 @@ def build_busybox_rootfs() -> Path:
             return ti
 
         with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
-            dirs = {"bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "home", "var", "dev", "proc", "sys", "run"}
+            dirs = {"bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "home", "var", "dev", "proc", "sys",
+                    "run"}
             dirs |= {os.path.dirname(p) for p in listing if os.path.dirname(p)}
             for d in sorted(dirs):
                 tar.addfile(info(d, tarfile.DIRTYPE, 0o755))
@@ -389,7 +390,7 @@ def shell_cmd(script: str) -> list[str]:
 # ---------------------------------------------------------------------------
 # engines
 
-_LIVE_ENGINES: list["Engine"] = []
+_LIVE_ENGINES: list[Engine] = []
 _ATEXIT_REGISTERED = False
 
 

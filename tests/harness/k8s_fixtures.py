@@ -5,7 +5,8 @@ The fixtures are registered for every test by tests/conftest.py: ask for them by
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 

@@ -21,8 +21,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 #: Lock files of the whole machine (not per checkout: two checkouts' suites share the kernel).
 LOCK_DIR = Path(tempfile.gettempdir()) / "nekzusd-test-locks"

@@ -31,9 +31,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
@@ -130,7 +130,7 @@ class ClusterInfo:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Cluster:
@@ -186,7 +186,7 @@ class Cluster:
         self.info = None
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         if self.info is None:
             self.start()
         return self
@@ -214,7 +214,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ clients
     @contextlib.asynccontextmanager
-    async def api_client(self, limited: bool = False) -> AsyncIterator["object"]:
+    async def api_client(self, limited: bool = False) -> AsyncIterator[object]:
         """A kubernetes_asyncio ApiClient for the admin (or the limited) user; closed on exit."""
         from kubernetes_asyncio import config
 
