@@ -507,6 +507,8 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=BUSY, help="containers writing logs, followed in turn")
     parser.add_argument("--samples", type=Path, help="write the RSS/fd/task samples here (JSON)")
     args = parser.parse_args()
+    if args.followers > 0 and args.busy < 1:
+        parser.error("--followers needs at least one --busy container to follow")
     with lab() as the_lab:
         code = asyncio.run(soak(the_lab.engine, args.seconds, args.rate, args.clients, args.followers,
                                 args.busy, args.samples))
