@@ -41,6 +41,8 @@ SEND_TIMEOUT = 10.0  # a client that cannot take one batch (below) in this long 
 SEND_BATCH = 64  # messages, or SEND_BATCH_BYTES, written under one timeout
 SEND_BATCH_BYTES = 256 << 10
 CLOSE_TIMEOUT = 2.0  # a polite close that takes longer is cut short (transport aborted)
+PONG_BACKLOG = 16 << 10  # bytes unsent to a client beyond which its PINGs go unanswered (asyncio's low-water mark)
+PONG_TIMEOUT = 1.0  # ... and a pong that cannot be written in this long is given up
 _CORK = getattr(socket, "TCP_CORK", None)  # Linux
 CORK_FROM = 4  # queued messages from which corking pays for its two setsockopt calls
 
@@ -309,6 +311,20 @@ class Client:
         await self.run_close_callbacks()
         await self.flush_and_stop()
         await self.close(code, message)
+
+    async def pong(self, data: bytes) -> None:
+        """Answer a PING frame, unless the client is not reading what it is sent: a client that pings and
+        reads nothing made aiohttp's own answer wait to be written for ever, which held the connection past
+        the auth deadline and, once the client reset it, logged a traceback."""
+        transport = self._transport
+        if self._closed or (transport is not None and (transport.is_closing()
+                                                       or transport.get_write_buffer_size() > PONG_BACKLOG)):
+            return
+        try:
+            async with asyncio.timeout(PONG_TIMEOUT):
+                await self.ws.pong(data)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass  # its pongs are not what the client lacks; the reader sees the connection end
 
     async def flush_and_stop(self, timeout: float = 2.0) -> None:
         """Let queued messages go out (bounded), then stop the writer."""

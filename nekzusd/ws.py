@@ -45,6 +45,8 @@ MAX_DEPTH = 8  # {"type", "data": {...}}: every message type is two levels deep;
 RATE_BURST = 50  # messages a connection may send at once ...
 RATE_PER_SECOND = 10.0  # ... and then on average
 STRIKES_TO_CLOSE = 10  # refused messages (one forgiven per second) after which the connection is closed
+#: Frames a session handles, each spending the message budget; any other ends it.
+_MESSAGES = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG})
 
 MessageHandler = Callable[[web.Request, Client, dict[str, Any]], Awaitable[None]]
 MESSAGE_HANDLERS = web.AppKey("ws_message_handlers", dict[str, MessageHandler])
@@ -207,7 +209,9 @@ async def _over_budget(client: Client, budget: MessageBudget) -> bool:
 
 @requires(None)  # authentication happens in the handshake, also through the first message
 async def websocket(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
+    # PINGs are answered here (Client.pong), within the message budget and never waiting on a client that
+    # does not read; aiohttp still sends its heartbeat and counts any frame as the answer to it.
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE, autoping=False)
     await ws.prepare(request)
     client = Client(ws, str(request[CLIENT]), request.transport)
     principal = request[PRINCIPAL]
@@ -232,9 +236,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await _refuse(client, "AUTH_TIMEOUT", f"No auth message within {AUTH_TIMEOUT:g} s")
                 break
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):  # CLOSE, CLOSING, CLOSED, ERROR
+            if msg.type not in _MESSAGES:  # CLOSE, CLOSING, CLOSED, ERROR
                 break
             if client.ending or await _over_budget(client, budget):
+                continue
+            if msg.type == WSMsgType.PING:
+                await client.pong(msg.data)
+                continue
+            if msg.type == WSMsgType.PONG:  # the answer to the heartbeat
                 continue
             if msg.type == WSMsgType.BINARY:
                 error(client, "INVALID_MESSAGE", "Binary messages are not supported; send JSON text")

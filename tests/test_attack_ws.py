@@ -9,7 +9,12 @@ calls (counted by a recording proxy in front of the real dockerd); a session end
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
+import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from aiohttp import WSMsgType
 
 from nekzusd import auth, ws as ws_module
 from nekzusd.auth import Tokens, load_or_create_secret
+from tests.harness.app import REMOTE_ADDR, wait_for
 from tests.test_input_limits import RecordingProxy
 
 
@@ -283,3 +289,54 @@ async def test_token_with_a_deeply_nested_header_is_refused_cleanly(remote_clien
     reply = await ws.receive_json(timeout=5)
     assert reply["type"] == "auth_failed" and reply["data"]["error"] == "UNAUTHORIZED"
     no_tracebacks(caplog)
+
+
+def _pinging_socket(port: int) -> socket.socket:
+    """A raw WebSocket from 127.0.0.2 (remote, no token) with a tiny receive buffer: upgraded, then left
+    unread, as a client that only sends PING frames."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((REMOTE_ADDR, 0))
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.setblocking(False)
+    return sock
+
+
+def _ping_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x89, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_pings_never_read_neither_outlive_the_auth_deadline_nor_log_a_traceback(remote_client, config_data,
+                                                                                          caplog):
+    """A client with no token sends PING frames and reads nothing (red team): aiohttp's own pong waited for
+    ever to be written, so the 10 s auth deadline never came (connections held past 50 s), and the client's
+    reset then logged a 37-line traceback. PINGs now spend the message budget and are answered only while
+    the client reads."""
+    from nekzusd.keys import HUB
+
+    client = await remote_client(config_data)
+    hub = client.server.app[HUB]
+    sock = await asyncio.to_thread(_pinging_socket, client.port)
+    frame, sent = _ping_frame(b"p" * 125), 0
+    started = time.monotonic()
+    with contextlib.suppress(BlockingIOError, ConnectionError):
+        for _ in range(5000):
+            sock.send(frame)
+            sent += 1
+    await wait_for(lambda: _true(not hub.clients), timeout=ws_module.AUTH_TIMEOUT + 10)
+    print(f"{sent} pings sent; the connection was let go after {time.monotonic() - started:.1f} s")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset, as the red team's client did
+    no_tracebacks(caplog)
+
+
+async def _true(value: bool) -> bool:
+    return value
