@@ -179,14 +179,27 @@ start_proc() {   # start_proc DIR NAME CMD...: detached, own session, log + pid 
     echo $! > "$dir/$name.pid"
 }
 
+# started DIR NAME: the process start_proc just started (our child) is alive.  Not pid_of: its
+# command-line check fails for a child forked but not yet exec'd, which a loaded machine makes last
+# long enough for a first poll to see (CI saw "kube-apiserver exited during start-up", log empty).
+started() {
+    local pid state
+    pid=$(cat "$1/$2.pid" 2>/dev/null) || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ "${state:0:1}" != Z ]]
+}
+
 wait_until() {   # wait_until SECONDS DIR NAME CMD...: poll CMD, fail early if NAME died
     local limit="$1" dir="$2" name="$3"; shift 3
     local end=$((SECONDS + limit))
     while (( SECONDS < end )); do
         "$@" >/dev/null 2>&1 && return 0
-        if ! pid_of "$dir" "$name" >/dev/null; then
+        if ! started "$dir" "$name"; then
+            local status=0
+            wait "$(cat "$dir/$name.pid")" 2>/dev/null || status=$?   # our child: its exit status
             tail -n 30 "$dir/logs/$name.log" >&2 || true
-            die "$name exited during start-up (log: $dir/logs/$name.log)"
+            die "$name exited during start-up with status $status (log: $dir/logs/$name.log)"
         fi
         sleep 0.2
     done
@@ -360,8 +373,8 @@ do_up() {
     # The default ServiceAccount is needed by nothing here (the ServiceAccount admission plugin is
     # off), but the controller-manager creates it; wait for both controllers to be alive.
     sleep 0.5
-    pid_of "$DIR" kube-controller-manager >/dev/null || { tail -n 30 "$DIR/logs/kube-controller-manager.log" >&2; die "kube-controller-manager died"; }
-    pid_of "$DIR" kube-scheduler >/dev/null || { tail -n 30 "$DIR/logs/kube-scheduler.log" >&2; die "kube-scheduler died"; }
+    started "$DIR" kube-controller-manager || { tail -n 30 "$DIR/logs/kube-controller-manager.log" >&2; die "kube-controller-manager died"; }
+    started "$DIR" kube-scheduler || { tail -n 30 "$DIR/logs/kube-scheduler.log" >&2; die "kube-scheduler died"; }
 
     cat > "$DIR/cluster.env" <<EOF
 API_URL=$API
