@@ -10,7 +10,8 @@ per-route latency and checks:
 - no WebSocket notification lost: every client got every lifecycle result the daemon counted, and
   every operationId a 202 promised;
 - every followed log stream cut by an outage ended with reason "error", and lines flowed again after;
-- no growth trend in RSS over the second half (the engine kills come in the first); open file descriptors
+- no growth trend in RSS over the second half (the engine kills come in the first; when the engine is slow
+  to come back, the load goes on until a third of the run has passed quietly after it); open file descriptors
   and asyncio tasks (less those of work in flight) back to their idle level once the load has drained.
   Their trend under load is printed, not judged: memory a process once took is not given back, so RSS
   can only be judged by its trend, but descriptors and tasks are, and what is given back did not leak.
@@ -77,6 +78,7 @@ class Run:
     bad: list[str] = field(default_factory=list)
     operation_ids: set[str] = field(default_factory=set)
     outages: list[Outage] = field(default_factory=list)
+    deadline: float = 0.0  # when the load and the sampling end (faults() may push it back)
     samples: list[dict[str, float]] = field(default_factory=list)
     before: dict[str, float] = field(default_factory=dict)  # idle figures with every client connected
     after: dict[str, float] = field(default_factory=dict)  # the same once the load has drained
@@ -217,13 +219,13 @@ async def request(session: aiohttp.ClientSession, run: Run, route: str, method: 
     return status, data
 
 
-async def api_load(session, url: str, run: Run, rate: float, deadline: float, victims: list[str]) -> None:
-    """Paced mixed load: each tick starts one request of a kind picked by weight."""
+async def api_load(session, url: str, run: Run, rate: float, victims: list[str]) -> None:
+    """Paced mixed load until ``run.deadline``: each tick starts one request of a kind picked by weight."""
     names, weights = zip(*KINDS.items(), strict=True)
     in_flight: set[asyncio.Task] = set()
     interval = 1.0 / rate
     next_at = time.monotonic()
-    while time.monotonic() < deadline:
+    while time.monotonic() < run.deadline:
         kind = random.choices(names, weights)[0]
         task = asyncio.create_task(one_request(session, url, run, kind, victims))
         in_flight.add(task)
@@ -330,18 +332,21 @@ async def told(clients: list[WsClient], operations: float, within: float = 10.0)
         await asyncio.sleep(0.1)
 
 
-def sampler(url: str, pid: int, run: Run, deadline: float, started: float) -> None:
-    """Samples every SAMPLE_EVERY seconds, in a thread: on a machine busy with other work the load's event
-    loop falls behind, and a sampler waiting its turn there took too few samples to judge a trend. Nor does
-    it wait long for a daemon slow to answer: RSS and descriptors are sampled all the same."""
-    while time.monotonic() < deadline:
+def sampler(url: str, pid: int, run: Run, started: float) -> None:
+    """Samples every SAMPLE_EVERY seconds until ``run.deadline``, in a thread: on a machine busy with other
+    work the load's event loop falls behind, and a sampler waiting its turn there took too few samples to
+    judge a trend. Nor does it wait long for a daemon slow to answer: RSS and descriptors are sampled all
+    the same."""
+    while time.monotonic() < run.deadline:
         run.samples.append({"t": time.monotonic() - started, **figures_now(url, pid, run, 2 * SAMPLE_EVERY)})
         time.sleep(SAMPLE_EVERY)
 
 
 async def faults(engine: Engine, run: Run, started: float, duration: float) -> None:
     """Kill the engine (SIGKILL) at 1/6 and 2/6 of the run and bring it back a few seconds later: the
-    second half then shows whether the daemon settled back or keeps growing."""
+    second half then shows whether the daemon settled back or keeps growing. An engine slow to come back
+    (beside other work, a restart has taken 20 s) could leave that half without a quiet moment to judge
+    RSS by, so the run then lasts until a third of it has passed after the last recovery."""
     next_at = started + duration / 6
     for _ in range(2):
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -352,6 +357,7 @@ async def faults(engine: Engine, run: Run, started: float, duration: float) -> N
         await asyncio.to_thread(engine.restart)
         outage.end = time.monotonic()
         next_at = max(started + 2 * duration / 6, outage.end + duration / 12)
+    run.deadline = max(run.deadline, outage.end + AFTER_OUTAGE + duration / 3)
 
 
 def prepare(engine: Engine, n_busy: int) -> tuple[list[str], list[str]]:
@@ -386,10 +392,10 @@ async def soak(engine: Engine, duration: float, rate: float, n_clients: int, fol
             await asyncio.sleep(SETTLE)
             run.before = await asyncio.to_thread(figures_now, url, daemon.pid, run)
             started = time.monotonic()
-            deadline = started + duration
+            run.deadline = started + duration
             await asyncio.gather(
-                api_load(api, url, run, rate, deadline, victims),
-                asyncio.to_thread(sampler, url, daemon.pid, run, deadline, started),
+                api_load(api, url, run, rate, victims),
+                asyncio.to_thread(sampler, url, daemon.pid, run, started),
                 faults(engine, run, started, duration),
             )
             # The last operations finish and are announced; idle stats samplers and kept-alive connections
@@ -453,7 +459,8 @@ def log_failures(run: Run, followers: list[WsClient]) -> list[str]:
 
 def report(run: Run, clients: list[WsClient], listed: set[str], operations: float, duration: float,
            started: float) -> int:
-    print(f"soak: {duration:.0f} s on {os.cpu_count()} cores, {len(clients)} WebSocket clients, "
+    print(f"soak: {duration:.0f} s (ran {run.deadline - started:.0f}) on {os.cpu_count()} cores, "
+          f"{len(clients)} WebSocket clients, "
           f"{sum(1 for c in clients if c.follow)} following logs, {len(run.outages)} engine kills")
     print(f"{'route':40} {'count':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
     for route in sorted(run.latencies):
