@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .secrets import SecretBook, is_secret, is_secret_option, scrub_text
+from .secrets import SecretBook, argv_spans, is_secret, is_secret_option, scrub_text
 
 __all__ = ["ServiceSource", "Export", "export_services", "export_zip", "sanitize_name", "variable_name"]
 
@@ -111,8 +111,11 @@ def _escape_tree(value: Any, book: SecretBook | None) -> Any:
         return _escape_string(value, book)
     if isinstance(value, dict):
         return {k: _escape_tree(v, book) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_tree(v, book) for v in value]
+    if isinstance(value, list):  # a list of strings may be a command line (command, healthcheck test)
+        if book is None:
+            return [_escape_tree(v, book) for v in value]
+        return [book.scrub(v, _dollar, extra=extra) if isinstance(v, str) and not isinstance(v, _Placeholder)
+                else _escape_tree(v, book) for v, extra in zip(value, argv_spans(value), strict=True)]
     return value
 
 
@@ -134,8 +137,11 @@ def _collect_tree(value: Any, book: SecretBook) -> None:
         for v in value.values():
             _collect_tree(v, book)
     elif isinstance(value, list):
-        for v in value:
-            _collect_tree(v, book)
+        for v, extra in zip(value, argv_spans(value), strict=True):
+            if isinstance(v, str) and not isinstance(v, _Placeholder):
+                book.collect(v, extra=extra)
+            else:
+                _collect_tree(v, book)
 
 
 def variable_name(name: str) -> str:

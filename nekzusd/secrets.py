@@ -10,16 +10,25 @@ What is a secret:
   KEYBOARD_LAYOUT or MONKEY do not trigger. Parts are split on `_`, `-`, `.`, whitespace (newlines too, so
   no line of a name hides a part) and camelCase. PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN,
   CREDENTIAL(S), CREDS, BASICAUTH, DIGESTAUTH, HTPASSWD, PSK and the joined APIKEY, AUTHKEY, SECRETKEY… are
-  secret alone (and a part that ends in PASSWORD/PASSWD, such as PGPASSWORD); PWD only as the last part of
-  a longer name (MYSQL_PWD); KEY or KEYS only after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH,
-  SESSION, PRESHARED, SIGNING, ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), so that KEY_FILE (a path),
-  PRIMARY_KEY or SORT_KEY stay readable. Driver options (lower-case, such as `splunk-token`,
-  `syslog-tls-key`) are also secret when their last part is KEY.
+  secret alone (and a part that ends in PASSWORD/PASSWD, or in PASS unless it is a word such as BYPASS or
+  COMPASS: PGPASSWORD, POSTGRESPASS); PWD, PW, CLAIM (PLEX_CLAIM) and AUTHORIZATION only as the last part
+  (MYSQL_PWD, VNC_PW, HTTP_AUTHORIZATION, but not PWD alone nor AUTHORIZATION_MODE); AUTH after BASIC or
+  DIGEST (BASIC_AUTH); KEY or KEYS after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH, SESSION,
+  PRESHARED, SIGNING, ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), joined to it too (APPKEY,
+  SESSIONKEY), or as the last part after any word but one that makes it an identifier or a public thing
+  (STRIPE_KEY is secret; KEY_FILE (a path), PRIMARY_KEY, SORT_KEY, PUBLIC_KEY and GPG_KEY stay readable).
+  Each chunk is judged whole too, so an odd mix of cases (`Db_PaSsWoRd`) hides nothing. Driver options
+  (lower-case, such as `splunk-token`, `syslog-tls-key`) are also secret when their last part is KEY.
 - by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://[user]:password@host`
   URL, the key of a `scheme://KEY@host` DSN (a user part of MIN_URL_KEY characters or more), the path of a
   Slack or Discord webhook URL, a well-known token prefix (`_TOKEN_SHAPES`: ghp_, github_pat_, glpat-,
   xoxb-, sk_live_, sk-…, tskey-, AKIA…), the value of a `name=value`, `"name": "value"` or `name:value`
-  pair whose name is secret (`--db-password=…`, `o: username=u,password=p`, `Password:pw;`).
+  pair whose name is secret (`--db-password=…`, `password = pw`, `o: username=u,password=p`,
+  `Password:pw;`, `X-Api-Key: k`), the credentials of an `Authorization:` header (`Bearer …`, `Basic …`).
+- by POSITION in a command line (a list of arguments, or a string split on whitespace): the argument after
+  an option whose name is secret (`--requirepass X`, `--db-password X`; not after `--password-file`,
+  `--password-stdin` or `--no-password`), and the passwords a few programs take by a short option of their
+  own (`_PROGRAM_OPTIONS`: `mysql -pX`, `redis-cli -a X`, `curl -u user:X`, `sshpass -p X`, …).
 Where a secret repeats: once found (in the environment, a secret-named label or option, or by shape), its
 value is hunted in every other string of the same document, except identity fields (ids, names, image
 references, host names, network settings), so that a password equal to "postgres" does not turn the
@@ -32,11 +41,11 @@ Dict keys are never rewritten (they are names); a secret used as a key is not hi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["MASK", "MIN_REPEATED_SECRET", "is_secret_name", "is_secret_option", "is_secret_value",
+__all__ = ["MASK", "MIN_REPEATED_SECRET", "argv_spans", "is_secret_name", "is_secret_option", "is_secret_value",
            "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",
            "secret_values_of", "mask_inspect", "mask_details", "mask_labels", "scrub_text", "IDENTITY_KEYS"]
 
@@ -52,11 +61,19 @@ _SECRET_PARTS = frozenset({
     "APIKEY", "APIKEYS", "ACCESSKEY", "ACCESSKEYS", "SECRETKEY", "SECRETKEYS", "PRIVATEKEY", "AUTHKEY",
     "AUTHKEYS", "AUTHTOKEN", "ACCESSTOKEN",
 })
-# A part ending in one of these is secret too (PGPASSWORD, ROOTPASSWORD); PASS is left out (BYPASS, COMPASS).
-_SECRET_SUFFIXES = ("PASSWORD", "PASSWD")
-# PWD is secret only as the last part of a longer name (MYSQL_PWD, DB_PWD): alone it is the shell's
-# working directory, and OLDPWD is one part that is not PWD.
-_LAST_ONLY_PARTS = frozenset({"PWD"})
+# A part ending in one of these is secret too (PGPASSWORD, ROOTPASSWORD, POSTGRESPASS), unless it is one of
+# the words that merely end so.
+_SECRET_SUFFIXES = ("PASSWORD", "PASSWD", "PASS")
+_NOT_SECRET_WORDS = frozenset({"BYPASS", "COMPASS", "ENCOMPASS", "SURPASS", "TRESPASS", "OVERPASS",
+                               "UNDERPASS", "MULTIPASS", "ONEPASS", "TWOPASS", "SINGLEPASS", "FIRSTPASS"})
+# Secret only as the last part of a longer name: PWD (MYSQL_PWD; alone it is the shell's working directory,
+# and OLDPWD is one part that is not PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM; CLAIM_NAME is a volume claim).
+_LAST_ONLY_PARTS = frozenset({"PWD", "PW", "CLAIM"})
+# Secret as the last part, alone too: an Authorization header's value (HTTP_AUTHORIZATION), not a mode
+# (AUTHORIZATION_MODE).
+_LAST_PARTS = frozenset({"AUTHORIZATION"})
+# AUTH is secret after these (BASIC_AUTH: `user:password`); alone it is usually a switch.
+_AUTH_QUALIFIERS = frozenset({"BASIC", "DIGEST", "BEARER"})
 # KEY (or KEYS) is secret only after one of these (API_KEY, APP_KEY, WG_PRESHARED_KEY, TLS_PRIVATE_KEY), not
 # alone, nor after words that make it an identifier or a path: SORT_KEY, PRIMARY_KEY, PUBLIC_KEY, KEY_ID,
 # KEY_FILE (a file name; the file itself is not in the document).
@@ -65,6 +82,14 @@ _KEY_QUALIFIERS = frozenset({
     "APP", "AUTH", "SESSION", "PRESHARED", "SHARED", "CLIENT", "LICENSE", "WEBHOOK", "COOKIE", "CSRF",
 })
 _KEY_PARTS = frozenset({"KEY", "KEYS"})
+# KEY as the last part is secret after any other word (STRIPE_KEY, MAPBOX_KEY) but these, which make it an
+# identifier, a lookup, or a public thing.
+_PLAIN_KEY_QUALIFIERS = frozenset({
+    "PUBLIC", "PRIMARY", "FOREIGN", "SORT", "PARTITION", "ROUTING", "SHARD", "CACHE", "LOOKUP", "HASH",
+    "GPG", "PGP", "UNIQUE", "INDEX", "GROUP", "OBJECT", "BUCKET", "HOT", "MAP", "TYPE", "SIZE", "LENGTH",
+    "BITS", "ALGORITHM", "ALG", "FORMAT", "USAGE", "ROTATION", "ID",
+})
+_JOINED_KEYS = tuple(q + k for q in _KEY_QUALIFIERS for k in ("KEY", "KEYS"))
 
 # Splits on camelCase boundaries inside a chunk, so that "dbPassword" is judged too.
 _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -107,10 +132,15 @@ _WEBHOOK_RE = re.compile(r"https?://(?:hooks\.slack\.com/(?:services|workflows|t
 # name=value inside any text: command-line flags, mount options, URL queries, env-like strings. The match is a
 # look-ahead so that pairs may overlap: in `EVIL=1_PASSWORD=pw` (an env name with a newline, then a value
 # that is itself a pair) both `EVIL=…` and `1_PASSWORD=pw` are judged. The name may start with a digit.
-_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}(?=([A-Za-z0-9_][A-Za-z0-9_.-]*)=([^\s,;&'\"]+))")
+_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}(?=([A-Za-z0-9_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*(?!=)([^\s,;&'\"]+))")
 # name: value in JSON (`"password": "pw"`), and name:value glued (`Password:pw;` in a connection string).
 _JSON_PAIR_RE = re.compile(r'"([A-Za-z0-9_][A-Za-z0-9_.-]*)"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
 _COLON_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.:/@-])([A-Za-z_][A-Za-z0-9_.-]*):(?![/:])([^\s,;&'\"@]+)")
+# An HTTP header (`Authorization: Bearer x`, `X-Api-Key: k`: a dashed name, or Authorization; not any
+# `word: text`, which is how messages read): the value after the scheme word, if any.
+_HEADER_RE = re.compile(r"(?<![A-Za-z0-9_.-])((?:[A-Za-z0-9]+-)*(?i:authorization)|[A-Za-z][A-Za-z0-9]*"
+                        r"(?:-[A-Za-z0-9]+)+):[ \t]+"
+                        r"(?:(?i:bearer|basic|digest|token|bot|apikey)[ \t]+)?([^\s,;'\"]+)")
 # A secret's core, hunted on its own too: Laravel's `base64:KEY=` is often repeated as the bare KEY.
 _CORE_RE = re.compile(r"^(?:base64|hex|b64):(.+?)=*$")
 
@@ -122,19 +152,34 @@ def _name_parts(name: str) -> list[str]:
     return [p.upper() for chunk in _SEPARATORS_RE.split(name) for p in _PART_RE.findall(chunk)]
 
 
+def _chunks(name: str) -> list[str]:
+    return [chunk.upper() for chunk in _SEPARATORS_RE.split(name) if chunk]
+
+
 # Names repeat (label keys, env names of every container): the verdicts are cached, bounded.
 @lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    """True when a part of the name (split on _ - . and camelCase) marks it as holding a secret."""
+    """True when a part of the name (split on _ - . and camelCase) marks it as holding a secret; the
+    chunks between separators are judged whole too (`Db_PaSsWoRd` splits on its case into nonsense)."""
     # Every line of a name counts on its own too: an env name with a newline (`NAME\nEVIL`) is split
     # there like on any other whitespace, so no line hides a part.
-    parts = _name_parts(name)
+    return _secret_parts(_name_parts(name)) or _secret_parts(_chunks(name))
+
+
+def _secret_parts(parts: list[str]) -> bool:
+    last = len(parts) - 1
     for i, part in enumerate(parts):
-        if part in _SECRET_PARTS or part.endswith(_SECRET_SUFFIXES):
+        before = parts[i - 1] if i > 0 else ""
+        if part in _SECRET_PARTS or (part.endswith(_SECRET_SUFFIXES) and part not in _NOT_SECRET_WORDS):
             return True
-        if part in _KEY_PARTS and i > 0 and parts[i - 1] in _KEY_QUALIFIERS:
+        if part.endswith(_JOINED_KEYS):
             return True
-        if part in _LAST_ONLY_PARTS and i > 0 and i == len(parts) - 1:
+        if part in _KEY_PARTS and before and (before in _KEY_QUALIFIERS or
+                                              (i == last and before not in _PLAIN_KEY_QUALIFIERS)):
+            return True
+        if i == last and (part in _LAST_PARTS or (part in _LAST_ONLY_PARTS and before)):
+            return True
+        if part == "AUTH" and before in _AUTH_QUALIFIERS:
             return True
     return False
 
@@ -183,6 +228,9 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
         if '"' in text:
             found += _pair_spans(_JSON_PAIR_RE, text)
         found += _pair_spans(_COLON_PAIR_RE, text)
+        found += _pair_spans(_HEADER_RE, text)
+    if " -" in text:
+        found += _command_spans(text)
     return found
 
 
@@ -193,6 +241,85 @@ def _pair_spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int, str]]
         if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
             found.append((m.start(2), m.end(2), m.group(1)))
     return found
+
+
+# Command lines. An option whose name is secret takes the next argument as its value, unless its name says
+# the value is a way of giving the secret rather than the secret (a file, standard input) or it is a switch.
+_OPTION_RE = re.compile(r"-{1,2}([A-Za-z][A-Za-z0-9_.-]*)")
+_WAY_PARTS = frozenset({"FILE", "PATH", "STDIN", "PROMPT", "DIR", "ENV", "CMD", "COMMAND"})
+_MYSQL = ("mysql", "mysqladmin", "mysqldump", "mysqlcheck", "mysqlimport", "mysqlshow", "mysqlslap",
+          "mariadb", "mariadb-admin", "mariadb-dump", "mariadb-check", "mariadb-import", "mariadb-show")
+# Programs that take a password by a short option of their own: program -> option -> (how, hint). How:
+# "next" (the next argument), "glued" (`-pPASS`; mysql's `-p X` prompts and X is a database), "both",
+# or "user" (`user:password`, next or glued: only the password).
+_PROGRAM_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
+    **{p: {"-p": ("glued", "MYSQL_PASSWORD")} for p in _MYSQL},
+    **{p: {"-a": ("next", "REDIS_PASSWORD")} for p in ("redis-cli", "valkey-cli", "keydb-cli")},
+    **{p: {"-p": ("next", "MONGO_PASSWORD")} for p in ("mongo", "mongosh", "mongodump", "mongorestore")},
+    **{p: {"-P": ("next", "MQTT_PASSWORD")} for p in ("mosquitto_pub", "mosquitto_sub", "mosquitto_rr")},
+    "sshpass": {"-p": ("both", "SSH_PASSWORD")},
+    **{p: {"-u": ("user", "HTTP_PASSWORD"), "--user": ("user", "HTTP_PASSWORD"),
+           "-U": ("user", "PROXY_PASSWORD"), "--proxy-user": ("user", "PROXY_PASSWORD")} for p in ("curl",)},
+}
+_QUOTES = "'\"`("
+
+
+def _takes_secret(name: str) -> bool:
+    parts = _name_parts(name) or [""]
+    return is_secret_name(name) and parts[-1] not in _WAY_PARTS and parts[0] != "NO"
+
+
+def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
+    """Per argument of a command line (non-strings count as empty), the spans of the secrets their
+    position reveals: the value after a secret-named option, a program's own password option."""
+    spans: list[list[tuple[int, int, str]]] = [[] for _ in args]
+    options: dict[str, tuple[str, str]] = {}
+    pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
+    for i, arg in enumerate(args):
+        raw = arg if isinstance(arg, str) else ""
+        token = raw.lstrip(_QUOTES)
+        lead = len(raw) - len(token)
+        token = token.rstrip(_QUOTES + ");")
+        if pending is not None:
+            how, hint = pending
+            pending = None
+            if token and not token.startswith("$") and not _OPTION_RE.fullmatch(token):
+                start = lead + (token.find(":") + 1 if how == "user" else 0)
+                if how != "user" or start > lead:
+                    spans[i].append((start, lead + len(token), hint))
+                continue
+        program = token.rsplit("/", 1)[-1]
+        if program in _PROGRAM_OPTIONS:
+            options = _PROGRAM_OPTIONS[program]
+            continue
+        own = options.get(token)
+        if own is not None:
+            if own[0] != "glued":
+                pending = own
+            continue
+        glued = next(((flag, how, hint) for flag, (how, hint) in options.items()
+                      if how != "next" and len(flag) == 2 and token.startswith(flag) and len(token) > 2), None)
+        if glued is not None:
+            _flag, how, hint = glued
+            start = lead + 2 + (token.find(":", 2) - 1 if how == "user" else 0)
+            if start >= lead + 2 and not token.startswith("$", 2):
+                spans[i].append((start, lead + len(token), hint))
+            continue
+        option = _OPTION_RE.fullmatch(token)
+        if option is not None and _takes_secret(option.group(1)):
+            pending = ("next", option.group(1))
+    return spans
+
+
+_WORD_RE = re.compile(r"\S+")
+
+
+def _command_spans(text: str) -> list[tuple[int, int, str]]:
+    """argv_spans over a string split on whitespace (a shell command line; quotes are not parsed)."""
+    words = list(_WORD_RE.finditer(text))
+    return [(word.start() + start, word.start() + end, hint)
+            for word, found in zip(words, argv_spans([w.group() for w in words]), strict=True)
+            for start, end, hint in found]
 
 
 def _pem_spans(text: str) -> list[tuple[int, int, str]]:
@@ -290,9 +417,12 @@ class SecretBook:
             self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else _NOTHING
         return None if self._hunt is _NOTHING else self._hunt
 
-    def spans(self, text: str, hint_prefix: str = "") -> list[tuple[int, int, str]]:
-        """Merged, ordered spans of secrets in `text` (shape and recorded values)."""
+    def spans(self, text: str, hint_prefix: str = "",
+              extra: Iterable[tuple[int, int, str]] = ()) -> list[tuple[int, int, str]]:
+        """Merged, ordered spans of secrets in `text` (shape, recorded values, and `extra`: those its
+        place in a command line reveals, from `argv_spans`)."""
         raw = find_secrets(text)
+        raw += extra
         hunt = self._hunted()
         if hunt is not None and len(text) >= MIN_REPEATED_SECRET:
             raw += [(m.start(), m.end(), "SECRET") for m in hunt.finditer(text)]
@@ -310,14 +440,15 @@ class SecretBook:
                 merged.append((start, end, f"{hint_prefix}_{hint}" if hint_prefix else hint))
         return merged
 
-    def collect(self, text: str, hint_prefix: str = "") -> None:
+    def collect(self, text: str, hint_prefix: str = "", extra: Iterable[tuple[int, int, str]] = ()) -> None:
         """Record the secrets `text` reveals by shape (first pass of an export, so that a value found in
         one field is hunted in all the others)."""
-        for start, end, hint in self.spans(text, hint_prefix):
+        for start, end, hint in self.spans(text, hint_prefix, extra):
             self.add(text[start:end], hint)
 
-    def scrub(self, text: str, between: Callable[[str], str] = _keep, hint_prefix: str = "") -> str:
-        spans = self.spans(text, hint_prefix)
+    def scrub(self, text: str, between: Callable[[str], str] = _keep, hint_prefix: str = "",
+              extra: Iterable[tuple[int, int, str]] = ()) -> str:
+        spans = self.spans(text, hint_prefix, extra)
         if not spans:
             return between(text)
         out, pos = [], 0
@@ -368,8 +499,11 @@ def _collect_shapes(value: Any, book: SecretBook) -> None:
             if k not in IDENTITY_KEYS:
                 _collect_shapes(v, book)
     elif isinstance(value, list):
-        for v in value:
-            _collect_shapes(v, book)
+        for v, extra in zip(value, argv_spans(value), strict=True):
+            if isinstance(v, str):
+                book.collect(v, extra=extra)
+            else:
+                _collect_shapes(v, book)
 
 
 def secret_values_of(doc: dict[str, Any]) -> tuple[str, ...]:
@@ -406,8 +540,9 @@ def _mask_tree(value: Any, book: SecretBook, mask: str, key: Any = None,
             else:
                 out[k] = _mask_tree(v, book, mask, k, identity)
         return out
-    if isinstance(value, list):
-        return [_mask_tree(v, book, mask, None, identity) for v in value]
+    if isinstance(value, list):  # any list of strings may be a command line (Cmd, Args, Healthcheck.Test)
+        return [book.scrub(v, extra=extra) if isinstance(v, str) else _mask_tree(v, book, mask, None, identity)
+                for v, extra in zip(value, argv_spans(value), strict=True)]
     return value
 
 

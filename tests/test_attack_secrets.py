@@ -436,6 +436,70 @@ async def test_a_read_token_sees_none_of_the_missed_names_shapes_or_declaration_
         await asyncio.to_thread(engine.api, "DELETE", f"/networks/{network}")
 
 
+# S27: passwords given by position on a command line, in a header, or under names the policy once missed.
+POSITIONAL = {"requirepass": "reqpwS27a", "db_flag": "dbflagS27b", "redis_cli": "rediscliS27c",
+              "mysql_glued": "mysqlS27d", "curl_user": "curluserS27e", "bearer": "bearerS27f",
+              "spaced": "spacedS27o"}
+ODD_NAMES = {"VNC_PW": "vncpwS27g", "POSTGRESPASS": "pgpassS27h", "STRIPE_KEY": "stripeS27i",
+             "SESSIONKEY": "sesskeyS27j", "PLEX_CLAIM": "claim-S27k", "BASIC_AUTH": "user:basicS27l",
+             "Db_PaSsWoRd": "mixedS27m", "HTTP_AUTHORIZATION": "Bearer authzS27n"}
+S27 = [*POSITIONAL.values(), *(v.split(":")[-1].split()[-1] for v in ODD_NAMES.values())]
+# Names and words that stay readable beside them.
+PLAIN = {"GPG_KEY": "A035C8C19219BA821ECEA86B64E628F8D684696D", "AUTHORIZATION_MODE": "RBAC",
+         "CLAIM_NAME": "data-claim", "BYPASS_CACHE": "yes-please"}
+
+
+async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_name(
+        engine: Engine, remote_client, config_data) -> None:
+    name = unique("argv")
+    p = POSITIONAL
+    command = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait", "redis-server", "--requirepass",
+               p["requirepass"], "--port", "6379", "--db-password", p["db_flag"]]
+    shell = (f"redis-cli -a {p['redis_cli']} ping && mysqladmin ping -uroot -p{p['mysql_glued']} && "
+             f"curl -fsS -u admin:{p['curl_user']} -H 'Authorization: Bearer {p['bearer']}' http://localhost/")
+    full_id = await asyncio.to_thread(
+        engine.run, name, command, env=[f"{k}={v}" for k, v in {**ODD_NAMES, **PLAIN}.items()],
+        labels={"conf": f"password = {p['spaced']}", "vnc": f"vnc {ODD_NAMES['VNC_PW']}", "plain": "--port 6379"},
+        config={"Healthcheck": {"Test": ["CMD-SHELL", shell], "Interval": 10**9 * 30}})
+    try:
+        raw = json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{full_id}/json"))
+        assert not [s for s in S27 if s not in raw]  # the engine holds every one of them
+
+        client, read = await remote_reader(remote_client, config_data)
+        answers: dict[str, str] = {}
+        for path in (f"{C}?all=true", f"{C}/{name}"):
+            response = await client.get(path, headers=read)
+            assert response.status == 200, (path, await response.text())
+            answers[f"GET {path}"] = await response.text()
+        response = await client.post(f"{C}/batch/export", json={"container_ids": [name]}, headers=read)
+        assert response.status == 200, await response.text()
+        answers["export"] = await response.text()
+        leaked = {where: [s for s in S27 if s in text] for where, text in answers.items()}
+        assert not {w: s for w, s in leaked.items() if s}, leaked
+
+        inspect = json.loads(answers[f"GET {C}/{name}"])
+        assert inspect["Config"]["Cmd"][3:] == ["redis-server", "--requirepass", "***", "--port", "6379",
+                                                "--db-password", "***"]
+        assert inspect["Config"]["Healthcheck"]["Test"][1] == (
+            "redis-cli -a *** ping && mysqladmin ping -uroot -p*** && "
+            "curl -fsS -u admin:*** -H 'Authorization: Bearer ***' http://localhost/")
+        for key, value in PLAIN.items():
+            assert f"{key}={value}" in inspect["Config"]["Env"], key
+        labels = inspect["Config"]["Labels"]
+        assert labels == {"conf": "password = ***", "vnc": "vnc ***", "plain": "--port 6379"}
+
+        body = json.loads(answers["export"])
+        document = check_compose(body["content"], check_env_template(body["env_content"]))
+        service = document["services"][name.lower()]
+        assert service["command"][3:6] == ["redis-server", "--requirepass", service["command"][5]]
+        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", service["command"][5]), service["command"]
+        env_map = dict(e.partition("=")[::2] for e in service["environment"])
+        for key in PLAIN:
+            assert env_map[key] == PLAIN[key], key
+    finally:
+        await asyncio.to_thread(engine.remove_all)
+
+
 async def test_a_start_error_quoting_an_env_secret_reaches_no_read_token_client(
         engine: Engine, remote_client, config_data, caplog) -> None:
     """The command is the container's own DB_PASSWORD: the engine's error quotes it. No shape reveals it, so

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from nekzusd.secrets import (MIN_REPEATED_SECRET, is_secret, is_secret_name, is_secret_value, mask_env,
-                             mask_inspect, replace_repeated, secret_env_values)
+from nekzusd.secrets import (MIN_REPEATED_SECRET, argv_spans, is_secret, is_secret_name, is_secret_value,
+                             mask_details, mask_env, mask_inspect, replace_repeated, secret_env_values)
 
 PEM_RSA = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----"
 PEM_PKCS8 = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
@@ -299,3 +299,70 @@ def test_scrub_text_masks_known_values_in_an_engine_error():
     message = 'exec: "dbpass-23x": executable file not found in $PATH'
     assert scrub_text(message) == message  # no shape: only the container's own values can reveal it
     assert scrub_text(message, ["dbpass-23x"]) == 'exec: "***": executable file not found in $PATH'
+
+
+@pytest.mark.parametrize("name", [
+    "VNC_PW", "ADMIN_PW", "POSTGRESPASS", "ROOTPASS", "STRIPE_KEY", "MAPBOX_KEY", "SESSIONKEY", "APPKEY",
+    "CLIENTKEY", "PLEX_CLAIM", "AUTHORIZATION", "HTTP_AUTHORIZATION", "Proxy-Authorization", "BASIC_AUTH",
+    "basicAuth", "DIGEST_AUTH", "Db_PaSsWoRd", "pAsSwOrD", "storepass",
+])
+def test_secret_names_the_red_team_found(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", [
+    "PW", "AUTHORIZATION_MODE", "CLAIM_NAME", "claimName", "GPG_KEY", "PUBLIC_KEY", "CACHE_KEY", "KEY_ID",
+    "BYPASS", "BYPASS_CACHE", "COMPASS_HEADING", "MULTIPASS", "AUTH", "AUTH_ENABLED", "OLDPWD", "PASSPORT",
+])
+def test_names_that_stay_ordinary_beside_them(name):
+    assert not is_secret_name(name)
+
+
+@pytest.mark.parametrize("text, secrets", [
+    ("redis-server --requirepass reqpw1 --port 6379", ["reqpw1"]),
+    ("app --db-password dbpw2 --verbose", ["dbpw2"]),
+    ("redis-cli -a rcpw3 ping", ["rcpw3"]),
+    ("mysqladmin ping -h localhost -uroot -pmypw4", ["mypw4"]),
+    ("sshpass -p sshpw5 ssh host && sshpass -psshpw6 ssh host", ["sshpw5", "sshpw6"]),
+    ("curl -fsS -u admin:curlpw7 http://x/ && curl -uadmin:curlpw8 http://y/", ["curlpw7", "curlpw8"]),
+    ("curl -H 'Authorization: Bearer bearer9' http://x", ["bearer9"]),
+    ("curl -H \"X-Api-Key: apikey10\" http://x", ["apikey10"]),
+    ("password = spaced11", ["spaced11"]),
+    ("keytool -list -storepass store12", ["store12"]),
+    ('sh -c \'redis-cli -a "quoted13" ping\'', ["quoted13"]),
+])
+def test_passwords_given_by_position_or_in_a_header(text, secrets):
+    assert [text[s:e] for s, e, _ in find_secrets(text)] == secrets
+
+
+@pytest.mark.parametrize("text", [
+    "app --password-file /run/secrets/db --verbose", "docker login --password-stdin -u me registry",
+    "pg_dump --no-password mydb", "mysql -p dbname", "mysql -p$MYSQL_ROOT_PASSWORD", "echo --token $TOKEN",
+    "curl -u user http://x", "redis-server --port 6379 --appendonly yes", "ls -a /srv", "a == b",
+    "kube-apiserver --authorization-mode=RBAC", "X-Request-Id: 123", "token: expired", "--pin 1234",
+])
+def test_command_lines_that_stay_ordinary(text):
+    assert find_secrets(text) == []
+
+
+def test_argv_spans_judge_each_argument_after_its_option_and_program():
+    args = ["CMD", "redis-cli", "-a", "rcpw1", "--pass", "rcpw2", "ping", 7, "--port", "6379"]
+    assert [[args[i][s:e] for s, e, _ in found] for i, found in enumerate(argv_spans(args)) if found] == [
+        ["rcpw1"], ["rcpw2"]]
+    assert argv_spans(["mysqladmin", "-uroot", "-pmy", "-p", "db"])[2] == [(2, 4, "MYSQL_PASSWORD")]
+
+
+def test_mask_inspect_masks_positional_passwords_in_cmd_args_and_healthcheck_however_short():
+    doc = {"Path": "redis-server", "Args": ["--requirepass", "pw1"],
+           "Config": {"Cmd": ["redis-server", "--requirepass", "pw1"],
+                      "Healthcheck": {"Test": ["CMD", "redis-cli", "-a", "pw2", "ping"]}}}
+    masked = mask_inspect(doc)
+    assert masked["Args"] == ["--requirepass", "***"]
+    assert masked["Config"] == {"Cmd": ["redis-server", "--requirepass", "***"],
+                                "Healthcheck": {"Test": ["CMD", "redis-cli", "-a", "***", "ping"]}}
+
+
+def test_kubernetes_details_mask_positional_passwords_in_command_and_args():
+    doc = {"containers": [{"name": "redis", "command": ["redis-server"],
+                           "args": ["--requirepass", "k8spw1", "--maxmemory", "1gb"]}]}
+    assert mask_details(doc)["containers"][0]["args"] == ["--requirepass", "***", "--maxmemory", "1gb"]
