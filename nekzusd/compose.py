@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .secrets import SecretBook, argv_spans, is_secret, is_secret_option, scrub_text
+from .secrets import SecretBook, Spans, argv_spans, command_spans, is_secret, is_secret_option, scrub_text
 
 __all__ = ["ServiceSource", "Export", "export_services", "export_zip", "sanitize_name", "variable_name"]
 
@@ -99,7 +99,7 @@ class _Placeholder(str):
     """A string the exporter wrote itself (`${NAME}`): exempt from `$` escaping."""
 
 
-def _escape_tree(value: Any, book: SecretBook | None) -> Any:
+def _escape_tree(value: Any, book: SecretBook | None, spans: list[Spans] | None = None) -> Any:
     """Escape `$` in every string of a built structure and replace secrets (revealed by their shape, or
     values recorded in `book`) by their placeholders (`${NAME}`).
 
@@ -110,12 +110,13 @@ def _escape_tree(value: Any, book: SecretBook | None) -> Any:
     if isinstance(value, str):
         return _escape_string(value, book)
     if isinstance(value, dict):
-        return {k: _escape_tree(v, book) for k, v in value.items()}
+        lines = command_spans(value) if book is not None else {}
+        return {k: _escape_tree(v, book, lines.get(k)) for k, v in value.items()}
     if isinstance(value, list):  # a list of strings may be a command line (command, healthcheck test)
         if book is None:
             return [_escape_tree(v, book) for v in value]
         return [book.scrub(v, _dollar, extra=extra) if isinstance(v, str) and not isinstance(v, _Placeholder)
-                else _escape_tree(v, book) for v, extra in zip(value, argv_spans(value), strict=True)]
+                else _escape_tree(v, book) for v, extra in zip(value, spans or argv_spans(value), strict=True)]
     return value
 
 
@@ -127,17 +128,19 @@ def _escape_string(text: str, book: SecretBook | None) -> str:
     return _dollar(text) if book is None else book.scrub(text, _dollar)
 
 
-def _collect_tree(value: Any, book: SecretBook) -> None:
-    """First pass: record every secret a string reveals by its shape, so that all are hunted everywhere."""
+def _collect_tree(value: Any, book: SecretBook, spans: list[Spans] | None = None) -> None:
+    """First pass: record every secret a string reveals by its shape or its place in a command line, so
+    that all are hunted everywhere."""
     if isinstance(value, _Placeholder):
         return
     if isinstance(value, str):
         book.collect(value)
     elif isinstance(value, dict):
-        for v in value.values():
-            _collect_tree(v, book)
+        lines = command_spans(value)
+        for k, v in value.items():
+            _collect_tree(v, book, lines.get(k))
     elif isinstance(value, list):
-        for v, extra in zip(value, argv_spans(value), strict=True):
+        for v, extra in zip(value, spans or argv_spans(value), strict=True):
             if isinstance(v, str) and not isinstance(v, _Placeholder):
                 book.collect(v, extra=extra)
             else:
@@ -858,13 +861,15 @@ def _service_refs(sources: list[ServiceSource], names: list[str]) -> dict[str, s
 
 
 def _finish(value: dict, identity: frozenset[str], book: SecretBook | None) -> dict:
-    return {key: _escape_tree(v, None if key in identity else book) for key, v in value.items()}
+    lines = command_spans(value)
+    return {key: _escape_tree(v, None if key in identity else book, lines.get(key)) for key, v in value.items()}
 
 
 def _collect(value: dict, identity: frozenset[str], book: SecretBook) -> None:
+    lines = command_spans(value)
     for key, v in value.items():
         if key not in identity:
-            _collect_tree(v, book)
+            _collect_tree(v, book, lines.get(key))
 
 
 def _declarations(contexts: list[_Ctx], attr: str) -> dict:

@@ -8,34 +8,52 @@ What is a secret:
 - by NAME (of an environment variable, a label, a log-driver or volume/network driver option, or the key of
   a `key=value` pair inside any text): judged by its parts, never by substrings, so that AUTHOR, PWD, PATH,
   KEYBOARD_LAYOUT or MONKEY do not trigger. Parts are split on `_`, `-`, `.`, whitespace (newlines too, so
-  no line of a name hides a part) and camelCase. PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN,
-  CREDENTIAL(S), CREDS, BASICAUTH, DIGESTAUTH, HTPASSWD, PSK and the joined APIKEY, AUTHKEY, SECRETKEY… are
-  secret alone (and a part that ends in PASSWORD/PASSWD, or in PASS unless it is a word such as BYPASS or
-  COMPASS: PGPASSWORD, POSTGRESPASS); PWD, PW, CLAIM (PLEX_CLAIM) and AUTHORIZATION only as the last part
-  (MYSQL_PWD, VNC_PW, HTTP_AUTHORIZATION, but not PWD alone nor AUTHORIZATION_MODE); AUTH after BASIC or
-  DIGEST (BASIC_AUTH); KEY or KEYS after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH, SESSION,
-  PRESHARED, SIGNING, ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), joined to it too (APPKEY,
-  SESSIONKEY), or as the last part after any word but one that makes it an identifier or a public thing
-  (STRIPE_KEY is secret; KEY_FILE (a path), PRIMARY_KEY, SORT_KEY, PUBLIC_KEY and GPG_KEY stay readable).
-  Each chunk is judged whole too, so an odd mix of cases (`Db_PaSsWoRd`) hides nothing. Driver options
-  (lower-case, such as `splunk-token`, `syslog-tls-key`) are also secret when their last part is KEY.
+  no line of a name hides a part) and camelCase; each chunk between separators is judged whole too, so an
+  odd mix of cases (`Db_PaSsWoRd`) hides nothing.
+  - Secret alone: PASSWORD, PASSWD, PASS, PASSPHRASE, SECRET, TOKEN, CREDENTIAL(S), CREDS, BASICAUTH,
+    DIGESTAUTH, HTPASSWD, PSK, SALT, PEPPER, MASTERAUTH, the joined APIKEY, AUTHKEY, SECRETKEY…, and a part
+    that ends in PASSWORD/PASSWD, or in PASS unless it is a word such as BYPASS or COMPASS (PGPASSWORD,
+    POSTGRESPASS).
+  - Secret as the last part of a longer name: PWD (MYSQL_PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM), AUTH
+    (NEO4J_AUTH), COOKIE (ERLANG_COOKIE), PAT (GITHUB_PAT); AUTHORIZATION even alone (not
+    AUTHORIZATION_MODE); AUTH after BASIC or DIGEST (BASIC_AUTH).
+  - KEY or KEYS after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH, SESSION, PRESHARED, SIGNING,
+    ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), joined to it too (APPKEY, SESSIONKEY), or as the last
+    part after any word but one that makes it an identifier or a public thing (STRIPE_KEY is secret;
+    KEY_ID, PRIMARY_KEY, SORT_KEY, PUBLIC_KEY and GPG_KEY stay readable).
+  - Never a name whose last part says what it holds is about a secret rather than one
+    (`_NOT_SECRET_LAST`: PASSWORD_FILE, SSL_KEY_FILE, SECRETS_DIR, TOKEN_TTL, PASSWORD_MIN_LENGTH,
+    TOKEN_URL, SECRET_NAME…), nor a value that is a switch (`MYSQL_ALLOW_EMPTY_PASSWORD=yes`).
+  Driver options (lower-case, such as `splunk-token`, `syslog-tls-key`) are also secret when their last
+  part is KEY.
 - by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://[user]:password@host`
   URL, the key of a `scheme://KEY@host` DSN (a user part of MIN_URL_KEY characters or more), the path of a
-  Slack or Discord webhook URL, a well-known token prefix (`_TOKEN_SHAPES`: ghp_, github_pat_, glpat-,
-  xoxb-, sk_live_, sk-…, tskey-, AKIA…), the value of a `name=value`, `"name": "value"` or `name:value`
-  pair whose name is secret (`--db-password=…`, `password = pw`, `o: username=u,password=p`,
-  `Password:pw;`, `X-Api-Key: k`), the credentials of an `Authorization:` header (`Bearer …`, `Basic …`).
-- by POSITION in a command line (a list of arguments, or a string split on whitespace): the argument after
-  an option whose name is secret (`--requirepass X`, `--db-password X`; not after `--password-file`,
-  `--password-stdin` or `--no-password`), and the passwords a few programs take by a short option of their
-  own (`_PROGRAM_OPTIONS`: `mysql -pX`, `redis-cli -a X`, `curl -u user:X`, `sshpass -p X`, …).
-Where a secret repeats: once found (in the environment, a secret-named label or option, or by shape), its
-value is hunted in every other string of the same document, except identity fields (ids, names, image
-references, host names, network settings), so that a password equal to "postgres" does not turn the
-image "postgres:16" into a mask. Values shorter than MIN_REPEATED_SECRET (6) characters are not hunted:
-a secret "1" would otherwise mangle every number. They are still masked where a name or shape says so.
-A value's core is hunted too (`base64:KEY=` is often repeated as the bare KEY).
+  Slack, Discord or Teams webhook, a Telegram bot's token, a Healthchecks.io ping URL, everything after
+  the scheme of a notification URL (`gotify://`, `tgram://`, `discord://`, `pover://`… as Watchtower,
+  Diun and Apprise take them), a well-known token prefix (`_TOKEN_SHAPES`: ghp_, github_pat_, glpat-,
+  xoxb-, sk_live_, sk-…, tskey-, AKIA…, dckr_pat_, hvs., a Cloudflare tunnel token), the value of a
+  `name=value` (quoted or bare: `--password="pw"`, `password = pw`), `"name": "value"`, `name:value` or
+  `{"name": NAME, "value": …}` pair whose name is secret (`--db-password=…`, `o: username=u,password=p`,
+  `Password:pw;`, an env entry of a Kubernetes manifest), and the credential of an `Authorization:` or
+  dashed header (`Bearer …`, `Basic …`, `X-Api-Key: k`).
+- by POSITION in a command line (a list of arguments, or a string split on whitespace; Docker's Path and
+  Args, Entrypoint and Cmd, a pod's command and args, a service's entrypoint and command each read as one
+  line): the argument after an option whose last part is a secret word (`--requirepass X`,
+  `--db-password X`; not after `--password-file`, `--token-ttl`, `--no-password` or `--askpass`), and the
+  passwords programs take by options of their own (`_PROGRAM_OPTIONS`: `mysql -pX`, `redis-cli -a X`,
+  `curl -u user:X`, `sshpass -p X`, `docker login -p X`, `sqlcmd -P X`, `ldapsearch -w X`, …). A value
+  that is a variable (`-p"$MYSQL_ROOT_PASSWORD"`) is left as it is.
+Where a secret repeats: once found (in the environment, a secret-named label or option, by shape or by
+position), its value is hunted in every other string of the same document, except identity fields (ids,
+names, image references, host names, network settings), so that a password equal to "postgres" does not
+turn the image "postgres:16" into a mask. A value of letters only is hunted as a whole word, so that the
+same password leaves `/var/lib/postgresql/data` readable. Values shorter than MIN_REPEATED_SECRET (6)
+characters are not hunted: a secret "1" would otherwise mangle every number. They are still masked where
+a name, shape or position says so. A value's core is hunted too (`base64:KEY=` is often repeated as the
+bare KEY).
 Dict keys are never rewritten (they are names); a secret used as a key is not hidden.
+The work is linear in the text, whatever it holds: a 100 KB label of `a=a=…` or `a.a.…` on an image must
+not stall the container list.
 """
 
 from __future__ import annotations
@@ -45,9 +63,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["MASK", "MIN_REPEATED_SECRET", "argv_spans", "is_secret_name", "is_secret_option", "is_secret_value",
-           "is_secret", "find_secrets", "mask_env", "secret_env_values", "replace_repeated", "SecretBook",
-           "secret_values_of", "mask_inspect", "mask_details", "mask_labels", "scrub_text", "IDENTITY_KEYS"]
+__all__ = ["MASK", "MIN_REPEATED_SECRET", "Spans", "argv_spans", "command_spans", "is_secret_name",
+           "is_secret_option", "is_secret_value", "is_secret", "find_secrets", "mask_env", "secret_env_values",
+           "SecretBook", "secret_values_of", "mask_inspect", "mask_details", "mask_labels", "scrub_text",
+           "IDENTITY_KEYS"]
 
 MASK = "***"
 # Secret values shorter than this are not hunted in other fields: they would match innocent text.
@@ -56,7 +75,8 @@ MIN_REPEATED_SECRET = 6
 # A name part that alone makes the variable secret.
 _SECRET_PARTS = frozenset({
     "PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PASSPHRASE", "SECRET", "SECRETS", "TOKEN", "TOKENS",
-    "CREDENTIAL", "CREDENTIALS", "CREDS", "BASICAUTH", "DIGESTAUTH", "HTPASSWD", "PSK",
+    "CREDENTIAL", "CREDENTIALS", "CREDS", "BASICAUTH", "DIGESTAUTH", "HTPASSWD", "PSK", "SALT", "PEPPER",
+    "MASTERAUTH",
     # The same words written without a separator ("APIKEY", "TS_AUTHKEY") are common enough to name.
     "APIKEY", "APIKEYS", "ACCESSKEY", "ACCESSKEYS", "SECRETKEY", "SECRETKEYS", "PRIVATEKEY", "AUTHKEY",
     "AUTHKEYS", "AUTHTOKEN", "ACCESSTOKEN",
@@ -65,15 +85,24 @@ _SECRET_PARTS = frozenset({
 # the words that merely end so.
 _SECRET_SUFFIXES = ("PASSWORD", "PASSWD", "PASS")
 _NOT_SECRET_WORDS = frozenset({"BYPASS", "COMPASS", "ENCOMPASS", "SURPASS", "TRESPASS", "OVERPASS",
-                               "UNDERPASS", "MULTIPASS", "ONEPASS", "TWOPASS", "SINGLEPASS", "FIRSTPASS"})
+                               "UNDERPASS", "MULTIPASS", "ONEPASS", "TWOPASS", "SINGLEPASS", "FIRSTPASS",
+                               "ASKPASS"})
 # Secret only as the last part of a longer name: PWD (MYSQL_PWD; alone it is the shell's working directory,
-# and OLDPWD is one part that is not PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM; CLAIM_NAME is a volume claim).
-_LAST_ONLY_PARTS = frozenset({"PWD", "PW", "CLAIM"})
+# and OLDPWD is one part that is not PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM; CLAIM_NAME is a volume claim),
+# AUTH (NEO4J_AUTH=neo4j/pw; AUTH_ENABLED is a switch), COOKIE (ERLANG_COOKIE), PAT (GITHUB_PAT).
+_LAST_ONLY_PARTS = frozenset({"PWD", "PW", "CLAIM", "AUTH", "COOKIE", "PAT"})
 # Secret as the last part, alone too: an Authorization header's value (HTTP_AUTHORIZATION), not a mode
 # (AUTHORIZATION_MODE).
 _LAST_PARTS = frozenset({"AUTHORIZATION"})
 # AUTH is secret after these (BASIC_AUTH: `user:password`); alone it is usually a switch.
 _AUTH_QUALIFIERS = frozenset({"BASIC", "DIGEST", "BEARER"})
+# A name whose last part says what it holds is about a secret, not one: PASSWORD_FILE (a path),
+# TOKEN_TTL, PASSWORD_MIN_LENGTH, SHOW_PASSWORD_HINT, SECRETS_DIR, TOKEN_URL, SECRET_NAME.
+_NOT_SECRET_LAST = frozenset({
+    "FILE", "FILES", "PATH", "DIR", "DIRECTORY", "URL", "URI", "ENDPOINT", "TTL", "EXPIRY", "EXPIRES",
+    "EXPIRATION", "LIFETIME", "TIMEOUT", "LENGTH", "HINT", "ITERATIONS", "ROUNDS", "POLICY", "MODE", "TYPE",
+    "NAME", "ENABLED", "DISABLED", "REQUIRED", "LOGIN", "RESET", "PROMPT", "STDIN",
+})
 # KEY (or KEYS) is secret only after one of these (API_KEY, APP_KEY, WG_PRESHARED_KEY, TLS_PRIVATE_KEY), not
 # alone, nor after words that make it an identifier or a path: SORT_KEY, PRIMARY_KEY, PUBLIC_KEY, KEY_ID,
 # KEY_FILE (a file name; the file itself is not in the document).
@@ -99,11 +128,13 @@ _PEM_PRIVATE_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 # scheme://[user]:password@host — a database URL carries its password (group 1); the user may be empty
 # (`redis://:pw@redis`).
-_URL_CREDENTIALS_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@")
+# A scheme is short: bounded, so that a long run of `a.a.a.` is not rescanned from each word boundary.
+_SCHEME = r"\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://"
+_URL_CREDENTIALS_RE = re.compile(_SCHEME + r"[^/\s:@]*:([^/\s@]+)@")
 # scheme://key@host with no password: a Sentry DSN's user part is its key. Only a long user part counts
 # (MIN_URL_KEY), so that `ssh://git@host` or `postgres://postgres@db` keep their login names.
 MIN_URL_KEY = 16
-_URL_KEY_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://([^/\s:@]{" + str(MIN_URL_KEY) + r",})@")
+_URL_KEY_RE = re.compile(_SCHEME + r"([^/\s:@]{" + str(MIN_URL_KEY) + r",})@")
 # Well-known token shapes: (prefix, rest). The prefixes alone are a cheap test before the whole regex runs
 # on every label of the list. Keys of random characters carry digits and capitals,
 # which the `sk-` pattern asks for so that a name such as `sk-learn-docker-image` is not taken.
@@ -123,24 +154,51 @@ _TOKEN_SHAPES: tuple[tuple[str, str], ...] = (
     (r"hf_", r"[A-Za-z0-9]{30,}"),                               # Hugging Face
     (r"SG\.", r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"),        # SendGrid
     (r"dop_v1_", r"[a-f0-9]{64}"),                               # DigitalOcean
+    (r"dckr_pat_", r"[A-Za-z0-9_-]{20,}"),                       # Docker Hub
+    (r"glsa_", r"[A-Za-z0-9_]{32,}"),                            # Grafana service account
+    (r"hvs\.", r"[A-Za-z0-9_-]{24,}"),                           # Vault
+    (r"AGE-SECRET-KEY-1", r"[0-9A-Z]{50,}"),                     # age / sops
+    (r"whsec_", r"[A-Za-z0-9+/=]{24,}"),                         # webhook signing secrets
+    (r"gsk_", r"[A-Za-z0-9]{40,}"),                              # Groq
+    (r"shpat_", r"[a-fA-F0-9]{32}"),                             # Shopify
+    (r"lin_api_", r"[A-Za-z0-9]{30,}"),                          # Linear
+    (r"eyJhIjoi", r"[A-Za-z0-9+/]{40,}"),                        # Cloudflare tunnel token (base64 JSON)
 )
 _TOKEN_PREFIX_RE = re.compile(r"\b(?:" + "|".join(h + p for h, p in _TOKEN_SHAPES) + r")\b")
 _TOKEN_HINT_RE = re.compile("|".join(h for h, _p in _TOKEN_SHAPES))
 # Webhook URLs whose path is the credential (group 1): Slack, Discord.
 _WEBHOOK_RE = re.compile(r"https?://(?:hooks\.slack\.com/(?:services|workflows|triggers)/"
-                         r"|(?:[a-z]+\.)?discord(?:app)?\.com/api/webhooks/)([A-Za-z0-9_/-]{8,})")
-# name=value inside any text: command-line flags, mount options, URL queries, env-like strings. The match is a
-# look-ahead so that pairs may overlap: in `EVIL=1_PASSWORD=pw` (an env name with a newline, then a value
-# that is itself a pair) both `EVIL=…` and `1_PASSWORD=pw` are judged. The name may start with a digit.
-_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}(?=([A-Za-z0-9_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*(?!=)([^\s,;&'\"]+))")
+                         r"|(?:[a-z]+\.)?discord(?:app)?\.com/api/webhooks/"
+                         r"|[a-z0-9-]+\.webhook\.office\.com/webhookb2/"    # Microsoft Teams
+                         r"|api\.telegram\.org/bot"                         # a Telegram bot's token
+                         r"|hc-ping\.com/)([A-Za-z0-9_/:@-]{8,})")           # Healthchecks.io
+# Notification URLs (Shoutrrr, Apprise: Watchtower, Diun, …) carry their tokens anywhere after the scheme:
+# everything after it is the secret (group 1).
+_NOTIFY_URL_RE = re.compile(r"\b(?:gotifys?|tgram|telegram|discord|pover|pushover|pbul|pushbullet|slack|teams|"
+                            r"mmosts?|mattermost|matrixs?|rocketchat|rockets?|zulip|opsgenie|pagerduty|"
+                            r"googlechat|gchat|ifttt|join|bark|ntfys?|signal|pushed|lametric)://([^\s'\"]+)")
+# name=value inside any text: command-line flags, mount options, URL queries, env-like strings, `name = value`.
+# Only the name and `=` are matched (the value is read by _value_end), so that pairs may overlap: in
+# `EVIL=1_PASSWORD=pw` (an env name with a newline, then a value that is itself a pair) both `EVIL=…` and
+# `1_PASSWORD=pw` are judged, and no value is read twice. The name may start with a digit.
+_ASSIGNMENT_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z0-9_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*")
+_BARE_VALUE_RE = re.compile(r"[^\s,;&'\"]+")
+_SCHEME_CREDENTIAL_RE = re.compile(r"[ \t]+([^\s,;&'\"]+)")
+MAX_QUOTED_VALUE = 4096  # a quoted value ends within this many characters, or is read as a bare one
 # name: value in JSON (`"password": "pw"`), and name:value glued (`Password:pw;` in a connection string).
 _JSON_PAIR_RE = re.compile(r'"([A-Za-z0-9_][A-Za-z0-9_.-]*)"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
+# An environment entry of a Kubernetes manifest in JSON (`last-applied-configuration`, any container kind):
+# {"name": "DB_PASSWORD", "value": "pw"}.
+_JSON_ENV_RE = re.compile(r'"name"\s*:\s*"([^"\\\n]{1,256})"\s*,\s*"value"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
 _COLON_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.:/@-])([A-Za-z_][A-Za-z0-9_.-]*):(?![/:])([^\s,;&'\"@]+)")
+# The scheme words of an Authorization value: the credential is the word after one.
+_AUTH_SCHEMES = ("bearer", "basic", "digest", "token", "bot", "apikey", "key", "sso-key", "mediabrowser", "emby",
+                 "splunk", "negotiate", "hmac", "googlelogin")
 # An HTTP header (`Authorization: Bearer x`, `X-Api-Key: k`: a dashed name, or Authorization; not any
 # `word: text`, which is how messages read): the value after the scheme word, if any.
 _HEADER_RE = re.compile(r"(?<![A-Za-z0-9_.-])((?:[A-Za-z0-9]+-)*(?i:authorization)|[A-Za-z][A-Za-z0-9]*"
-                        r"(?:-[A-Za-z0-9]+)+):[ \t]+"
-                        r"(?:(?i:bearer|basic|digest|token|bot|apikey)[ \t]+)?([^\s,;'\"]+)")
+                        r"(?:-[A-Za-z0-9]+)+):[ \t]*"
+                        r"(?:(?i:" + "|".join(_AUTH_SCHEMES) + r")[ \t]+)?([^\s,;'\"]+)")
 # A secret's core, hunted on its own too: Laravel's `base64:KEY=` is often repeated as the bare KEY.
 _CORE_RE = re.compile(r"^(?:base64|hex|b64):(.+?)=*$")
 
@@ -163,12 +221,18 @@ def is_secret_name(name: str) -> bool:
     chunks between separators are judged whole too (`Db_PaSsWoRd` splits on its case into nonsense)."""
     # Every line of a name counts on its own too: an env name with a newline (`NAME\nEVIL`) is split
     # there like on any other whitespace, so no line hides a part.
-    return _secret_parts(_name_parts(name)) or _secret_parts(_chunks(name))
+    parts = _name_parts(name)
+    if parts and (parts[-1] in _NOT_SECRET_LAST or parts[-1].endswith(("FILE", "PATH", "DIR"))):
+        return False
+    return _secret_parts(parts) or _secret_parts(_chunks(name))
 
 
-def _secret_parts(parts: list[str]) -> bool:
+def _secret_parts(parts: list[str], last_only: bool = False) -> bool:
+    """The rules over a name's parts; ``last_only``: only the last part may make it secret."""
     last = len(parts) - 1
     for i, part in enumerate(parts):
+        if last_only and i != last:
+            continue
         before = parts[i - 1] if i > 0 else ""
         if part in _SECRET_PARTS or (part.endswith(_SECRET_SUFFIXES) and part not in _NOT_SECRET_WORDS):
             return True
@@ -198,13 +262,17 @@ def is_secret_value(value: str) -> bool:
     """True when the value looks like a secret whatever its name: private key, JWT, URL password, API token."""
     if not value:
         return False
-    return any(rx.search(value) for rx in (_PEM_PRIVATE_RE, _JWT_RE, _URL_CREDENTIALS_RE, _URL_KEY_RE,
-                                           _TOKEN_PREFIX_RE, _WEBHOOK_RE))
+    return ("-----BEGIN" in value and bool(_PEM_PRIVATE_RE.search(value))) or (
+        "eyJ" in value and bool(_JWT_RE.search(value))) or (
+        "://" in value and any(rx.search(value) for rx in (_URL_CREDENTIALS_RE, _URL_KEY_RE, _WEBHOOK_RE,
+                                                           _NOTIFY_URL_RE))) or (
+        bool(_TOKEN_HINT_RE.search(value)) and bool(_TOKEN_PREFIX_RE.search(value)))
 
 
 def is_secret(name: str, value: str) -> bool:
-    """True when either the name or the value says the variable holds a secret."""
-    return is_secret_name(name) or is_secret_value(value or "")
+    """True when either the name or the value says the variable holds a secret (a switch such as
+    `MYSQL_ALLOW_EMPTY_PASSWORD=yes` holds none)."""
+    return (is_secret_name(name) and (value or "").lower() not in _SWITCH_VALUES) or is_secret_value(value or "")
 
 
 def find_secrets(text: str) -> list[tuple[int, int, str]]:
@@ -220,16 +288,19 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
             found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
             found += [(m.start(1), m.end(1), "URL_KEY") for m in _URL_KEY_RE.finditer(text)]
         found += [(m.start(1), m.end(1), "WEBHOOK") for m in _WEBHOOK_RE.finditer(text)]
+        found += [(m.start(1), m.end(1), "NOTIFY_URL") for m in _NOTIFY_URL_RE.finditer(text)]
     if _TOKEN_HINT_RE.search(text):
         found += [(m.start(), m.end(), "TOKEN") for m in _TOKEN_PREFIX_RE.finditer(text)]
     if "=" in text:
-        found += _pair_spans(_PAIR_RE, text)
+        found += _assignment_spans(text)
     if ":" in text:
         if '"' in text:
             found += _pair_spans(_JSON_PAIR_RE, text)
+            if '"value"' in text:
+                found += _pair_spans(_JSON_ENV_RE, text)
         found += _pair_spans(_COLON_PAIR_RE, text)
         found += _pair_spans(_HEADER_RE, text)
-    if " -" in text:
+    if " " in text and "-" in text:
         found += _command_spans(text)
     return found
 
@@ -237,36 +308,96 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
 def _pair_spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int, str]]:
     found = []
     for m in regex.finditer(text):
-        value = m.group(2)
-        if is_secret_name(m.group(1)) and value != MASK and not value.startswith("${"):
+        if is_secret_name(m.group(1)) and _is_value(m.group(2)):
             found.append((m.start(2), m.end(2), m.group(1)))
     return found
 
 
-# Command lines. An option whose name is secret takes the next argument as its value, unless its name says
-# the value is a way of giving the secret rather than the secret (a file, standard input) or it is a switch.
+# Values a secret-named field may hold that are no secret: a switch, a reference to a variable, a mask.
+_SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "none", "null", "enabled", "disabled"})
+
+
+def _is_value(value: str) -> bool:
+    return bool(value) and value != MASK and not value.startswith("$") and value.lower() not in _SWITCH_VALUES
+
+
+def _assignment_spans(text: str) -> list[tuple[int, int, str]]:
+    found = []
+    run_end = -1  # where the bare value last read ends: a name inside it shares that end
+    for m in _ASSIGNMENT_RE.finditer(text):
+        start = m.end()
+        if start >= len(text) or text[start] == "=" or not is_secret_name(m.group(1)):
+            continue
+        quote = text[start]
+        if quote in "'\"":
+            end = text.find(quote, start + 1, start + 1 + MAX_QUOTED_VALUE)
+            if end > start + 1 and "\n" not in text[start + 1:end]:
+                if _is_value(text[start + 1:end]):
+                    found.append((start + 1, end, m.group(1)))
+                continue
+        if start >= run_end:
+            bare = _BARE_VALUE_RE.match(text, start)
+            run_end = bare.end() if bare else start
+            if text[start:run_end].lower() in _AUTH_SCHEMES:  # AUTHORIZATION=Bearer x: the word after it
+                credential = _SCHEME_CREDENTIAL_RE.match(text, run_end)
+                if credential is not None:
+                    start, run_end = credential.start(1), credential.end(1)
+        if run_end > start and _is_value(text[start:run_end]):
+            found.append((start, run_end, m.group(1)))
+    return found
+
+
+# Command lines. An option whose name ends in a secret word takes the next argument as its value
+# (`--requirepass X`, `--db-password X`), but not one whose name goes on (`--password-file`, `--token-ttl`,
+# `--secret-name`) nor a switch (`--no-password`, `--askpass`).
 _OPTION_RE = re.compile(r"-{1,2}([A-Za-z][A-Za-z0-9_.-]*)")
-_WAY_PARTS = frozenset({"FILE", "PATH", "STDIN", "PROMPT", "DIR", "ENV", "CMD", "COMMAND"})
+# `VAR=--option` (an environment value that is a command line, `REDIS_ARGS=--requirepass X`).
+_ASSIGNED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=(?=-)")
 _MYSQL = ("mysql", "mysqladmin", "mysqldump", "mysqlcheck", "mysqlimport", "mysqlshow", "mysqlslap",
           "mariadb", "mariadb-admin", "mariadb-dump", "mariadb-check", "mariadb-import", "mariadb-show")
-# Programs that take a password by a short option of their own: program -> option -> (how, hint). How:
-# "next" (the next argument), "glued" (`-pPASS`; mysql's `-p X` prompts and X is a database), "both",
-# or "user" (`user:password`, next or glued: only the password).
+# Programs that take a password by an option of their own: program -> option -> (how, hint). How: "next"
+# (the next argument), "glued" (`-pPASS`; mysql's `-p X` prompts and X is a database), "both", or "user"
+# (`user:password` or `user%password`, next or glued: only the password). A short option also counts at the
+# end of a bundle (`curl -sfu user:pw`).
 _PROGRAM_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
     **{p: {"-p": ("glued", "MYSQL_PASSWORD")} for p in _MYSQL},
     **{p: {"-a": ("next", "REDIS_PASSWORD")} for p in ("redis-cli", "valkey-cli", "keydb-cli")},
-    **{p: {"-p": ("next", "MONGO_PASSWORD")} for p in ("mongo", "mongosh", "mongodump", "mongorestore")},
+    **{p: {"-p": ("both", "MONGO_PASSWORD")} for p in ("mongo", "mongosh", "mongodump", "mongorestore")},
     **{p: {"-P": ("next", "MQTT_PASSWORD")} for p in ("mosquitto_pub", "mosquitto_sub", "mosquitto_rr")},
+    **{p: {"-w": ("both", "LDAP_PASSWORD")} for p in ("ldapsearch", "ldapadd", "ldapmodify", "ldapdelete",
+                                                      "ldapwhoami", "ldappasswd")},
     "sshpass": {"-p": ("both", "SSH_PASSWORD")},
-    **{p: {"-u": ("user", "HTTP_PASSWORD"), "--user": ("user", "HTTP_PASSWORD"),
-           "-U": ("user", "PROXY_PASSWORD"), "--proxy-user": ("user", "PROXY_PASSWORD")} for p in ("curl",)},
+    "docker login": {"-p": ("next", "REGISTRY_PASSWORD")},
+    "sqlcmd": {"-P": ("next", "MSSQL_PASSWORD")},
+    "cqlsh": {"-p": ("next", "CASSANDRA_PASSWORD")},
+    "unzip": {"-P": ("next", "ZIP_PASSWORD")},
+    "7z": {"-p": ("glued", "ZIP_PASSWORD")},
+    "smbclient": {"-U": ("user", "SMB_PASSWORD"), "--user": ("user", "SMB_PASSWORD")},
+    "lftp": {"-u": ("user", "FTP_PASSWORD")},
+    "curl": {"-u": ("user", "HTTP_PASSWORD"), "--user": ("user", "HTTP_PASSWORD"),
+             "-U": ("user", "PROXY_PASSWORD"), "--proxy-user": ("user", "PROXY_PASSWORD")},
 }
 _QUOTES = "'\"`("
+_USER_SEPARATORS = re.compile(r"[:%,]")
 
 
 def _takes_secret(name: str) -> bool:
-    parts = _name_parts(name) or [""]
-    return is_secret_name(name) and parts[-1] not in _WAY_PARTS and parts[0] != "NO"
+    """The option's last part is a secret word (and it is no `--no-…` switch): its next argument is the secret."""
+    parts = _name_parts(name)
+    return bool(parts) and parts[0] != "NO" and (_secret_parts(parts, last_only=True) or
+                                                 _secret_parts(_chunks(name), last_only=True))
+
+
+def _value_span(token: str, lead: int, how: str, hint: str) -> list[tuple[int, int, str]]:
+    """The span of the secret in an option's value (all of it, or the password of `user:password`)."""
+    start = 0
+    if how == "user":
+        separator = _USER_SEPARATORS.search(token)
+        if separator is None:
+            return []
+        start = separator.end()
+    value = token[start:]
+    return [(lead + start, lead + len(token), hint)] if _is_value(value) else []
 
 
 def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
@@ -278,32 +409,43 @@ def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
     for i, arg in enumerate(args):
         raw = arg if isinstance(arg, str) else ""
         token = raw.lstrip(_QUOTES)
+        assigned = _ASSIGNED_RE.match(token)
+        if assigned:
+            token = token[assigned.end():]
         lead = len(raw) - len(token)
         token = token.rstrip(_QUOTES + ");")
         if pending is not None:
             how, hint = pending
             pending = None
-            if token and not token.startswith("$") and not _OPTION_RE.fullmatch(token):
-                start = lead + (token.find(":") + 1 if how == "user" else 0)
-                if how != "user" or start > lead:
-                    spans[i].append((start, lead + len(token), hint))
+            if token and not _OPTION_RE.fullmatch(token):
+                spans[i] += _value_span(token.strip(_QUOTES), lead + len(token) - len(token.lstrip(_QUOTES)),
+                                        how, hint)
                 continue
         program = token.rsplit("/", 1)[-1]
         if program in _PROGRAM_OPTIONS:
             options = _PROGRAM_OPTIONS[program]
             continue
-        own = options.get(token)
+        if token == "login" and i > 0 and args[i - 1] in ("docker", "podman"):
+            options = _PROGRAM_OPTIONS["docker login"]
+            continue
+        if not token.startswith("-"):
+            continue
+        flag, equals, value = token.partition("=")
+        own = options.get(flag) or options.get(f"-{flag[-1]}" if _BUNDLE_RE.fullmatch(flag) else "")
         if own is not None:
-            if own[0] != "glued":
+            how, hint = own
+            if equals:  # --user=admin:pw
+                spans[i] += _value_span(value.strip(_QUOTES), lead + len(flag) + 1 + len(value) -
+                                        len(value.lstrip(_QUOTES)), how, hint)
+            elif how != "glued":
                 pending = own
             continue
-        glued = next(((flag, how, hint) for flag, (how, hint) in options.items()
+        glued = next(((how, hint) for flag, (how, hint) in options.items()
                       if how != "next" and len(flag) == 2 and token.startswith(flag) and len(token) > 2), None)
         if glued is not None:
-            _flag, how, hint = glued
-            start = lead + 2 + (token.find(":", 2) - 1 if how == "user" else 0)
-            if start >= lead + 2 and not token.startswith("$", 2):
-                spans[i].append((start, lead + len(token), hint))
+            rest = token[2:]
+            inner = rest.strip(_QUOTES)
+            spans[i] += _value_span(inner, lead + 2 + len(rest) - len(rest.lstrip(_QUOTES)), *glued)
             continue
         option = _OPTION_RE.fullmatch(token)
         if option is not None and _takes_secret(option.group(1)):
@@ -311,6 +453,26 @@ def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
     return spans
 
 
+_BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
+Spans = list[tuple[int, int, str]]
+# A command line split over two fields (Docker's Path and Args, Entrypoint and Cmd; a pod's command and
+# args; a compose service's entrypoint and command): the second is read after the first, so that
+# `redis-cli` in one gives `-a X` in the other its meaning.
+_COMMAND_PAIRS = (("Path", "Args"), ("Entrypoint", "Cmd"), ("command", "args"), ("entrypoint", "command"))
+
+
+def command_spans(fields: Mapping[Any, Any]) -> dict[Any, list[Spans]]:
+    """argv_spans of each list of strings among a mapping's values, command pairs read as one line."""
+    found = {key: argv_spans(value) for key, value in fields.items() if isinstance(value, list)}
+    for head, tail in _COMMAND_PAIRS:
+        first, second = fields.get(head), fields.get(tail)
+        prefix = [first] if isinstance(first, str) else first
+        if isinstance(second, list) and isinstance(prefix, list) and prefix:
+            line = argv_spans([*prefix, *second])
+            found[tail] = line[len(prefix):]
+            if isinstance(first, list):
+                found[head] = line[:len(prefix)]
+    return found
 _WORD_RE = re.compile(r"\S+")
 
 
@@ -356,18 +518,16 @@ def _keep(text: str) -> str:
     return text
 
 
-def replace_repeated(text: str, replacements: Mapping[str, str], between: Callable[[str], str] = _keep) -> str:
-    """``text`` with each secret value of ``replacements`` (if at least MIN_REPEATED_SECRET long) replaced by
-    its replacement, longest first so that a secret containing another is replaced whole; the text between
-    them goes through ``between`` (the export escapes `$` there)."""
-    hunted = sorted((v for v in replacements if len(v) >= MIN_REPEATED_SECRET), key=lambda v: (-len(v), v))
-    if not hunted:
-        return between(text)
-    pieces = re.split("(" + "|".join(map(re.escape, hunted)) + ")", text)
-    return "".join(replacements[p] if i % 2 else between(p) for i, p in enumerate(pieces))
-
-
 _NOTHING = re.compile(r"(?!)")
+
+
+def _hunt_of(values: Iterable[str]) -> re.Pattern[str]:
+    """One regex for the values long enough to hunt, longest first (a secret containing another is
+    replaced whole). A value of letters only is a word (`postgres`, `changeme`): it is hunted as a whole
+    word, so that `/var/lib/postgresql/data` stays a path; any other value is hunted anywhere."""
+    hunted = sorted({v for v in values if len(v) >= MIN_REPEATED_SECRET}, key=lambda v: (-len(v), v))
+    return re.compile("|".join(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])" if v.isascii() and v.isalpha()
+                               else re.escape(v) for v in hunted)) if hunted else _NOTHING
 
 
 def _mask_always(value: str, hint: str) -> str:
@@ -387,12 +547,17 @@ class SecretBook:
         self._replacement = replacement
         self.replacements: dict[str, str] = {}
         self._latent: dict[str, str] = {}  # value -> hint: hunted, but recorded only once found
+        # Compiled hunts, rebuilt when their values change: all values (for scrub), the latent ones (for
+        # collect, which records as it goes and would otherwise rebuild after every new value).
         self._hunt: re.Pattern[str] | None = None
+        self._hunt_latent: re.Pattern[str] | None = None
 
     def add(self, value: str, hint: str = "SECRET", replacement: str | None = None) -> str:
         """The value's replacement, recording the value first if new (with `replacement` when given)."""
         if value not in self.replacements:
-            hint = self._latent.pop(value, hint)
+            if value in self._latent:
+                hint = self._latent.pop(value)
+                self._hunt_latent = None
             self.replacements[value] = self._replacement(value, hint) if replacement is None else replacement
             self._hunt = None
             core = _CORE_RE.match(value)
@@ -405,25 +570,29 @@ class SecretBook:
         need a variable only if a written field repeats them)."""
         if value and value not in self.replacements:
             self._latent.setdefault(value, hint)
-            self._hunt = None
+            self._hunt = self._hunt_latent = None
 
     def __contains__(self, value: str) -> bool:
         return value in self.replacements
 
-    def _hunted(self) -> re.Pattern[str] | None:
-        if self._hunt is None:
-            hunted = sorted((v for v in {**self._latent, **self.replacements} if len(v) >= MIN_REPEATED_SECRET),
-                            key=lambda v: (-len(v), v))
-            self._hunt = re.compile("|".join(map(re.escape, hunted))) if hunted else _NOTHING
-        return None if self._hunt is _NOTHING else self._hunt
+    def _hunted(self, latent_only: bool = False) -> re.Pattern[str] | None:
+        if latent_only:
+            if self._hunt_latent is None:
+                self._hunt_latent = _hunt_of(self._latent)
+            hunt = self._hunt_latent
+        else:
+            if self._hunt is None:
+                self._hunt = _hunt_of([*self._latent, *self.replacements])
+            hunt = self._hunt
+        return None if hunt is _NOTHING else hunt
 
-    def spans(self, text: str, hint_prefix: str = "",
-              extra: Iterable[tuple[int, int, str]] = ()) -> list[tuple[int, int, str]]:
-        """Merged, ordered spans of secrets in `text` (shape, recorded values, and `extra`: those its
-        place in a command line reveals, from `argv_spans`)."""
+    def spans(self, text: str, hint_prefix: str = "", extra: Iterable[tuple[int, int, str]] = (),
+              latent_only: bool = False) -> list[tuple[int, int, str]]:
+        """Merged, ordered spans of secrets in `text` (shape, recorded values or only the latent ones, and
+        `extra`: those its place in a command line reveals, from `argv_spans`)."""
         raw = find_secrets(text)
         raw += extra
-        hunt = self._hunted()
+        hunt = self._hunted(latent_only)
         if hunt is not None and len(text) >= MIN_REPEATED_SECRET:
             raw += [(m.start(), m.end(), "SECRET") for m in hunt.finditer(text)]
         if not raw:
@@ -443,7 +612,8 @@ class SecretBook:
     def collect(self, text: str, hint_prefix: str = "", extra: Iterable[tuple[int, int, str]] = ()) -> None:
         """Record the secrets `text` reveals by shape (first pass of an export, so that a value found in
         one field is hunted in all the others)."""
-        for start, end, hint in self.spans(text, hint_prefix, extra):
+        # Values already recorded need no finding again: only the latent ones are hunted here.
+        for start, end, hint in self.spans(text, hint_prefix, extra, latent_only=True):
             self.add(text[start:end], hint)
 
     def scrub(self, text: str, between: Callable[[str], str] = _keep, hint_prefix: str = "",
@@ -491,15 +661,18 @@ def _collect_named(value: Any, book: SecretBook) -> None:
             _collect_named(v, book)
 
 
-def _collect_shapes(value: Any, book: SecretBook) -> None:
+def _collect_shapes(value: Any, book: SecretBook, spans: list[Spans] | None = None) -> None:
+    """Record what every string reveals by shape or by its place in a command line (``spans``, for a list:
+    from its mapping's command_spans)."""
     if isinstance(value, str):
         book.collect(value)
     elif isinstance(value, dict):
+        lines = command_spans(value)
         for k, v in value.items():
             if k not in IDENTITY_KEYS:
-                _collect_shapes(v, book)
+                _collect_shapes(v, book, lines.get(k))
     elif isinstance(value, list):
-        for v, extra in zip(value, argv_spans(value), strict=True):
+        for v, extra in zip(value, spans or argv_spans(value), strict=True):
             if isinstance(v, str):
                 book.collect(v, extra=extra)
             else:
@@ -527,22 +700,23 @@ def mask_inspect(doc: dict[str, Any], mask: str = MASK) -> dict[str, Any]:
 
 
 def _mask_tree(value: Any, book: SecretBook, mask: str, key: Any = None,
-               identity: frozenset[str] = IDENTITY_KEYS) -> Any:
+               identity: frozenset[str] = IDENTITY_KEYS, spans: list[Spans] | None = None) -> Any:
     if isinstance(value, str):
         return mask if value and _is_secret_key(key) else book.scrub(value)
     if isinstance(value, dict):
         out = {}
+        lines = command_spans(value)
         for k, v in value.items():
             if k in identity:
                 out[k] = v
             elif k == "Env" and isinstance(v, list) and all(isinstance(e, str) for e in v):
                 out[k] = [book.scrub(e) for e in mask_env(v, mask) or []]
             else:
-                out[k] = _mask_tree(v, book, mask, k, identity)
+                out[k] = _mask_tree(v, book, mask, k, identity, lines.get(k))
         return out
     if isinstance(value, list):  # any list of strings may be a command line (Cmd, Args, Healthcheck.Test)
         return [book.scrub(v, extra=extra) if isinstance(v, str) else _mask_tree(v, book, mask, None, identity)
-                for v, extra in zip(value, argv_spans(value), strict=True)]
+                for v, extra in zip(value, spans or argv_spans(value), strict=True)]
     return value
 
 
@@ -571,6 +745,9 @@ def mask_labels(labels: Mapping[str, str], secret_values: Iterable[str] = ()) ->
     book = SecretBook()
     for value in secret_values:
         book.add(value)
+    for v in labels.values():  # every value first, then one hunt for all
+        if isinstance(v, str):
+            book.collect(v)
     return {k: (MASK if v and is_secret_option(k) else book.scrub(v)) if isinstance(v, str) else v
             for k, v in labels.items()}
 

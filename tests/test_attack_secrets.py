@@ -443,10 +443,13 @@ POSITIONAL = {"requirepass": "reqpwS27a", "db_flag": "dbflagS27b", "redis_cli": 
 ODD_NAMES = {"VNC_PW": "vncpwS27g", "POSTGRESPASS": "pgpassS27h", "STRIPE_KEY": "stripeS27i",
              "SESSIONKEY": "sesskeyS27j", "PLEX_CLAIM": "claim-S27k", "BASIC_AUTH": "user:basicS27l",
              "Db_PaSsWoRd": "mixedS27m", "HTTP_AUTHORIZATION": "Bearer authzS27n"}
-S27 = [*POSITIONAL.values(), *(v.split(":")[-1].split()[-1] for v in ODD_NAMES.values())]
+# A second container: a command split over Entrypoint and Cmd, a notification URL.
+SPLIT = {"mysql_split": "splitS27q", "gotify": "AbCdS27p"}
+S27 = [*POSITIONAL.values(), *(v.split(":")[-1].split()[-1] for v in ODD_NAMES.values()), *SPLIT.values()]
 # Names and words that stay readable beside them.
 PLAIN = {"GPG_KEY": "A035C8C19219BA821ECEA86B64E628F8D684696D", "AUTHORIZATION_MODE": "RBAC",
-         "CLAIM_NAME": "data-claim", "BYPASS_CACHE": "yes-please"}
+         "CLAIM_NAME": "data-claim", "BYPASS_CACHE": "yes-please", "MYSQL_ALLOW_EMPTY_PASSWORD": "yes",
+         "POSTGRES_PASSWORD_FILE": "/run/secrets/db", "PGDATA": "/var/lib/postgresql/data"}
 
 
 async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_name(
@@ -461,17 +464,24 @@ async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_nam
         engine.run, name, command, env=[f"{k}={v}" for k, v in {**ODD_NAMES, **PLAIN}.items()],
         labels={"conf": f"password = {p['spaced']}", "vnc": f"vnc {ODD_NAMES['VNC_PW']}", "plain": "--port 6379"},
         config={"Healthcheck": {"Test": ["CMD-SHELL", shell], "Interval": 10**9 * 30}})
+    split = unique("split")  # `sh -c SCRIPT mysqladmin ping -uroot -pX`: mysqladmin is $0
+    split_id = await asyncio.to_thread(
+        engine.run, split, ["ping", "-uroot", f"-p{SPLIT['mysql_split']}"],
+        env={"WATCHTOWER_NOTIFICATION_URL": f"gotify://gotify.lan/{SPLIT['gotify']}", "POSTGRES_PASSWORD": "postgres",
+             **PLAIN},
+        config={"Entrypoint": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait", "mysqladmin"]})
     try:
         raw = json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{full_id}/json"))
+        raw += json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{split_id}/json"))
         assert not [s for s in S27 if s not in raw]  # the engine holds every one of them
 
         client, read = await remote_reader(remote_client, config_data)
         answers: dict[str, str] = {}
-        for path in (f"{C}?all=true", f"{C}/{name}"):
+        for path in (f"{C}?all=true", f"{C}/{name}", f"{C}/{split}"):
             response = await client.get(path, headers=read)
             assert response.status == 200, (path, await response.text())
             answers[f"GET {path}"] = await response.text()
-        response = await client.post(f"{C}/batch/export", json={"container_ids": [name]}, headers=read)
+        response = await client.post(f"{C}/batch/export", json={"container_ids": [name, split]}, headers=read)
         assert response.status == 200, await response.text()
         answers["export"] = await response.text()
         leaked = {where: [s for s in S27 if s in text] for where, text in answers.items()}
@@ -496,6 +506,16 @@ async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_nam
         env_map = dict(e.partition("=")[::2] for e in service["environment"])
         for key in PLAIN:
             assert env_map[key] == PLAIN[key], key
+
+        # The split command line is read as one, and a plain word password leaves paths alone.
+        inspect = json.loads(answers[f"GET {C}/{split}"])
+        assert inspect["Config"]["Cmd"] == ["ping", "-uroot", "-p***"]
+        assert inspect["Args"][-3:] == ["ping", "-uroot", "-p***"]
+        for key, value in PLAIN.items():
+            assert f"{key}={value}" in inspect["Config"]["Env"], key
+        assert "WATCHTOWER_NOTIFICATION_URL=***" in inspect["Config"]["Env"]  # a secret value: masked whole
+        env_map = dict(e.partition("=")[::2] for e in document["services"][split.lower()]["environment"])
+        assert env_map["PGDATA"] == PLAIN["PGDATA"] and env_map["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db"
     finally:
         await asyncio.to_thread(engine.remove_all)
 
