@@ -1,4 +1,6 @@
-"""API overhead: the daemon's container list against the raw engine's, idle RSS, start-up time.
+"""API overhead: the daemon's container list against the raw engine's, idle RSS, start-up time, and the
+list again with one container whose labels are built to make secret masking slow (100 KB of `a=a=…`,
+`a.a.…` and `PASSWORD=…`: an image's labels are third-party input).
 
 The lab's dockerd with its base containers (30 by default) and a real `nekzusd serve` process (plain
 HTTP on loopback). Ratios are against the engine measured in the same run: its own list, its RSS, and
@@ -43,6 +45,9 @@ async def measure(engine_sock: str, daemon_url: str, requests: int) -> tuple[flo
         return statistics.median(engine_ms) * 1000, statistics.median(daemon_ms) * 1000
 
 
+HOSTILE_LABELS = {"x": "a=" * 17_000, "y": "a." * 17_000, "z": "PASSWORD=" * 3_700}
+
+
 def run(lab: Lab, requests: int = 300) -> list[Row]:
     n = len(lab.base)
     with Daemon(lab.engine) as daemon:
@@ -50,12 +55,20 @@ def run(lab: Lab, requests: int = 300) -> list[Row]:
         time.sleep(2)  # idle
         idle_rss, engine_rss = rss_mb(daemon.pid), rss_mb(lab.engine.pid)
         startup = daemon.startup
+        hostile = lab.engine.run("hostile-labels", labels=HOSTILE_LABELS)
+        try:
+            engine_hostile, daemon_hostile = asyncio.run(measure(str(lab.engine.socket_path), daemon.url,
+                                                                 max(10, requests // 3)))
+        finally:
+            lab.engine.api("DELETE", f"/containers/{hostile}?force=1", timeout=60)
     return [
         Row(f"container list ({n} containers), median", daemon_ms, "ms", engine_ms, "ratio <= 1.5",
             daemon_ms / engine_ms <= 1.5),
         Row(f"idle RSS ({n} containers; engine: dockerd's)", idle_rss, "MB", engine_rss, "<= 60 MB", idle_rss <= 60),
         Row(f"start-up to first 200 ({n} containers; engine: its own)", startup, "s", lab.startup, "<= 1.0 s",
             startup <= 1.0),
+        Row(f"container list, one of {n + 1} with 100 KB of hostile labels, median", daemon_hostile, "ms",
+            engine_hostile, "ratio <= 3", daemon_hostile / engine_hostile <= 3),
     ]
 
 
