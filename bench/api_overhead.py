@@ -1,6 +1,6 @@
 """API overhead: the daemon's container list against the raw engine's, idle RSS, start-up time, and the
 list again with one container whose labels are built to make secret masking slow (100 KB of `a=a=…`,
-`a.a.…` and `PASSWORD=…`: an image's labels are third-party input).
+`a.a.…`, `PASSWORD=…`, `sk-sk-…`, `eyJ-eyJ-…`: an image's labels are third-party input).
 
 The lab's dockerd with its base containers (30 by default) and a real `nekzusd serve` process (plain
 HTTP on loopback). Ratios are against the engine measured in the same run: its own list, its RSS, and
@@ -45,7 +45,8 @@ async def measure(engine_sock: str, daemon_url: str, requests: int) -> tuple[flo
         return statistics.median(engine_ms) * 1000, statistics.median(daemon_ms) * 1000
 
 
-HOSTILE_LABELS = {"x": "a=" * 17_000, "y": "a." * 17_000, "z": "PASSWORD=" * 3_700}
+HOSTILE_LABELS = {"x": "a=" * 10_000, "y": "a." * 10_000, "z": "PASSWORD=" * 2_200, "s": "sk-" * 6_700,
+                  "j": "eyJ-" * 5_000}
 
 
 def run(lab: Lab, requests: int = 300) -> list[Row]:

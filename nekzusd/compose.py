@@ -262,8 +262,9 @@ def _env_map(env: list[str] | None) -> dict[str, str | None]:
     """Docker's "K=V" list as a dict; a bare "K" (no value) maps to None."""
     out: dict[str, str | None] = {}
     for entry in env or []:
-        name, sep, value = entry.partition("=")
-        out.setdefault(name, value if sep else None)
+        if isinstance(entry, str):
+            name, sep, value = entry.partition("=")
+            out.setdefault(name, value if sep else None)
     return out
 
 
@@ -388,6 +389,8 @@ def _map_environment(ctx: _Ctx) -> dict:
             # `NAME=${VARIABLE}`: the variable is a valid Compose name even when NAME is not one.
             entries.append(_Placeholder(f"{name}=${{{ctx.secrets.env(name, value)}}}"))
         else:
+            if ctx.secrets is not None:
+                ctx.secrets.book.publish(value)
             entries.append(f"{name}={value}")
     return {"environment": entries} if entries else {}
 

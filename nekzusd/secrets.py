@@ -14,16 +14,19 @@ What is a secret:
     DIGESTAUTH, HTPASSWD, PSK, SALT, PEPPER, MASTERAUTH, the joined APIKEY, AUTHKEY, SECRETKEY…, and a part
     that ends in PASSWORD/PASSWD, or in PASS unless it is a word such as BYPASS or COMPASS (PGPASSWORD,
     POSTGRESPASS).
-  - Secret as the last part of a longer name: PWD (MYSQL_PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM), AUTH
-    (NEO4J_AUTH), COOKIE (ERLANG_COOKIE), PAT (GITHUB_PAT); AUTHORIZATION even alone (not
-    AUTHORIZATION_MODE); AUTH after BASIC or DIGEST (BASIC_AUTH).
+  - Secret as the last part of a longer name: PWD (MYSQL_PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM), COOKIE
+    (ERLANG_COOKIE), PAT (GITHUB_PAT); AUTHORIZATION even alone (not AUTHORIZATION_MODE); AUTH after BASIC,
+    DIGEST, NEO4J, ADMIN or ROOT (BASIC_AUTH, NEO4J_AUTH; not SMTP_AUTH=login, FORWARD_AUTH, swag_auth).
   - KEY or KEYS after a qualifier (API, ACCESS, PRIVATE, SECRET, APP, AUTH, SESSION, PRESHARED, SIGNING,
     ENCRYPTION, MASTER, CLIENT, LICENSE, WEBHOOK…), joined to it too (APPKEY, SESSIONKEY), or as the last
     part after any word but one that makes it an identifier or a public thing (STRIPE_KEY is secret;
-    KEY_ID, PRIMARY_KEY, SORT_KEY, PUBLIC_KEY and GPG_KEY stay readable).
+    KEY_ID, PRIMARY_KEY, SORT_KEY, PUBLIC_KEY, GPG_KEY and RECAPTCHA_SITE_KEY stay readable) unless
+    ENCRYPTION, SECRET, PRIVATE, SIGNING or MASTER stands earlier (ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY).
   - Never a name whose last part says what it holds is about a secret rather than one
     (`_NOT_SECRET_LAST`: PASSWORD_FILE, SSL_KEY_FILE, SECRETS_DIR, TOKEN_TTL, PASSWORD_MIN_LENGTH,
-    TOKEN_URL, SECRET_NAME…), nor a value that is a switch (`MYSQL_ALLOW_EMPTY_PASSWORD=yes`).
+    TOKEN_URL, SECRET_NAME, BASIC_AUTH_USER, TOKEN_EXPIRE_MINUTES…), nor a value that is a switch
+    (`MYSQL_ALLOW_EMPTY_PASSWORD=yes`, `MARIADB_RANDOM_ROOT_PASSWORD=1`), a variable (`$X`) or a path of
+    lower-case segments (`SSL_KEY=/certs/key.pem`).
   Driver options (lower-case, such as `splunk-token`, `syslog-tls-key`) are also secret when their last
   part is KEY.
 - by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://[user]:password@host`
@@ -32,28 +35,35 @@ What is a secret:
   the scheme of a notification URL (`gotify://`, `tgram://`, `discord://`, `pover://`… as Watchtower,
   Diun and Apprise take them), a well-known token prefix (`_TOKEN_SHAPES`: ghp_, github_pat_, glpat-,
   xoxb-, sk_live_, sk-…, tskey-, AKIA…, dckr_pat_, hvs., a Cloudflare tunnel token), the value of a
-  `name=value` (quoted or bare: `--password="pw"`, `password = pw`), `"name": "value"`, `name:value` or
-  `{"name": NAME, "value": …}` pair whose name is secret (`--db-password=…`, `o: username=u,password=p`,
-  `Password:pw;`, an env entry of a Kubernetes manifest), and the credential of an `Authorization:` or
-  dashed header (`Bearer …`, `Basic …`, `X-Api-Key: k`).
+  `name=value` (quoted or bare: `--password="pw"`, `password = pw`; `NAME= cmd` is an empty value),
+  `"name": "value"`, `name:value` (not a shell default `${NAME:-x}`), `{"name": NAME, "value": …}`,
+  `['name'] = 'value'` or YAML `name: value` line (in text of several lines) pair whose name is secret
+  (`--db-password=…`, `o: username=u,password=p`, `Password:pw;`, an env entry of a Kubernetes manifest,
+  GitLab's and Synapse's config in an env value), the `auth` of a Docker `config.json`, and the
+  credential of an `Authorization:` or dashed header (`Bearer …`, `Basic …`, `X-Api-Key: k`).
 - by POSITION in a command line (a list of arguments, or a string split on whitespace; Docker's Path and
   Args, Entrypoint and Cmd, a pod's command and args, a service's entrypoint and command each read as one
   line): the argument after an option whose last part is a secret word (`--requirepass X`,
   `--db-password X`; not after `--password-file`, `--token-ttl`, `--no-password` or `--askpass`), and the
   passwords programs take by options of their own (`_PROGRAM_OPTIONS`: `mysql -pX`, `redis-cli -a X`,
   `curl -u user:X`, `sshpass -p X`, `docker login -p X`, `sqlcmd -P X`, `ldapsearch -w X`, …). A value
-  that is a variable (`-p"$MYSQL_ROOT_PASSWORD"`) is left as it is.
+  that is a variable (`-p"$MYSQL_ROOT_PASSWORD"`) is left as it is. A program's own options end with its
+  command (`&&`, `|`, `;`, a newline; for `sshpass`, the program it runs): `docker login -p X && docker
+  run -p 8080:80` masks X only. Quotes are not parsed: a password with spaces is masked up to its first.
 Where a secret repeats: once found (in the environment, a secret-named label or option, by shape or by
 position), its value is hunted in every other string of the same document, except identity fields (ids,
 names, image references, host names, network settings), so that a password equal to "postgres" does not
-turn the image "postgres:16" into a mask. A value of letters only is hunted as a whole word, so that the
-same password leaves `/var/lib/postgresql/data` readable. Values shorter than MIN_REPEATED_SECRET (6)
+turn the image "postgres:16" into a mask. A value of letters only is hunted only as a word of its own
+(between spaces or quotes), and not where an ordinary field holds it whole (`POSTGRES_USER=postgres`), so
+that `POSTGRES_PASSWORD=postgres` leaves `/var/lib/postgresql/data` and the `postgres` command alone. At
+most MAX_HUNTED values of at most MAX_HUNTED_LENGTH characters are hunted (longer secrets, PEM keys and
+JWTs, are found by shape). Values shorter than MIN_REPEATED_SECRET (6)
 characters are not hunted: a secret "1" would otherwise mangle every number. They are still masked where
 a name, shape or position says so. A value's core is hunted too (`base64:KEY=` is often repeated as the
 bare KEY).
 Dict keys are never rewritten (they are names); a secret used as a key is not hidden.
-The work is linear in the text, whatever it holds: a 100 KB label of `a=a=…` or `a.a.…` on an image must
-not stall the container list.
+The work is linear in the text, whatever it holds: a 100 KB label of `a=a=…`, `a.a.…`, `sk-sk-…` or
+`eyJ-eyJ-…` on an image must not stall the container list.
 """
 
 from __future__ import annotations
@@ -89,23 +99,25 @@ _NOT_SECRET_WORDS = frozenset({"BYPASS", "COMPASS", "ENCOMPASS", "SURPASS", "TRE
                                "ASKPASS"})
 # Secret only as the last part of a longer name: PWD (MYSQL_PWD; alone it is the shell's working directory,
 # and OLDPWD is one part that is not PWD), PW (VNC_PW), CLAIM (PLEX_CLAIM; CLAIM_NAME is a volume claim),
-# AUTH (NEO4J_AUTH=neo4j/pw; AUTH_ENABLED is a switch), COOKIE (ERLANG_COOKIE), PAT (GITHUB_PAT).
-_LAST_ONLY_PARTS = frozenset({"PWD", "PW", "CLAIM", "AUTH", "COOKIE", "PAT"})
+# COOKIE (ERLANG_COOKIE), PAT (GITHUB_PAT).
+_LAST_ONLY_PARTS = frozenset({"PWD", "PW", "CLAIM", "COOKIE", "PAT"})
 # Secret as the last part, alone too: an Authorization header's value (HTTP_AUTHORIZATION), not a mode
 # (AUTHORIZATION_MODE).
 _LAST_PARTS = frozenset({"AUTHORIZATION"})
-# AUTH is secret after these (BASIC_AUTH: `user:password`); alone it is usually a switch.
-_AUTH_QUALIFIERS = frozenset({"BASIC", "DIGEST", "BEARER"})
+# AUTH is secret after these (BASIC_AUTH: `user:password`, NEO4J_AUTH: `neo4j/password`); alone, or after
+# a verb or a proxy (SMTP_AUTH=login, DISABLE_AUTH, FORWARD_AUTH, swag_auth=authelia), it is a setting.
+_AUTH_QUALIFIERS = frozenset({"BASIC", "DIGEST", "BEARER", "NEO4J", "ADMIN", "ROOT"})
 # A name whose last part says what it holds is about a secret, not one: PASSWORD_FILE (a path),
 # TOKEN_TTL, PASSWORD_MIN_LENGTH, SHOW_PASSWORD_HINT, SECRETS_DIR, TOKEN_URL, SECRET_NAME.
 _NOT_SECRET_LAST = frozenset({
     "FILE", "FILES", "PATH", "DIR", "DIRECTORY", "URL", "URI", "ENDPOINT", "TTL", "EXPIRY", "EXPIRES",
     "EXPIRATION", "LIFETIME", "TIMEOUT", "LENGTH", "HINT", "ITERATIONS", "ROUNDS", "POLICY", "MODE", "TYPE",
-    "NAME", "ENABLED", "DISABLED", "REQUIRED", "LOGIN", "RESET", "PROMPT", "STDIN",
+    "NAME", "ENABLED", "DISABLED", "REQUIRED", "LOGIN", "RESET", "PROMPT", "STDIN", "EXPIRE", "SIZE",
+    "SECONDS", "MINUTES", "HOURS", "DAYS", "LEN", "MIN", "MAX", "ALGO", "ALGORITHM", "HEADER", "PREFIX", "USER",
+    "USERNAME", "IN", "ENCRYPTION", "METHOD", "SCHEME", "STRENGTH",
 })
-# KEY (or KEYS) is secret only after one of these (API_KEY, APP_KEY, WG_PRESHARED_KEY, TLS_PRIVATE_KEY), not
-# alone, nor after words that make it an identifier or a path: SORT_KEY, PRIMARY_KEY, PUBLIC_KEY, KEY_ID,
-# KEY_FILE (a file name; the file itself is not in the document).
+# KEY (or KEYS) after one of these is secret wherever it stands (API_KEY, APP_KEY, WG_PRESHARED_KEY,
+# AWS_ACCESS_KEY_ID); alone it is not, nor first (KEY_ID).
 _KEY_QUALIFIERS = frozenset({
     "API", "ACCESS", "PRIVATE", "SECRET", "ENCRYPTION", "SIGNING", "MASTER", "SSH", "HMAC", "JWT",
     "APP", "AUTH", "SESSION", "PRESHARED", "SHARED", "CLIENT", "LICENSE", "WEBHOOK", "COOKIE", "CSRF",
@@ -116,8 +128,11 @@ _KEY_PARTS = frozenset({"KEY", "KEYS"})
 _PLAIN_KEY_QUALIFIERS = frozenset({
     "PUBLIC", "PRIMARY", "FOREIGN", "SORT", "PARTITION", "ROUTING", "SHARD", "CACHE", "LOOKUP", "HASH",
     "GPG", "PGP", "UNIQUE", "INDEX", "GROUP", "OBJECT", "BUCKET", "HOT", "MAP", "TYPE", "SIZE", "LENGTH",
-    "BITS", "ALGORITHM", "ALG", "FORMAT", "USAGE", "ROTATION", "ID",
+    "BITS", "ALGORITHM", "ALG", "FORMAT", "USAGE", "ROTATION", "ID", "SITE", "KEYBOARD", "LANGUAGE",
 })
+# KEY last after a plain word is secret still when one of these stands earlier in the name
+# (ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY).
+_STRONG_KEY_QUALIFIERS = frozenset({"ENCRYPTION", "SECRET", "PRIVATE", "SIGNING", "MASTER"})
 _JOINED_KEYS = tuple(q + k for q in _KEY_QUALIFIERS for k in ("KEY", "KEYS"))
 
 # Splits on camelCase boundaries inside a chunk, so that "dbPassword" is judged too.
@@ -125,7 +140,10 @@ _PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _OPTION_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 _PEM_PRIVATE_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
-_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# A JWT is read as a header run (consumed whole, so that `eyJ-eyJ-…` is not rescanned from each start),
+# then its payload and signature where the run ends.
+_JWT_HEADER_RE = re.compile(r"\beyJ[A-Za-z0-9_-]*")
+_JWT_REST_RE = re.compile(r"\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 # scheme://[user]:password@host — a database URL carries its password (group 1); the user may be empty
 # (`redis://:pw@redis`).
 # A scheme is short: bounded, so that a long run of `a.a.a.` is not rescanned from each word boundary.
@@ -145,7 +163,7 @@ _TOKEN_SHAPES: tuple[tuple[str, str], ...] = (
     (r"xox[abposre]-", r"[A-Za-z0-9-]{10,}"),                    # Slack bot/user/app-level
     (r"xapp-", r"[A-Za-z0-9-]{10,}"),                            # Slack app token
     (r"[sr]k_(?:live|test)_", r"[A-Za-z0-9]{16,}"),              # Stripe secret / restricted
-    (r"sk-", r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{20,}"),  # OpenAI, Anthropic
+    (r"sk-", r"(?=[A-Za-z0-9_-]{0,200}[0-9])(?=[A-Za-z0-9_-]{0,200}[A-Z])[A-Za-z0-9_-]{20,}"),  # OpenAI, Anthropic
     (r"tskey-", r"[A-Za-z0-9-]{10,}"),                           # Tailscale auth/API keys
     (r"A[KS]IA", r"[0-9A-Z]{16}"),                               # AWS access key ids
     (r"AIza", r"[0-9A-Za-z_-]{35}"),                             # Google API key
@@ -171,17 +189,20 @@ _WEBHOOK_RE = re.compile(r"https?://(?:hooks\.slack\.com/(?:services|workflows|t
                          r"|(?:[a-z]+\.)?discord(?:app)?\.com/api/webhooks/"
                          r"|[a-z0-9-]+\.webhook\.office\.com/webhookb2/"    # Microsoft Teams
                          r"|api\.telegram\.org/bot"                         # a Telegram bot's token
-                         r"|hc-ping\.com/)([A-Za-z0-9_/:@-]{8,})")           # Healthchecks.io
+                         r"|hc-ping\.com/"                                  # Healthchecks.io
+                         r"|[A-Za-z0-9.-]+(?::[0-9]+)?/api/push/)([A-Za-z0-9_/:@-]{8,})")  # Uptime Kuma push
 # Notification URLs (Shoutrrr, Apprise: Watchtower, Diun, …) carry their tokens anywhere after the scheme:
 # everything after it is the secret (group 1).
 _NOTIFY_URL_RE = re.compile(r"\b(?:gotifys?|tgram|telegram|discord|pover|pushover|pbul|pushbullet|slack|teams|"
                             r"mmosts?|mattermost|matrixs?|rocketchat|rockets?|zulip|opsgenie|pagerduty|"
-                            r"googlechat|gchat|ifttt|join|bark|ntfys?|signal|pushed|lametric)://([^\s'\"]+)")
+                            r"googlechat|gchat|ifttt|join|bark|ntfys?|signal|pushed|lametric|msteams|mailgun|"
+                            r"pushsafer|sendgrid|twilio|spush|pjet|prowl|simplepush|apprises?)://([^\s'\"]+)")
 # name=value inside any text: command-line flags, mount options, URL queries, env-like strings, `name = value`.
 # Only the name and `=` are matched (the value is read by _value_end), so that pairs may overlap: in
 # `EVIL=1_PASSWORD=pw` (an env name with a newline, then a value that is itself a pair) both `EVIL=…` and
 # `1_PASSWORD=pw` are judged, and no value is read twice. The name may start with a digit.
-_ASSIGNMENT_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z0-9_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*")
+# `name = value` has spaces on both sides; `NAME= psql …` is an empty value before a command.
+_ASSIGNMENT_RE = re.compile(r"(?<![A-Za-z0-9_.-])-{0,2}([A-Za-z0-9_][A-Za-z0-9_.-]*)(?:=|[ \t]+=[ \t]*)")
 _BARE_VALUE_RE = re.compile(r"[^\s,;&'\"]+")
 _SCHEME_CREDENTIAL_RE = re.compile(r"[ \t]+([^\s,;&'\"]+)")
 MAX_QUOTED_VALUE = 4096  # a quoted value ends within this many characters, or is read as a bare one
@@ -189,8 +210,15 @@ MAX_QUOTED_VALUE = 4096  # a quoted value ends within this many characters, or i
 _JSON_PAIR_RE = re.compile(r'"([A-Za-z0-9_][A-Za-z0-9_.-]*)"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
 # An environment entry of a Kubernetes manifest in JSON (`last-applied-configuration`, any container kind):
 # {"name": "DB_PASSWORD", "value": "pw"}.
+# Docker's config.json (`DOCKER_AUTH_CONFIG`): {"auths": {"reg": {"auth": "base64(user:password)"}}}.
+_JSON_AUTH_RE = re.compile(r'"((?i:auth|identitytoken|registrytoken))"\s*:\s*"([A-Za-z0-9+/=_-]{8,})"')
+# Config inside an env value: Ruby (`gitlab_rails['initial_root_password'] = 'pw'`), and YAML lines
+# (`password: pw`; only in text of several lines: a single `word: text` is how messages read).
+_RUBY_PAIR_RE = re.compile(r"""\[['"]([A-Za-z0-9_.-]{1,128})['"]\][ \t]*=[ \t]*['"]([^'"\n]+)['"]""")
+_YAML_PAIR_RE = re.compile(r"^[ \t]*-?[ \t]*([A-Za-z_][A-Za-z0-9_.-]*):[ \t]+['\"]?([^\s'\"#]+)", re.M)
 _JSON_ENV_RE = re.compile(r'"name"\s*:\s*"([^"\\\n]{1,256})"\s*,\s*"value"\s*:\s*"((?:[^"\\\n]|\\.)+)"')
-_COLON_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.:/@-])([A-Za-z_][A-Za-z0-9_.-]*):(?![/:])([^\s,;&'\"@]+)")
+# Not `${NAME:-default}`, a shell default (nor `:?`, `:=`, `:+`).
+_COLON_PAIR_RE = re.compile(r"(?<![A-Za-z0-9_.:/@{-])([A-Za-z_][A-Za-z0-9_.-]*):(?![/:?=+-])([^\s,;&'\"@]+)")
 # The scheme words of an Authorization value: the credential is the word after one.
 _AUTH_SCHEMES = ("bearer", "basic", "digest", "token", "bot", "apikey", "key", "sso-key", "mediabrowser", "emby",
                  "splunk", "negotiate", "hmac", "googlelogin")
@@ -238,8 +266,8 @@ def _secret_parts(parts: list[str], last_only: bool = False) -> bool:
             return True
         if part.endswith(_JOINED_KEYS):
             return True
-        if part in _KEY_PARTS and before and (before in _KEY_QUALIFIERS or
-                                              (i == last and before not in _PLAIN_KEY_QUALIFIERS)):
+        if part in _KEY_PARTS and before and (before in _KEY_QUALIFIERS or (i == last and (
+                before not in _PLAIN_KEY_QUALIFIERS or not _STRONG_KEY_QUALIFIERS.isdisjoint(parts[:i])))):
             return True
         if i == last and (part in _LAST_PARTS or (part in _LAST_ONLY_PARTS and before)):
             return True
@@ -255,7 +283,8 @@ def is_secret_option(name: str) -> bool:
     if is_secret_name(name):
         return True
     parts = _name_parts(name)
-    return bool(_OPTION_NAME_RE.fullmatch(name)) and len(parts) > 1 and parts[-1] == "KEY"
+    return (bool(_OPTION_NAME_RE.fullmatch(name)) and len(parts) > 1 and parts[-1] == "KEY"
+            and parts[-2] not in _PLAIN_KEY_QUALIFIERS)
 
 
 def is_secret_value(value: str) -> bool:
@@ -263,7 +292,7 @@ def is_secret_value(value: str) -> bool:
     if not value:
         return False
     return ("-----BEGIN" in value and bool(_PEM_PRIVATE_RE.search(value))) or (
-        "eyJ" in value and bool(_JWT_RE.search(value))) or (
+        "eyJ" in value and bool(_jwt_spans(value))) or (
         "://" in value and any(rx.search(value) for rx in (_URL_CREDENTIALS_RE, _URL_KEY_RE, _WEBHOOK_RE,
                                                            _NOTIFY_URL_RE))) or (
         bool(_TOKEN_HINT_RE.search(value)) and bool(_TOKEN_PREFIX_RE.search(value)))
@@ -271,8 +300,9 @@ def is_secret_value(value: str) -> bool:
 
 def is_secret(name: str, value: str) -> bool:
     """True when either the name or the value says the variable holds a secret (a switch such as
-    `MYSQL_ALLOW_EMPTY_PASSWORD=yes` holds none)."""
-    return (is_secret_name(name) and (value or "").lower() not in _SWITCH_VALUES) or is_secret_value(value or "")
+    `MYSQL_ALLOW_EMPTY_PASSWORD=yes` holds none, nor a path; an empty value is masked too, so that a
+    reader does not learn which passwords are unset)."""
+    return (is_secret_name(name) and (not value or _is_value(value))) or is_secret_value(value or "")
 
 
 def find_secrets(text: str) -> list[tuple[int, int, str]]:
@@ -282,7 +312,7 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
     if "-----BEGIN" in text:
         found += _pem_spans(text)
     if "eyJ" in text:
-        found += [(m.start(), m.end(), "JWT") for m in _JWT_RE.finditer(text)]
+        found += _jwt_spans(text)
     if "://" in text:
         if "@" in text:
             found += [(m.start(1), m.end(1), "URL_PASSWORD") for m in _URL_CREDENTIALS_RE.finditer(text)]
@@ -298,8 +328,13 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
             found += _pair_spans(_JSON_PAIR_RE, text)
             if '"value"' in text:
                 found += _pair_spans(_JSON_ENV_RE, text)
+            found += [(m.start(2), m.end(2), "REGISTRY_AUTH") for m in _JSON_AUTH_RE.finditer(text)]
+        if "\n" in text:
+            found += _pair_spans(_YAML_PAIR_RE, text)
         found += _pair_spans(_COLON_PAIR_RE, text)
         found += _pair_spans(_HEADER_RE, text)
+    if "['" in text or '["' in text:
+        found += _pair_spans(_RUBY_PAIR_RE, text)
     if " " in text and "-" in text:
         found += _command_spans(text)
     return found
@@ -314,11 +349,17 @@ def _pair_spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int, str]]
 
 
 # Values a secret-named field may hold that are no secret: a switch, a reference to a variable, a mask.
-_SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "none", "null", "enabled", "disabled"})
+_SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "y", "n", "on", "off", "0", "1", "none", "null",
+                            "enabled", "disabled"})
+# A path of lower-case segments (`/run/secrets/db`, `/certs/key.pem`) names a file: no secret (a random
+# password has capitals, and rarely two slashes).
+_PATH_VALUE_RE = re.compile(r"(?:\.{0,2}/[a-z0-9_.@-]+){2,}/?|~/[a-z0-9_.@/-]+")
 
 
 def _is_value(value: str) -> bool:
-    return bool(value) and value != MASK and not value.startswith("$") and value.lower() not in _SWITCH_VALUES
+    """A value a secret-named field may hold that is a secret: not a switch, a variable, a mask or a path."""
+    return (bool(value) and value != MASK and not value.startswith("$") and value.lower() not in _SWITCH_VALUES
+            and not _PATH_VALUE_RE.fullmatch(value))
 
 
 def _assignment_spans(text: str) -> list[tuple[int, int, str]]:
@@ -378,13 +419,18 @@ _PROGRAM_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
              "-U": ("user", "PROXY_PASSWORD"), "--proxy-user": ("user", "PROXY_PASSWORD")},
 }
 _QUOTES = "'\"`("
+# Where a program's own options end: a shell separator, or (for a program that runs another) its first
+# word that is not an option.
+_SEPARATORS = frozenset({"&&", "||", "|", ";", "&", "\n", "then", "do", "else"})
+_WRAPPERS = frozenset({"sshpass"})
 _USER_SEPARATORS = re.compile(r"[:%,]")
 
 
 def _takes_secret(name: str) -> bool:
-    """The option's last part is a secret word (and it is no `--no-…` switch): its next argument is the secret."""
+    """The option's last part is a secret word (and it is no `--no-…` or `--ask-…` switch): its next
+    argument is the secret."""
     parts = _name_parts(name)
-    return bool(parts) and parts[0] != "NO" and (_secret_parts(parts, last_only=True) or
+    return bool(parts) and parts[0] not in ("NO", "ASK") and (_secret_parts(parts, last_only=True) or
                                                  _secret_parts(_chunks(name), last_only=True))
 
 
@@ -406,8 +452,12 @@ def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
     spans: list[list[tuple[int, int, str]]] = [[] for _ in args]
     options: dict[str, tuple[str, str]] = {}
     pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
+    wrapper = False
     for i, arg in enumerate(args):
         raw = arg if isinstance(arg, str) else ""
+        if raw in _SEPARATORS or raw.endswith((";", "&&", "|")):
+            options, pending = {}, None
+            continue
         token = raw.lstrip(_QUOTES)
         assigned = _ASSIGNED_RE.match(token)
         if assigned:
@@ -423,12 +473,14 @@ def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
                 continue
         program = token.rsplit("/", 1)[-1]
         if program in _PROGRAM_OPTIONS:
-            options = _PROGRAM_OPTIONS[program]
+            options, wrapper = _PROGRAM_OPTIONS[program], program in _WRAPPERS
             continue
         if token == "login" and i > 0 and args[i - 1] in ("docker", "podman"):
             options = _PROGRAM_OPTIONS["docker login"]
             continue
         if not token.startswith("-"):
+            if wrapper:  # sshpass -p X ssh -p 2222: ssh's options are its own
+                options, wrapper = {}, False
             continue
         flag, equals, value = token.partition("=")
         own = options.get(flag) or options.get(f"-{flag[-1]}" if _BUNDLE_RE.fullmatch(flag) else "")
@@ -473,15 +525,24 @@ def command_spans(fields: Mapping[Any, Any]) -> dict[Any, list[Spans]]:
             if isinstance(first, list):
                 found[head] = line[:len(prefix)]
     return found
-_WORD_RE = re.compile(r"\S+")
+_WORD_RE = re.compile(r"\n|\S+")  # a newline ends a shell command as a separator does
 
 
 def _command_spans(text: str) -> list[tuple[int, int, str]]:
     """argv_spans over a string split on whitespace (a shell command line; quotes are not parsed)."""
-    words = list(_WORD_RE.finditer(text))
+    words = list(_WORD_RE.finditer(text))  # a newline is a word of its own
     return [(word.start() + start, word.start() + end, hint)
             for word, found in zip(words, argv_spans([w.group() for w in words]), strict=True)
             for start, end, hint in found]
+
+
+def _jwt_spans(text: str) -> list[tuple[int, int, str]]:
+    found = []
+    for header in _JWT_HEADER_RE.finditer(text):
+        rest = _JWT_REST_RE.match(text, header.end())
+        if rest is not None and header.end() - header.start() >= 8:
+            found.append((header.start(), rest.end(), "JWT"))
+    return found
 
 
 def _pem_spans(text: str) -> list[tuple[int, int, str]]:
@@ -519,15 +580,27 @@ def _keep(text: str) -> str:
 
 
 _NOTHING = re.compile(r"(?!)")
+# The hunt tries every value at every position: bounded, so that an image with thousands of secret ENV
+# entries, or one of megabytes, cannot stall a listing. Longer secrets (PEM keys, JWTs) are found by shape.
+MAX_HUNTED = 512
+MAX_HUNTED_LENGTH = 1024
 
 
-def _hunt_of(values: Iterable[str]) -> re.Pattern[str]:
+def _is_word(value: str) -> bool:
+    return value.isascii() and value.isalpha()
+
+
+def _hunt_of(values: Iterable[str], published: frozenset[str] | set[str] = frozenset()) -> re.Pattern[str]:
     """One regex for the values long enough to hunt, longest first (a secret containing another is
-    replaced whole). A value of letters only is a word (`postgres`, `changeme`): it is hunted as a whole
-    word, so that `/var/lib/postgresql/data` stays a path; any other value is hunted anywhere."""
-    hunted = sorted({v for v in values if len(v) >= MIN_REPEATED_SECRET}, key=lambda v: (-len(v), v))
-    return re.compile("|".join(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])" if v.isascii() and v.isalpha()
-                               else re.escape(v) for v in hunted)) if hunted else _NOTHING
+    replaced whole). A value of letters only is a word (`postgres`, `changeme`, `paperless`): it is hunted
+    only as a word of its own (between spaces or quotes), so that `/var/lib/postgresql/data`,
+    `--password-file` or `api_password` stay as they are, and not at all when ``published`` holds it (the
+    whole value of an ordinary field such as `POSTGRES_USER=postgres`: a word shown there in clear is the
+    program's or the user's name as much as a password). Any other value is hunted anywhere."""
+    hunted = sorted({v for v in values if MIN_REPEATED_SECRET <= len(v) <= MAX_HUNTED_LENGTH
+                     and not (_is_word(v) and v in published)}, key=lambda v: (-len(v), v))[:MAX_HUNTED]
+    return re.compile("|".join(rf"(?<![^\s'\"]){re.escape(v)}(?![^\s'\"])" if _is_word(v) else re.escape(v)
+                               for v in hunted)) if hunted else _NOTHING
 
 
 def _mask_always(value: str, hint: str) -> str:
@@ -551,13 +624,13 @@ class SecretBook:
         # collect, which records as it goes and would otherwise rebuild after every new value).
         self._hunt: re.Pattern[str] | None = None
         self._hunt_latent: re.Pattern[str] | None = None
+        self._published: set[str] = set()  # whole values of ordinary fields (see _hunt_of)
 
     def add(self, value: str, hint: str = "SECRET", replacement: str | None = None) -> str:
         """The value's replacement, recording the value first if new (with `replacement` when given)."""
         if value not in self.replacements:
-            if value in self._latent:
+            if value in self._latent:  # its latent hunt may keep it: finding it again records nothing
                 hint = self._latent.pop(value)
-                self._hunt_latent = None
             self.replacements[value] = self._replacement(value, hint) if replacement is None else replacement
             self._hunt = None
             core = _CORE_RE.match(value)
@@ -572,17 +645,23 @@ class SecretBook:
             self._latent.setdefault(value, hint)
             self._hunt = self._hunt_latent = None
 
+    def publish(self, value: str) -> None:
+        """`value` is the whole value of an ordinary field (an environment entry that is no secret)."""
+        if value and _is_word(value) and value not in self._published:
+            self._published.add(value)
+            self._hunt = self._hunt_latent = None
+
     def __contains__(self, value: str) -> bool:
         return value in self.replacements
 
     def _hunted(self, latent_only: bool = False) -> re.Pattern[str] | None:
         if latent_only:
             if self._hunt_latent is None:
-                self._hunt_latent = _hunt_of(self._latent)
+                self._hunt_latent = _hunt_of(self._latent, self._published)
             hunt = self._hunt_latent
         else:
             if self._hunt is None:
-                self._hunt = _hunt_of([*self._latent, *self.replacements])
+                self._hunt = _hunt_of([*self._latent, *self.replacements], self._published)
             hunt = self._hunt
         return None if hunt is _NOTHING else hunt
 
@@ -650,8 +729,13 @@ def _collect_named(value: Any, book: SecretBook) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if k == "Env" and isinstance(v, list):
-                for s in secret_env_values([e for e in v if isinstance(e, str)]):
+                entries = [e for e in v if isinstance(e, str)]
+                for s in secret_env_values(entries):
                     book.add(s, "SECRET")
+                for entry in entries:
+                    name, _, value = entry.partition("=")
+                    if not is_secret(name, value):
+                        book.publish(value)
             elif isinstance(v, str) and v and _is_secret_key(k):
                 book.add(v, str(k))
             elif k not in IDENTITY_KEYS:
@@ -744,11 +828,12 @@ def mask_labels(labels: Mapping[str, str], secret_values: Iterable[str] = ()) ->
     label repeats them."""
     book = SecretBook()
     for value in secret_values:
-        book.add(value)
+        if isinstance(value, str):
+            book.add(value)
     for v in labels.values():  # every value first, then one hunt for all
         if isinstance(v, str):
             book.collect(v)
-    return {k: (MASK if v and is_secret_option(k) else book.scrub(v)) if isinstance(v, str) else v
+    return {k: (MASK if v and _is_secret_key(k) else book.scrub(v)) if isinstance(v, str) else v
             for k, v in labels.items()}
 
 

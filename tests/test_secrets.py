@@ -167,7 +167,7 @@ def test_short_secrets_are_masked_where_named_but_not_hunted():
     book.add("1")
     book.add("hunter2-long")
     assert book.scrub("port 1 of 10, pass=hunter2-long") == "port 1 of 10, pass=***"
-    assert book.scrub("password=1 again") == "password=*** again"   # a name says so: any length
+    assert book.scrub("password=7 again") == "password=*** again"   # a name says so: any length
     assert MIN_REPEATED_SECRET == 6
 
 
@@ -297,7 +297,7 @@ def test_scrub_text_masks_known_values_in_an_engine_error():
     "CLIENTKEY", "PLEX_CLAIM", "AUTHORIZATION", "HTTP_AUTHORIZATION", "Proxy-Authorization", "BASIC_AUTH",
     "basicAuth", "DIGEST_AUTH", "Db_PaSsWoRd", "pAsSwOrD", "storepass", "NEO4J_AUTH", "ERLANG_COOKIE",
     "RABBITMQ_ERLANG_COOKIE", "GITHUB_PAT", "CR_PAT", "SALT", "HASH_SALT", "PEPPER", "masterauth",
-    "SECRET_KEY_BASE", "ADMIN_PASSWORD_HASH",
+    "SECRET_KEY_BASE", "ADMIN_PASSWORD_HASH", "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY",
 ])
 def test_secret_names_the_red_team_found(name):
     assert is_secret_name(name)
@@ -310,6 +310,10 @@ def test_secret_names_the_red_team_found(name):
     "POSTGRES_PASSWORD_FILE", "SECRETS_DIR", "CREDENTIALS_DIRECTORY", "TOKEN_TTL", "TOKEN_EXPIRY",
     "PASSWORD_MIN_LENGTH", "SHOW_PASSWORD_HINT", "PASSWORD_ITERATIONS", "TOKEN_URL", "SECRET_NAME",
     "PASSWORD_RESET_ENABLED", "traefik.http.middlewares.auth.basicauth.usersfile", "ASKPASS",
+    # AUTH is a setting after a verb or a proxy; a public or sized thing is no secret
+    "swag_auth", "SMTP_AUTH", "FORWARD_AUTH", "DISABLE_AUTH", "caddy.forward_auth", "RECAPTCHA_SITE_KEY",
+    "BASIC_AUTH_USER", "EMAIL_TOKEN_SIZE", "ACCESS_TOKEN_EXPIRE_MINUTES", "JWT_TOKEN_EXPIRES_IN", "PASSWORD_MIN_LEN",
+    "password_encryption", "POSTGRES_HOST_AUTH_METHOD",
 ])
 def test_names_that_stay_ordinary_beside_them(name):
     assert not is_secret_name(name)
@@ -338,6 +342,9 @@ def test_names_that_stay_ordinary_beside_them(name):
     ("mongo -pmongo26 && 7z x -pzip27 a.7z", ["mongo26", "zip27"]),
     ("redis-server --masterauth master28", ["master28"]),
     ("authorization:Basic YWRtaW46cHc=", ["Basic", "YWRtaW46cHc="]),
+    ("sshpass -p sshpw29 ssh -p 2222 u@h", ["sshpw29"]),
+    ("ldapsearch -w ldap30 | grep -w dn", ["ldap30"]),
+    ("echo start\nmysqladmin -pmy31\ncp -pR a b", ["my31"]),
 ])
 def test_passwords_given_by_position_or_in_a_header(text, secrets):
     assert [text[s:e] for s, e, _ in find_secrets(text)] == secrets
@@ -352,6 +359,11 @@ def test_passwords_given_by_position_or_in_a_header(text, secrets):
     "app --token-ttl 3600 --secret-name my-secret --password-hash sha256 --pass-through true",
     "kube-apiserver --service-account-key-file=/etc/k/sa.pub --token-auth-file=/etc/k/tokens.csv "
     "--enable-bootstrap-token-auth=true", "MYSQL_ALLOW_EMPTY_PASSWORD=yes",
+    # a program's own options end with its command; shell defaults, empty values and switches are no secret
+    "sshpass -e ssh -p 2222 user@host", "docker login -u me -p $TOKEN ghcr.io && docker run -d -p 8080:80 nginx",
+    "mysql -u root -p$PW db; cp -pR a b", 'redis-cli -a "${REDIS_PASSWORD:-changeme}" ping',
+    'mysqladmin ping -p"${MYSQL_ROOT_PASSWORD:-}"', "PGPASSWORD= psql -h db", "env TOKEN= /app/run.sh --serve",
+    "ansible-playbook --ask-vault-pass site.yml", "ttyd --ssl-key /certs/key.pem", "MARIADB_RANDOM_ROOT_PASSWORD=1",
 ])
 def test_command_lines_that_stay_ordinary(text):
     assert find_secrets(text) == []
@@ -390,6 +402,11 @@ def test_kubernetes_details_mask_positional_passwords_in_command_and_args():
     ("hvs." + "a1B2" * 7, "hvs." + "a1B2" * 7),
     ("AGE-SECRET-KEY-1" + "QZ" * 30, "AGE-SECRET-KEY-1" + "QZ" * 30),
     ('{"initContainers":[{"env":[{"name":"DB_PASSWORD","value":"init-pw-99"}]}]}', "init-pw-99"),
+    ('{"auths":{"registry.lan":{"auth":"dXNlcjpodW50ZXIyMg=="}}}', "dXNlcjpodW50ZXIyMg=="),
+    ("external_url 'https://git.lan'\ngitlab_rails['initial_root_password'] = 'Ruby-pw-1'", "Ruby-pw-1"),
+    ("db:\n  user: kemal\n  password: yaml-pw-2\n", "yaml-pw-2"),
+    ("https://kuma.lan/api/push/Xk3J9aB2cD?status=up", "Xk3J9aB2cD"),
+    ("msteams://tokA/tokB/tokC", "tokA/tokB/tokC"),
 ])
 def test_notification_urls_tokens_and_manifest_env_entries(value, secret):
     assert [value[s:e] for s, e, _ in find_secrets(value)] == [secret]
@@ -397,7 +414,8 @@ def test_notification_urls_tokens_and_manifest_env_entries(value, secret):
 
 @pytest.mark.parametrize("name, value, secret", [
     ("MYSQL_ALLOW_EMPTY_PASSWORD", "yes", False), ("MYSQL_RANDOM_ROOT_PASSWORD", "true", False),
-    ("DB_PASSWORD", "hunter22", True), ("DB_PASSWORD", "1", True), ("LOG_LEVEL", "gotify://h/tok", True),
+    ("DB_PASSWORD", "hunter22", True), ("DB_PASSWORD", "7", True), ("MARIADB_RANDOM_ROOT_PASSWORD", "1", False),
+    ("SSL_KEY", "/certs/key.pem", False), ("DB_PASSWORD", "/tmp/Xq9/Zp", True), ("LOG_LEVEL", "gotify://h/tok", True),
 ])
 def test_a_switch_is_no_secret_whatever_its_name(name, value, secret):
     assert is_secret(name, value) is secret
@@ -429,8 +447,28 @@ def test_the_hunt_is_compiled_once_however_many_secrets_a_document_holds(monkeyp
 
     compiled = []
     real = secrets._hunt_of
-    monkeypatch.setattr(secrets, "_hunt_of", lambda values: compiled.append(1) or real(values))
+    monkeypatch.setattr(secrets, "_hunt_of", lambda *args: compiled.append(1) or real(*args))
     doc = {"Config": {"Cmd": [f"--password=pw{i:06d}" for i in range(300)], "Labels": {"a": "pw000007 x"}}}
     masked = mask_inspect(doc)
     assert masked["Config"] == {"Cmd": ["--password=***"] * 300, "Labels": {"a": "*** x"}}
     assert len(compiled) == 2  # the latent values' hunt (for collect) and all values' (for scrub)
+
+
+def test_a_word_password_leaves_paths_names_and_its_published_twin_alone():
+    """`POSTGRES_PASSWORD=postgres` (the official example), `PASSWORD=password` (code-server's): a word
+    is hunted only as a word of its own, and not at all where an ordinary field shows it in clear."""
+    doc = {"Config": {"Env": ["POSTGRES_PASSWORD=postgres", "POSTGRES_USER=postgres",
+                              "PGDATA=/var/lib/postgresql/data", "PASSWORD=password", "FTLCONF_api_password=x1"],
+                      "Cmd": ["postgres", "--password-file", "/run/secrets/password"],
+                      "Healthcheck": {"Test": ["CMD-SHELL", "pg_isready -U postgres && echo password"]}}}
+    config = mask_inspect(doc)["Config"]
+    assert config["Env"] == ["POSTGRES_PASSWORD=***", "POSTGRES_USER=postgres", "PGDATA=/var/lib/postgresql/data",
+                             "PASSWORD=***", "FTLCONF_api_password=***"]
+    assert config["Cmd"] == ["postgres", "--password-file", "/run/secrets/password"]
+    assert config["Healthcheck"]["Test"][1] == "pg_isready -U postgres && echo ***"
+
+
+def test_odd_label_keys_and_secret_values_do_not_crash_the_list_path():
+    assert mask_labels({1: "password=x1", "a": None, "b": "ok"}, [None, 1, "x1"]) == {
+        1: "password=***", "a": None, "b": "ok"}
+    assert not is_secret_option("com.example.public-key") and is_secret_option("com.example.api-key")
