@@ -446,10 +446,14 @@ def _value_span(token: str, lead: int, how: str, hint: str) -> list[tuple[int, i
     return [(lead + start, lead + len(token), hint)] if _is_value(value) else []
 
 
-def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
+_BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
+Spans = list[tuple[int, int, str]]
+
+
+def argv_spans(args: Sequence[object]) -> list[Spans]:
     """Per argument of a command line (non-strings count as empty), the spans of the secrets their
     position reveals: the value after a secret-named option, a program's own password option."""
-    spans: list[list[tuple[int, int, str]]] = [[] for _ in args]
+    spans: list[Spans] = [[] for _ in args]
     options: dict[str, tuple[str, str]] = {}
     pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
     wrapper = False
@@ -505,8 +509,6 @@ def argv_spans(args: Sequence[object]) -> list[list[tuple[int, int, str]]]:
     return spans
 
 
-_BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
-Spans = list[tuple[int, int, str]]
 # A command line split over two fields (Docker's Path and Args, Entrypoint and Cmd; a pod's command and
 # args; a compose service's entrypoint and command): the second is read after the first, so that
 # `redis-cli` in one gives `-a X` in the other its meaning.
