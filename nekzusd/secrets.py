@@ -447,6 +447,10 @@ def _value_span(token: str, lead: int, how: str, hint: str) -> list[tuple[int, i
 
 
 _BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
+
+
+def _may_be_option(arg: str) -> bool:
+    return "-" in arg and (arg.lstrip(_QUOTES).startswith("-") or "=-" in arg)
 Spans = list[tuple[int, int, str]]
 
 
@@ -454,6 +458,8 @@ def argv_spans(args: Sequence[object]) -> list[Spans]:
     """Per argument of a command line (non-strings count as empty), the spans of the secrets their
     position reveals: the value after a secret-named option, a program's own password option."""
     spans: list[Spans] = [[] for _ in args]
+    if not any(isinstance(arg, str) and _may_be_option(arg) for arg in args):
+        return spans  # every rule needs an option (most lists: mounts, capabilities, env entries)
     options: dict[str, tuple[str, str]] = {}
     pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
     wrapper = False
@@ -516,12 +522,16 @@ _COMMAND_PAIRS = (("Path", "Args"), ("Entrypoint", "Cmd"), ("command", "args"), 
 
 
 def command_spans(fields: Mapping[Any, Any]) -> dict[Any, list[Spans]]:
-    """argv_spans of each list of strings among a mapping's values, command pairs read as one line."""
-    found = {key: argv_spans(value) for key, value in fields.items() if isinstance(value, list)}
+    """argv_spans of the lists of a mapping that hold the two halves of a command line, read as one line
+    (a walker reads any other list alone, with argv_spans)."""
+    found: dict[Any, list[Spans]] = {}
     for head, tail in _COMMAND_PAIRS:
-        first, second = fields.get(head), fields.get(tail)
+        second = fields.get(tail)
+        if not isinstance(second, list):
+            continue
+        first = fields.get(head)
         prefix = [first] if isinstance(first, str) else first
-        if isinstance(second, list) and isinstance(prefix, list) and prefix:
+        if isinstance(prefix, list) and prefix:
             line = argv_spans([*prefix, *second])
             found[tail] = line[len(prefix):]
             if isinstance(first, list):
@@ -627,6 +637,7 @@ class SecretBook:
         self._hunt: re.Pattern[str] | None = None
         self._hunt_latent: re.Pattern[str] | None = None
         self._published: set[str] = set()  # whole values of ordinary fields (see _hunt_of)
+        self._shapes: dict[str, Spans] = {}  # find_secrets of the texts seen: collect's, again in scrub
 
     def add(self, value: str, hint: str = "SECRET", replacement: str | None = None) -> str:
         """The value's replacement, recording the value first if new (with `replacement` when given)."""
@@ -671,8 +682,10 @@ class SecretBook:
               latent_only: bool = False) -> list[tuple[int, int, str]]:
         """Merged, ordered spans of secrets in `text` (shape, recorded values or only the latent ones, and
         `extra`: those its place in a command line reveals, from `argv_spans`)."""
-        raw = find_secrets(text)
-        raw += extra
+        shapes = self._shapes.get(text)
+        if shapes is None:
+            shapes = self._shapes[text] = find_secrets(text)
+        raw = [*shapes, *extra]
         hunt = self._hunted(latent_only)
         if hunt is not None and len(text) >= MIN_REPEATED_SECRET:
             raw += [(m.start(), m.end(), "SECRET") for m in hunt.finditer(text)]
