@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import jsonschema
@@ -364,6 +365,22 @@ def create_missed_stack(engine: Engine, name: str) -> tuple[str, str, str]:
     return full_id, network, volume
 
 
+async def engine_documents(engine: Engine, *paths: str) -> str:
+    """The engine's own documents, as one text: where every planted secret must be found."""
+    return "".join([json.dumps(await asyncio.to_thread(engine.api_json, "GET", path)) for path in paths])
+
+
+async def answers_of(client, headers: dict[str, str], gets: Iterable[str],
+                     posts: Iterable[tuple[str, dict]] = ()) -> dict[str, str]:
+    """The text of each answer (each must be a 200), keyed "GET path" or "POST path"."""
+    answers: dict[str, str] = {}
+    for method, path, body in [*(("GET", p, None) for p in gets), *(("POST", p, b) for p, b in posts)]:
+        response = await client.request(method, path, json=body, headers=headers)
+        assert response.status == 200, (path, await response.text())
+        answers[f"{method} {path}"] = await response.text()
+    return answers
+
+
 def missed_leaks(text: str) -> list[str]:
     return [s for s in MISSED_SECRETS if s in text]
 
@@ -374,22 +391,13 @@ async def test_a_read_token_sees_none_of_the_missed_names_shapes_or_declaration_
     name = unique("missed")
     full_id, network, volume = await asyncio.to_thread(create_missed_stack, engine, name)
     try:
-        raw = json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{full_id}/json"))
-        raw += json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/networks/{network}"))
-        raw += json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/volumes/{volume}"))
+        raw = await engine_documents(engine, f"/containers/{full_id}/json", f"/networks/{network}",
+                                     f"/volumes/{volume}")
         assert not [s for s in MISSED_SECRETS if s not in raw]  # the engine holds every one of them
 
         client, read = await remote_reader(remote_client, config_data)
-        answers: dict[str, str] = {}
-        for path in (f"{C}?all=true", f"{C}/{full_id[:12]}", f"{C}/{name}"):
-            response = await client.get(path, headers=read)
-            assert response.status == 200, (path, await response.text())
-            answers[f"GET {path}"] = await response.text()
-        for path, body in ((f"{C}/{name}/export", {}),
-                           (f"{C}/batch/export", {"container_ids": [name], "stack_name": "s"})):
-            response = await client.post(path, json=body, headers=read)
-            assert response.status == 200, (path, await response.text())
-            answers[f"POST {path}"] = await response.text()
+        answers = await answers_of(client, read, (f"{C}?all=true", f"{C}/{full_id[:12]}", f"{C}/{name}"), (
+            (f"{C}/{name}/export", {}), (f"{C}/batch/export", {"container_ids": [name], "stack_name": "s"})))
         response = await client.post(f"{C}/batch/export?format=zip", json={"container_ids": [name]}, headers=read)
         assert response.status == 200 and response.content_type == "application/zip"
         with zipfile.ZipFile(io.BytesIO(await response.read())) as archive:
@@ -471,19 +479,12 @@ async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_nam
              **PLAIN},
         config={"Entrypoint": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait", "mysqladmin"]})
     try:
-        raw = json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{full_id}/json"))
-        raw += json.dumps(await asyncio.to_thread(engine.api_json, "GET", f"/containers/{split_id}/json"))
+        raw = await engine_documents(engine, f"/containers/{full_id}/json", f"/containers/{split_id}/json")
         assert not [s for s in S27 if s not in raw]  # the engine holds every one of them
 
         client, read = await remote_reader(remote_client, config_data)
-        answers: dict[str, str] = {}
-        for path in (f"{C}?all=true", f"{C}/{name}", f"{C}/{split}"):
-            response = await client.get(path, headers=read)
-            assert response.status == 200, (path, await response.text())
-            answers[f"GET {path}"] = await response.text()
-        response = await client.post(f"{C}/batch/export", json={"container_ids": [name, split]}, headers=read)
-        assert response.status == 200, await response.text()
-        answers["export"] = await response.text()
+        answers = await answers_of(client, read, (f"{C}?all=true", f"{C}/{name}", f"{C}/{split}"),
+                                   ((f"{C}/batch/export", {"container_ids": [name, split]}),))
         leaked = {where: [s for s in S27 if s in text] for where, text in answers.items()}
         assert not {w: s for w, s in leaked.items() if s}, leaked
 
@@ -498,7 +499,7 @@ async def test_a_read_token_sees_no_password_given_by_position_header_or_odd_nam
         labels = inspect["Config"]["Labels"]
         assert labels == {"conf": "password = ***", "vnc": "vnc ***", "plain": "--port 6379"}
 
-        body = json.loads(answers["export"])
+        body = json.loads(answers[f"POST {C}/batch/export"])
         document = check_compose(body["content"], check_env_template(body["env_content"]))
         service = document["services"][name.lower()]
         assert service["command"][3:6] == ["redis-server", "--requirepass", service["command"][5]]
