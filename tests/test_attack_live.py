@@ -21,9 +21,8 @@ from nekzusd.app import create_app
 from nekzusd.descriptors import Budget
 from nekzusd.hub import CONTROL_RESERVE, LOG_QUEUE_SIZE
 from nekzusd.keys import HUB, LIVE_STATS, LOG_STREAMS, STATE_CHANGES
-from tests.harness.app import (base_config, bearer, next_message, remote_config, remote_connector, remote_session,
-                               run_container, unique, wait_for, ws_connect)
-from tests.test_livestats import _raw_ws
+from tests.harness.app import (base_config, bearer, next_message, raw_websocket, remote_config, remote_connector,
+                               remote_session, run_container, unique, wait_for, ws_connect)
 from tests.harness.engine_proxy import CountingProxy
 
 
@@ -174,7 +173,7 @@ async def test_a_state_change_storm_chains_for_readers_and_tells_strangers_nothi
     watch = client.app[STATE_CHANGES].watches[0]
     await wait_for(lambda: _true(watch.known is not None and _all_running(watch, ids)), timeout=30)
     reader = await ws_connect(client)
-    sock = await asyncio.to_thread(_raw_ws, client.port)  # local, so authenticated at once; reads nothing
+    sock = await asyncio.to_thread(raw_websocket, client.port)  # local, so authenticated at once; reads nothing
     port = sock.getsockname()[1]
     await wait_for(lambda: _true(any(c._transport.get_extra_info("peername")[1] == port for c in hub.clients)))
     [stuck] = [c for c in hub.clients if c._transport.get_extra_info("peername")[1] == port]

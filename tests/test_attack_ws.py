@@ -9,7 +9,6 @@ calls (counted by a recording proxy in front of the real dockerd); a session end
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -25,7 +24,7 @@ from aiohttp import WSMsgType
 
 from nekzusd import auth, ws as ws_module
 from nekzusd.auth import Tokens, load_or_create_secret
-from tests.harness.app import REMOTE_ADDR, wait_for
+from tests.harness.app import REMOTE_ADDR, raw_websocket, wait_for
 from tests.test_input_limits import RecordingProxy
 
 
@@ -291,24 +290,6 @@ async def test_token_with_a_deeply_nested_header_is_refused_cleanly(remote_clien
     no_tracebacks(caplog)
 
 
-def _pinging_socket(port: int) -> socket.socket:
-    """A raw WebSocket from 127.0.0.2 (remote, no token) with a tiny receive buffer: upgraded, then left
-    unread, as a client that only sends PING frames."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind((REMOTE_ADDR, 0))
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    sock.setblocking(False)
-    return sock
-
-
 def _ping_frame(payload: bytes) -> bytes:
     mask = os.urandom(4)
     return bytes([0x89, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -324,7 +305,9 @@ async def test_pings_never_read_neither_outlive_the_auth_deadline_nor_log_a_trac
 
     client = await remote_client(config_data)
     hub = client.server.app[HUB]
-    sock = await asyncio.to_thread(_pinging_socket, client.port)
+    # remote, no token: upgraded, then it only sends PING frames and reads nothing
+    sock = await asyncio.to_thread(raw_websocket, client.port, REMOTE_ADDR)
+    sock.setblocking(False)
     frame, sent = _ping_frame(b"p" * 125), 0
     started = time.monotonic()
     with contextlib.suppress(BlockingIOError, ConnectionError):

@@ -7,7 +7,6 @@ tests wait for messages (or counters), and never assert exact timing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import socket
@@ -23,8 +22,8 @@ from nekzusd import config as config_mod
 from nekzusd import revocation
 from nekzusd.app import create_app
 from nekzusd.keys import HUB, LIVE_STATS, RUNTIMES, TOKENS
-from tests.harness.app import (BROADCASTS, base_config, next_message, remote_session, run_container, unique, wait_for,
-                               ws_connect)
+from tests.harness.app import (BROADCASTS, base_config, next_message, raw_websocket, remote_session, run_container,
+                               unique, wait_for, ws_connect)
 from tests.harness.engines import Engine
 from tests.harness.k8s_fixtures import deployment, k8s_api, k8s_config, running_pods  # noqa: F401 -- k8s_api: a fixture
 
@@ -329,21 +328,6 @@ async def test_daemon_shutdown_ends_every_watch(engine, client):
     assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
 
 
-def _raw_ws(port: int) -> socket.socket:
-    """A WebSocket client that shakes hands and then reads nothing, with a tiny receive buffer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
 def _frame(text: str) -> bytes:
     """A masked client text frame."""
     payload = text.encode()
@@ -360,7 +344,7 @@ async def test_a_client_that_stops_reading_gets_the_latest_sample_per_container(
     ids = list(await asyncio.gather(*(run_container(engine, unique("slow")) for _ in range(20))))
     hub = client.server.app[HUB]
     live = live_of(client)
-    sock = await asyncio.to_thread(_raw_ws, client.port)
+    sock = await asyncio.to_thread(raw_websocket, client.port)
     sock.sendall(_frame(json.dumps({"type": "container.stats.subscribe",
                                     "data": {"containerIds": ids, "interval": 1}})))
     await wait_for(lambda: _true(live.active == 20), timeout=20)

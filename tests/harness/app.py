@@ -11,7 +11,10 @@ config, :func:`remote_connector` binds a client there, and the ``remote_client``
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -90,6 +93,24 @@ async def remote_reader(remote_client: Callable[..., Awaitable[TestClient]],
     """A client from a non-local address, and the headers of a read-only token for it."""
     client = await remote_client(data)
     return client, bearer(data, ["read:containers"])
+
+
+def raw_websocket(port: int, source: str | None = None) -> socket.socket:
+    """A WebSocket to the daemon on a plain socket with a tiny receive buffer (from ``source`` when given):
+    upgraded, then left to the test, which reads nothing or writes frames of its own. Blocking."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if source is not None:
+        sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
 
 
 async def ws_connect(client: TestClient, **kwargs: Any) -> ClientWebSocketResponse:
