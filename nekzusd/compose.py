@@ -138,6 +138,8 @@ def _collect_tree(value: Any, book: SecretBook, spans: list[Spans] | None = None
     elif isinstance(value, dict):
         lines = command_spans(value)
         for k, v in value.items():
+            if isinstance(v, str) and not isinstance(v, _Placeholder):
+                book.publish(v)  # an ordinary setting: a word it holds whole is no secret's
             _collect_tree(v, book, lines.get(k))
     elif isinstance(value, list):
         for v, extra in zip(value, spans or argv_spans(value), strict=True):
@@ -863,13 +865,15 @@ def _service_refs(sources: list[ServiceSource], names: list[str]) -> dict[str, s
     return refs
 
 
-def _finish(value: dict, identity: frozenset[str], book: SecretBook | None) -> dict:
-    lines = command_spans(value)
+def _finish(value: dict, identity: frozenset[str], book: SecretBook | None, heads: dict | None = None) -> dict:
+    lines = command_spans(value, heads)
     return {key: _escape_tree(v, None if key in identity else book, lines.get(key)) for key, v in value.items()}
 
 
-def _collect(value: dict, identity: frozenset[str], book: SecretBook) -> None:
-    lines = command_spans(value)
+def _collect(value: dict, identity: frozenset[str], book: SecretBook, heads: dict | None = None) -> None:
+    """First pass over a service or a declaration; ``heads``: what its command follows though not written
+    (the image's entrypoint: `redis-cli` there gives `-a X` in the command its meaning)."""
+    lines = command_spans(value, heads)
     for key, v in value.items():
         if key not in identity:
             _collect_tree(v, book, lines.get(key))
@@ -907,10 +911,11 @@ def export_services(sources: list[ServiceSource], *, stack_name: str | None = No
         for ctx in contexts:
             if secrets is not None:
                 secrets.at(f"service {ctx.service}", ctx.service)
+            heads = {"entrypoint": ctx.img.get("Entrypoint")}
             if finishing:
-                services[ctx.service] = _finish(services[ctx.service], _IDENTITY_KEYS, book)
+                services[ctx.service] = _finish(services[ctx.service], _IDENTITY_KEYS, book, heads)
             elif book is not None:
-                _collect(services[ctx.service], _IDENTITY_KEYS, book)
+                _collect(services[ctx.service], _IDENTITY_KEYS, book, heads)
         for key, declared in declarations.items():
             for name in declared:
                 if secrets is not None:

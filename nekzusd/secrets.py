@@ -25,8 +25,9 @@ What is a secret:
   - Never a name whose last part says what it holds is about a secret rather than one
     (`_NOT_SECRET_LAST`: PASSWORD_FILE, SSL_KEY_FILE, SECRETS_DIR, TOKEN_TTL, PASSWORD_MIN_LENGTH,
     TOKEN_URL, SECRET_NAME, BASIC_AUTH_USER, TOKEN_EXPIRE_MINUTES…), nor a value that is a switch
-    (`MYSQL_ALLOW_EMPTY_PASSWORD=yes`, `MARIADB_RANDOM_ROOT_PASSWORD=1`), a variable (`$X`) or a path of
-    lower-case segments (`SSL_KEY=/certs/key.pem`).
+    (`MYSQL_ALLOW_EMPTY_PASSWORD=yes`, `MARIADB_RANDOM_ROOT_PASSWORD=1`, Traefik's `…Authorization=drop`),
+    a variable, whole (`$X`, `${X:-y}`; `$3cr3t` and `$argon2id$…` are values), or a path of lower-case
+    segments (`SSL_KEY=/certs/key.pem`).
   Driver options (lower-case, such as `splunk-token`, `syslog-tls-key`) are also secret when their last
   part is KEY.
 - by SHAPE, whatever the name: a PEM private key, a JWT, the password of a `scheme://[user]:password@host`
@@ -48,14 +49,18 @@ What is a secret:
   passwords programs take by options of their own (`_PROGRAM_OPTIONS`: `mysql -pX`, `redis-cli -a X`,
   `curl -u user:X`, `sshpass -p X`, `docker login -p X`, `sqlcmd -P X`, `ldapsearch -w X`, …). A value
   that is a variable (`-p"$MYSQL_ROOT_PASSWORD"`) is left as it is. A program's own options end with its
-  command (`&&`, `|`, `;`, a newline; for `sshpass`, the program it runs): `docker login -p X && docker
-  run -p 8080:80` masks X only. Quotes are not parsed: a password with spaces is masked up to its first.
+  command (`&&`, `|`, `;`, a newline, `$(`, glued to a word or not; for `sshpass`, the program it runs):
+  `docker login -p X && docker run -p 8080:80` masks X only, and `-a X|grep PONG` keeps `|grep`. A program
+  is found after `VAR=` too (`BACKUP_CMD=mysqldump -pX`), and an exported command is read after the image's
+  entrypoint when that is not written. Quotes are not parsed: a password with spaces is masked up to its
+  first.
 Where a secret repeats: once found (in the environment, a secret-named label or option, by shape or by
 position), its value is hunted in every other string of the same document, except identity fields (ids,
 names, image references, host names, network settings), so that a password equal to "postgres" does not
 turn the image "postgres:16" into a mask. A value of letters only is hunted only as a word of its own
-(between spaces or quotes), and not where an ordinary field holds it whole (`POSTGRES_USER=postgres`), so
-that `POSTGRES_PASSWORD=postgres` leaves `/var/lib/postgresql/data` and the `postgres` command alone. At
+(between spaces or quotes), and not where an ordinary field holds it whole (`POSTGRES_USER=postgres`, a
+label `homepage.name: paperless`), so that `POSTGRES_PASSWORD=postgres` leaves `/var/lib/postgresql/data`
+and the `postgres` command alone. At
 most MAX_HUNTED values of at most MAX_HUNTED_LENGTH characters are hunted (longer secrets, PEM keys and
 JWTs, are found by shape). Values shorter than MIN_REPEATED_SECRET (6)
 characters are not hunted: a secret "1" would otherwise mangle every number. They are still masked where
@@ -114,7 +119,7 @@ _NOT_SECRET_LAST = frozenset({
     "EXPIRATION", "LIFETIME", "TIMEOUT", "LENGTH", "HINT", "ITERATIONS", "ROUNDS", "POLICY", "MODE", "TYPE",
     "NAME", "ENABLED", "DISABLED", "REQUIRED", "LOGIN", "RESET", "PROMPT", "STDIN", "EXPIRE", "SIZE",
     "SECONDS", "MINUTES", "HOURS", "DAYS", "LEN", "MIN", "MAX", "ALGO", "ALGORITHM", "HEADER", "PREFIX", "USER",
-    "USERNAME", "IN", "ENCRYPTION", "METHOD", "SCHEME", "STRENGTH",
+    "USERNAME", "IN", "ENCRYPTION", "METHOD", "SCHEME", "STRENGTH", "COMPLEXITY", "AUDIENCE", "ISSUER", "TIME",
 })
 # KEY (or KEYS) after one of these is secret wherever it stands (API_KEY, APP_KEY, WG_PRESHARED_KEY,
 # AWS_ACCESS_KEY_ID); alone it is not, nor first (KEY_ID).
@@ -335,7 +340,7 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
         found += _pair_spans(_HEADER_RE, text)
     if "['" in text or '["' in text:
         found += _pair_spans(_RUBY_PAIR_RE, text)
-    if " " in text and "-" in text:
+    if "-" in text and any(c in text for c in " \t\n;|&"):
         found += _command_spans(text)
     return found
 
@@ -350,23 +355,34 @@ def _pair_spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int, str]]
 
 # Values a secret-named field may hold that are no secret: a switch, a reference to a variable, a mask.
 _SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "y", "n", "on", "off", "0", "1", "none", "null",
-                            "enabled", "disabled"})
+                            "enabled", "disabled", "drop", "keep", "redact"})
 # A path of lower-case segments (`/run/secrets/db`, `/certs/key.pem`) names a file: no secret (a random
 # password has capitals, and rarely two slashes).
 _PATH_VALUE_RE = re.compile(r"(?:\.{0,2}/[a-z0-9_.@-]+){2,}/?|~/[a-z0-9_.@/-]+")
 
 
+# A reference to a variable, whole (`$PW`, `${PW:-x}`, `$(cat /run/secrets/pw)`): `$3cr3t` or an argon2
+# hash (`$argon2id$v=19$…`) is a value.
+_VARIABLE_RE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[^}]*\}|\([^)]*\))")
+
+
 def _is_value(value: str) -> bool:
     """A value a secret-named field may hold that is a secret: not a switch, a variable, a mask or a path."""
-    return (bool(value) and value != MASK and not value.startswith("$") and value.lower() not in _SWITCH_VALUES
+    if not value or value == MASK:
+        return False
+    if len(value) > 64:  # no switch, variable or path of ours is this long: a secret
+        return True
+    return (value.lower() not in _SWITCH_VALUES and not _VARIABLE_RE.fullmatch(value)
             and not _PATH_VALUE_RE.fullmatch(value))
 
 
 def _assignment_spans(text: str) -> list[tuple[int, int, str]]:
-    found = []
+    found: Spans = []
     run_end = -1  # where the bare value last read ends: a name inside it shares that end
     for m in _ASSIGNMENT_RE.finditer(text):
         start = m.end()
+        if found and found[-1][0] <= start < found[-1][1]:
+            continue  # inside a value already found (`token=token=…`): masked with it
         if start >= len(text) or text[start] == "=" or not is_secret_name(m.group(1)):
             continue
         quote = text[start]
@@ -390,10 +406,11 @@ def _assignment_spans(text: str) -> list[tuple[int, int, str]]:
 
 # Command lines. An option whose name ends in a secret word takes the next argument as its value
 # (`--requirepass X`, `--db-password X`), but not one whose name goes on (`--password-file`, `--token-ttl`,
-# `--secret-name`) nor a switch (`--no-password`, `--askpass`).
+# `--secret-name`) nor a switch (`--no-password`, `--askpass`, `--ask-vault-pass`).
 _OPTION_RE = re.compile(r"-{1,2}([A-Za-z][A-Za-z0-9_.-]*)")
-# `VAR=--option` (an environment value that is a command line, `REDIS_ARGS=--requirepass X`).
-_ASSIGNED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=(?=-)")
+# `VAR=--option` or `VAR=program` (an environment value that is a command line: `REDIS_ARGS=--requirepass X`,
+# `BACKUP_CMD=mysqldump -pX`).
+_ASSIGNED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _MYSQL = ("mysql", "mysqladmin", "mysqldump", "mysqlcheck", "mysqlimport", "mysqlshow", "mysqlslap",
           "mariadb", "mariadb-admin", "mariadb-dump", "mariadb-check", "mariadb-import", "mariadb-show")
 # Programs that take a password by an option of their own: program -> option -> (how, hint). How: "next"
@@ -421,37 +438,101 @@ _PROGRAM_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
 _QUOTES = "'\"`("
 # Where a program's own options end: a shell separator, or (for a program that runs another) its first
 # word that is not an option.
-_SEPARATORS = frozenset({"&&", "||", "|", ";", "&", "\n", "then", "do", "else"})
+_SEPARATORS = frozenset({"&&", "||", "|", ";", "&", "\n", "then", "do", "else", "$(", "`"})
 _WRAPPERS = frozenset({"sshpass"})
 _USER_SEPARATORS = re.compile(r"[:%,]")
+_BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
+Spans = list[tuple[int, int, str]]
 
 
+@lru_cache(maxsize=4096)
 def _takes_secret(name: str) -> bool:
     """The option's last part is a secret word (and it is no `--no-…` or `--ask-…` switch): its next
     argument is the secret."""
     parts = _name_parts(name)
     return bool(parts) and parts[0] not in ("NO", "ASK") and (_secret_parts(parts, last_only=True) or
-                                                 _secret_parts(_chunks(name), last_only=True))
+                                                               _secret_parts(_chunks(name), last_only=True))
 
 
-def _value_span(token: str, lead: int, how: str, hint: str) -> list[tuple[int, int, str]]:
-    """The span of the secret in an option's value (all of it, or the password of `user:password`)."""
-    start = 0
-    if how == "user":
-        separator = _USER_SEPARATORS.search(token)
-        if separator is None:
-            return []
-        start = separator.end()
-    value = token[start:]
-    return [(lead + start, lead + len(token), hint)] if _is_value(value) else []
-
-
-_BUNDLE_RE = re.compile(r"-[A-Za-z]{2,}")  # short options bundled: -sfu
+_MAY_BE_OPTION_RE = re.compile(r"(?:^|=)['\"`(]*-")
 
 
 def _may_be_option(arg: str) -> bool:
-    return "-" in arg and (arg.lstrip(_QUOTES).startswith("-") or "=-" in arg)
-Spans = list[tuple[int, int, str]]
+    """An argument that may be an option, or a `VAR=-option` (quoted or not)."""
+    return "-" in arg and _MAY_BE_OPTION_RE.search(arg) is not None
+
+
+class _CommandLine:
+    """Reads a command line one argument at a time: which program's options apply, and whether the
+    argument before was an option waiting for its value."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, tuple[str, str]] = {}
+        self.pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
+        self.wrapper = False
+        self.previous = ""
+
+    def end_command(self) -> None:
+        self.options, self.pending, self.wrapper = {}, None, False
+
+    def read(self, raw: str) -> Spans:
+        """The spans of the secrets in one argument."""
+        token = raw.lstrip(_QUOTES)
+        while token.startswith("$("):  # `$(redis-cli -a X ping)`
+            token = token[2:].lstrip(_QUOTES)
+        assigned = _ASSIGNED_RE.match(token)
+        if assigned and self.pending is None:
+            rest = token[assigned.end():].lstrip(_QUOTES)
+            if rest.startswith("-") or rest.rsplit("/", 1)[-1] in _PROGRAM_OPTIONS:
+                token = rest
+        lead = len(raw) - len(token)
+        token = token.rstrip(_QUOTES + ")];")
+        previous, self.previous = self.previous, token
+        if self.pending is not None:
+            how, hint = self.pending
+            self.pending = None
+            if token and not _OPTION_RE.fullmatch(token):
+                return _value_span(token, lead, how, hint)
+        program = token.rsplit("/", 1)[-1]
+        if program in _PROGRAM_OPTIONS:
+            self.options, self.wrapper = _PROGRAM_OPTIONS[program], program in _WRAPPERS
+            return []
+        if token == "login" and previous in ("docker", "podman"):
+            self.options = _PROGRAM_OPTIONS["docker login"]
+            return []
+        if not token.startswith("-"):
+            if self.wrapper:  # sshpass -p X ssh -p 2222: ssh's options are its own
+                self.options, self.wrapper = {}, False
+            return []
+        flag, equals, value = token.partition("=")
+        own = self.options.get(flag) or self.options.get(f"-{flag[-1]}" if _BUNDLE_RE.fullmatch(flag) else "")
+        if own is not None:
+            if equals:  # --user=admin:pw
+                return _value_span(value, lead + len(flag) + 1, *own)
+            if own[0] != "glued":
+                self.pending = own
+            return []
+        for flag, (how, hint) in self.options.items():
+            if how != "next" and len(flag) == 2 and token.startswith(flag) and len(token) > 2:
+                return _value_span(token[2:], lead + 2, how, hint)
+        option = _OPTION_RE.fullmatch(token)
+        if option is not None and _takes_secret(option.group(1)):
+            self.pending = ("next", option.group(1))
+        return []
+
+
+def _value_span(token: str, lead: int, how: str, hint: str) -> Spans:
+    """The span of the secret in an option's value (all of it, or the password of `user:password`), less
+    the quotes around it."""
+    inner = token.strip(_QUOTES)
+    lead += len(token) - len(token.lstrip(_QUOTES))
+    start = 0
+    if how == "user":
+        separator = _USER_SEPARATORS.search(inner)
+        if separator is None:
+            return []
+        start = separator.end()
+    return [(lead + start, lead + len(inner), hint)] if _is_value(inner[start:]) else []
 
 
 def argv_spans(args: Sequence[object]) -> list[Spans]:
@@ -460,59 +541,29 @@ def argv_spans(args: Sequence[object]) -> list[Spans]:
     spans: list[Spans] = [[] for _ in args]
     if not any(isinstance(arg, str) and _may_be_option(arg) for arg in args):
         return spans  # every rule needs an option (most lists: mounts, capabilities, env entries)
-    options: dict[str, tuple[str, str]] = {}
-    pending: tuple[str, str] | None = None  # (how, hint) of the option just seen
-    wrapper = False
+    line = _CommandLine()
     for i, arg in enumerate(args):
         raw = arg if isinstance(arg, str) else ""
-        if raw in _SEPARATORS or raw.endswith((";", "&&", "|")):
-            options, pending = {}, None
+        if raw in _SEPARATORS:
+            line.end_command()
             continue
-        token = raw.lstrip(_QUOTES)
-        assigned = _ASSIGNED_RE.match(token)
-        if assigned:
-            token = token[assigned.end():]
-        lead = len(raw) - len(token)
-        token = token.rstrip(_QUOTES + ");")
-        if pending is not None:
-            how, hint = pending
-            pending = None
-            if token and not _OPTION_RE.fullmatch(token):
-                spans[i] += _value_span(token.strip(_QUOTES), lead + len(token) - len(token.lstrip(_QUOTES)),
-                                        how, hint)
-                continue
-        program = token.rsplit("/", 1)[-1]
-        if program in _PROGRAM_OPTIONS:
-            options, wrapper = _PROGRAM_OPTIONS[program], program in _WRAPPERS
-            continue
-        if token == "login" and i > 0 and args[i - 1] in ("docker", "podman"):
-            options = _PROGRAM_OPTIONS["docker login"]
-            continue
-        if not token.startswith("-"):
-            if wrapper:  # sshpass -p X ssh -p 2222: ssh's options are its own
-                options, wrapper = {}, False
-            continue
-        flag, equals, value = token.partition("=")
-        own = options.get(flag) or options.get(f"-{flag[-1]}" if _BUNDLE_RE.fullmatch(flag) else "")
-        if own is not None:
-            how, hint = own
-            if equals:  # --user=admin:pw
-                spans[i] += _value_span(value.strip(_QUOTES), lead + len(flag) + 1 + len(value) -
-                                        len(value.lstrip(_QUOTES)), how, hint)
-            elif how != "glued":
-                pending = own
-            continue
-        glued = next(((how, hint) for flag, (how, hint) in options.items()
-                      if how != "next" and len(flag) == 2 and token.startswith(flag) and len(token) > 2), None)
-        if glued is not None:
-            rest = token[2:]
-            inner = rest.strip(_QUOTES)
-            spans[i] += _value_span(inner, lead + 2 + len(rest) - len(rest.lstrip(_QUOTES)), *glued)
-            continue
-        option = _OPTION_RE.fullmatch(token)
-        if option is not None and _takes_secret(option.group(1)):
-            pending = ("next", option.group(1))
+        spans[i] = line.read(raw)
+        if raw.endswith((";", "&&", "|", "&")):  # `-pX;`: the value is read, then the command ends
+            line.end_command()
     return spans
+
+
+# A command line in a string: words, and the shell's separators as words of their own (so that
+# `-a pw|grep PONG` reads `pw`, and `ok;mysql -pX` finds mysql). Quotes are not parsed.
+_WORD_RE = re.compile(r"\n|&&|\|\||[;|&]|\$\(|`|[^\s;|&`]+")
+
+
+def _command_spans(text: str) -> Spans:
+    """argv_spans over a string split into shell words."""
+    words = list(_WORD_RE.finditer(text))
+    return [(word.start() + start, word.start() + end, hint)
+            for word, found in zip(words, argv_spans([w.group() for w in words]), strict=True)
+            for start, end, hint in found]
 
 
 # A command line split over two fields (Docker's Path and Args, Entrypoint and Cmd; a pod's command and
@@ -521,33 +572,23 @@ def argv_spans(args: Sequence[object]) -> list[Spans]:
 _COMMAND_PAIRS = (("Path", "Args"), ("Entrypoint", "Cmd"), ("command", "args"), ("entrypoint", "command"))
 
 
-def command_spans(fields: Mapping[Any, Any]) -> dict[Any, list[Spans]]:
+def command_spans(fields: Mapping[Any, Any], heads: Mapping[str, Any] | None = None) -> dict[Any, list[Spans]]:
     """argv_spans of the lists of a mapping that hold the two halves of a command line, read as one line
-    (a walker reads any other list alone, with argv_spans)."""
+    (a walker reads any other list alone, with argv_spans). ``heads``: first halves that stand elsewhere
+    (an exported service's entrypoint, inherited from its image and not written)."""
     found: dict[Any, list[Spans]] = {}
     for head, tail in _COMMAND_PAIRS:
         second = fields.get(tail)
         if not isinstance(second, list):
             continue
-        first = fields.get(head)
+        first = fields[head] if head in fields else (heads or {}).get(head)
         prefix = [first] if isinstance(first, str) else first
         if isinstance(prefix, list) and prefix:
             line = argv_spans([*prefix, *second])
             found[tail] = line[len(prefix):]
-            if isinstance(first, list):
+            if isinstance(first, list) and head in fields:
                 found[head] = line[:len(prefix)]
     return found
-_WORD_RE = re.compile(r"\n|\S+")  # a newline ends a shell command as a separator does
-
-
-def _command_spans(text: str) -> list[tuple[int, int, str]]:
-    """argv_spans over a string split on whitespace (a shell command line; quotes are not parsed)."""
-    words = list(_WORD_RE.finditer(text))  # a newline is a word of its own
-    return [(word.start() + start, word.start() + end, hint)
-            for word, found in zip(words, argv_spans([w.group() for w in words]), strict=True)
-            for start, end, hint in found]
-
-
 def _jwt_spans(text: str) -> list[tuple[int, int, str]]:
     found = []
     for header in _JWT_HEADER_RE.finditer(text):
@@ -611,8 +652,11 @@ def _hunt_of(values: Iterable[str], published: frozenset[str] | set[str] = froze
     program's or the user's name as much as a password). Any other value is hunted anywhere."""
     hunted = sorted({v for v in values if MIN_REPEATED_SECRET <= len(v) <= MAX_HUNTED_LENGTH
                      and not (_is_word(v) and v in published)}, key=lambda v: (-len(v), v))[:MAX_HUNTED]
-    return re.compile("|".join(rf"(?<![^\s'\"]){re.escape(v)}(?![^\s'\"])" if _is_word(v) else re.escape(v)
-                               for v in hunted)) if hunted else _NOTHING
+    words = [re.escape(v) for v in hunted if _is_word(v)]
+    others = [re.escape(v) for v in hunted if not _is_word(v)]
+    if words:  # one look-behind for all words (one per word stops the engine skipping ahead)
+        others.append(rf"(?<![^\s'\"])(?:{'|'.join(words)})(?![^\s'\"])")
+    return re.compile("|".join(others)) if others else _NOTHING
 
 
 def _mask_always(value: str, hint: str) -> str:
@@ -662,7 +706,8 @@ class SecretBook:
         """`value` is the whole value of an ordinary field (an environment entry that is no secret)."""
         if value and _is_word(value) and value not in self._published:
             self._published.add(value)
-            self._hunt = self._hunt_latent = None
+            if value in self._latent or value in self.replacements:  # else no hunt holds it
+                self._hunt = self._hunt_latent = None
 
     def __contains__(self, value: str) -> bool:
         return value in self.replacements
@@ -753,6 +798,8 @@ def _collect_named(value: Any, book: SecretBook) -> None:
                         book.publish(value)
             elif isinstance(v, str) and v and _is_secret_key(k):
                 book.add(v, str(k))
+            elif isinstance(v, str):  # an ordinary label or setting: a word it holds whole is no secret's
+                book.publish(v)
             elif k not in IDENTITY_KEYS:
                 _collect_named(v, book)
     elif isinstance(value, list):

@@ -642,3 +642,15 @@ def test_a_secret_inherited_from_the_image_is_hunted_where_the_container_repeats
     plain = export_services([ServiceSource(_edited(web(), lambda c: c["Config"]["Env"].append(
         "IMAGE_TOKEN=image-secret-not-real")).container, image, base.volumes, base.networks)])
     assert not any("IMAGE_TOKEN" in line for line in env_lines(plain))
+
+
+def test_a_command_that_follows_the_image_entrypoint_is_read_after_it():
+    """`redis-cli` is the image's entrypoint, not written; `-a X` in the command is its password."""
+    image = load("image-busybox")
+    image["Config"]["Entrypoint"] = ["redis-cli"]
+    container = load("container-tool")
+    container["Config"].update(Entrypoint=["redis-cli"], Cmd=["-h", "redis", "-a", "rclipw9", "ping"])
+    export = export_services([ServiceSource(container, image)])
+    svc = service(export, "tool")
+    assert "entrypoint" not in svc and "rclipw9" not in export.content
+    assert svc["command"][:3] == ["-h", "redis", "-a"] and svc["command"][3].startswith("${")

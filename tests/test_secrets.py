@@ -313,7 +313,7 @@ def test_secret_names_the_red_team_found(name):
     # AUTH is a setting after a verb or a proxy; a public or sized thing is no secret
     "swag_auth", "SMTP_AUTH", "FORWARD_AUTH", "DISABLE_AUTH", "caddy.forward_auth", "RECAPTCHA_SITE_KEY",
     "BASIC_AUTH_USER", "EMAIL_TOKEN_SIZE", "ACCESS_TOKEN_EXPIRE_MINUTES", "JWT_TOKEN_EXPIRES_IN", "PASSWORD_MIN_LEN",
-    "password_encryption", "POSTGRES_HOST_AUTH_METHOD",
+    "password_encryption", "POSTGRES_HOST_AUTH_METHOD", "PASSWORD_COMPLEXITY", "TOKEN_AUDIENCE", "TOKEN_ISSUER",
 ])
 def test_names_that_stay_ordinary_beside_them(name):
     assert not is_secret_name(name)
@@ -345,6 +345,12 @@ def test_names_that_stay_ordinary_beside_them(name):
     ("sshpass -p sshpw29 ssh -p 2222 u@h", ["sshpw29"]),
     ("ldapsearch -w ldap30 | grep -w dn", ["ldap30"]),
     ("echo start\nmysqladmin -pmy31\ncp -pR a b", ["my31"]),
+    # a value glued to a separator, a program after one, in `$(…)` or in an env value, a quoted env value
+    ("redis-cli -a rc32|grep PONG && mysql -pmy33; echo ok;mysql -pmy34", ["rc32", "my33", "my34"]),
+    ('[ "$(redis-cli -a rc35 ping)" = "PONG" ]', ["rc35"]),
+    ("BACKUP_CMD=mysqldump -uroot -pmy36 db", ["my36"]),
+    ("X='--requirepass rq37' Y=\"--requirepass rq38\"", ["rq37", "rq38"]),
+    ("REDIS_ARGS=--requirepass\trq39", ["rq39"]),
 ])
 def test_passwords_given_by_position_or_in_a_header(text, secrets):
     assert [text[s:e] for s, e, _ in find_secrets(text)] == secrets
@@ -415,6 +421,9 @@ def test_notification_urls_tokens_and_manifest_env_entries(value, secret):
 @pytest.mark.parametrize("name, value, secret", [
     ("MYSQL_ALLOW_EMPTY_PASSWORD", "yes", False), ("MYSQL_RANDOM_ROOT_PASSWORD", "true", False),
     ("DB_PASSWORD", "hunter22", True), ("DB_PASSWORD", "7", True), ("MARIADB_RANDOM_ROOT_PASSWORD", "1", False),
+    # a value that starts with $ is a variable only when it is one whole: `$3cr3t` and hashes are values
+    ("POSTGRES_PASSWORD", "$3cr3t!Pa55w0rd", True), ("ADMIN_TOKEN", "$argon2id$v=19$m=65540,t=3,p=4$c2FsdA", True),
+    ("DB_PASSWORD", "${DB_PASSWORD}", False), ("DB_PASSWORD", "$DB_PASSWORD", False),
     ("SSL_KEY", "/certs/key.pem", False), ("DB_PASSWORD", "/tmp/Xq9/Zp", True), ("LOG_LEVEL", "gotify://h/tok", True),
 ])
 def test_a_switch_is_no_secret_whatever_its_name(name, value, secret):
@@ -472,3 +481,18 @@ def test_odd_label_keys_and_secret_values_do_not_crash_the_list_path():
     assert mask_labels({1: "password=x1", "a": None, "b": "ok"}, [None, 1, "x1"]) == {
         1: "password=***", "a": None, "b": "ok"}
     assert not is_secret_option("com.example.public-key") and is_secret_option("com.example.api-key")
+
+
+def test_nested_assignments_in_one_value_are_masked_with_it():
+    text = "x token=token=token=abc123 y"
+    assert [text[s:e] for s, e, _ in find_secrets(text)] == ["token=token=abc123"]
+
+
+def test_a_word_shown_whole_in_an_ordinary_label_is_not_hunted():
+    """paperless-ngx: `PAPERLESS_DBPASS=paperless` beside labels naming the app `paperless`."""
+    doc = {"Config": {"Env": ["PAPERLESS_DBPASS=paperless"],
+                      "Labels": {"traefik.http.routers.paperless.service": "paperless", "homepage.name": "paperless"},
+                      "Cmd": ["--accesslog.fields.headers.names.Authorization=drop"]}}
+    config = mask_inspect(doc)["Config"]
+    assert config["Env"] == ["PAPERLESS_DBPASS=***"]
+    assert config["Labels"] == doc["Config"]["Labels"] and config["Cmd"] == doc["Config"]["Cmd"]
