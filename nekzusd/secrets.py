@@ -703,7 +703,8 @@ class SecretBook:
             self._hunt = self._hunt_latent = None
 
     def publish(self, value: str) -> None:
-        """`value` is the whole value of an ordinary field (an environment entry that is no secret)."""
+        """`value` is the whole value of an ordinary field (an environment entry or a label that is no
+        secret): a word shown there in clear is not hunted (see _hunt_of)."""
         if value and _is_word(value) and value not in self._published:
             self._published.add(value)
             if value in self._latent or value in self.replacements:  # else no hunt holds it
